@@ -1,0 +1,444 @@
+//! Anti-entropy: find every difference with a peer, however old, by
+//! comparing hash summaries (`store::merkle`), and repair it.
+//!
+//! An exchange, started every `antientropy_interval` with a random healthy
+//! peer:
+//! 1. Compare roots (`GET /internal/tree/root`): equal means done; this
+//!    request is all an exchange costs when nothing differs.
+//! 2. Descend: ask for the children of the differing nodes, level by level
+//!    (`POST /internal/tree/children`), keeping only children that differ.
+//! 3. For the differing leaf buckets, compare the stamps of their versions
+//!    (`POST /internal/tree/buckets`, paged) with the local ones.
+//! 4. Fetch what the peer has newer (or in conflict) through the merge rule,
+//!    and push what this node has newer. Conflicts found this way go to
+//!    conflict resolution like any other.
+//!
+//! The traffic is O(differences · depth), requests are paced by
+//! `throttle_delay_ms`, and memory is bounded by the chunk sizes below.
+//! Tombstones are versions like any other, so a delete that one side missed
+//! is repaired like a write. Purged tombstones: see the README
+//! ("Tombstones and anti-entropy").
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::replicate::{PushReply, PushRequest, PUSH_MAX_BYTES, PUSH_MAX_VERSIONS};
+use super::sync::FETCH_MAX_KEYS;
+use super::wire::WireVersion;
+use crate::node::Node;
+use crate::peer::{self, PeerError, Traffic};
+use crate::store::merkle::{differing_children, DEPTH, FANOUT};
+use crate::store::{merge, Merge, Stamp};
+
+/// Nodes asked about in one children request, at most.
+pub const CHILDREN_MAX_NODES: usize = 4096;
+/// Leaf buckets compared per round trip, at most.
+pub const BUCKETS_PER_REQUEST: usize = 256;
+/// Stamps in one buckets reply, at most.
+pub const BUCKET_PAGE_ENTRIES: usize = 10_000;
+
+/// `GET /internal/tree/root` reply.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RootReply {
+    /// Root hash, 16 hex digits.
+    pub root: String,
+}
+
+/// `POST /internal/tree/children` body: nodes at `level` (0 is the root).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChildrenRequest {
+    pub level: usize,
+    pub nodes: Vec<usize>,
+}
+
+/// Reply: for each node asked, its 16 children's hashes as one string of
+/// 16 × 16 hex digits.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChildrenReply {
+    pub children: Vec<String>,
+}
+
+/// `POST /internal/tree/buckets` body: leaf buckets, and where to go on.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BucketsRequest {
+    pub leaves: Vec<u16>,
+    #[serde(default)]
+    pub after: Option<BucketCursor>,
+}
+
+/// A position in the bucket listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketCursor {
+    pub leaf: u16,
+    pub key: String,
+}
+
+/// Reply: stamps (no data) of the versions in those buckets.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct BucketsReply {
+    pub entries: Vec<WireVersion>,
+    #[serde(default)]
+    pub next: Option<BucketCursor>,
+}
+
+pub fn hex_hashes(hashes: &[u64]) -> String {
+    hashes.iter().map(|h| format!("{h:016x}")).collect()
+}
+
+pub fn parse_hashes(text: &str) -> Option<Vec<u64>> {
+    if !text.len().is_multiple_of(16) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len() / 16)
+        .map(|i| u64::from_str_radix(&text[i * 16..i * 16 + 16], 16).ok())
+        .collect()
+}
+
+/// What one exchange did.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub leaves: usize,
+    pub fetched: usize,
+    pub pushed: usize,
+}
+
+/// The anti-entropy thread.
+pub fn antientropy_loop(node: Arc<Node>) {
+    loop {
+        if node.cluster.stopper.wait(node.config.antientropy_interval) {
+            return;
+        }
+        if node.cluster.has_left() || node.mode() == crate::node::Mode::Syncing {
+            continue;
+        }
+        let peers = node.cluster.members.healthy_peers();
+        if peers.is_empty() {
+            continue;
+        }
+        let p = &peers[fastrand::usize(..peers.len())];
+        let started = Instant::now();
+        let traffic = Traffic::default();
+        node.metrics
+            .antientropy_rounds
+            .fetch_add(1, Ordering::Relaxed);
+        let result = exchange(&node, &p.address, &traffic);
+        let requests = traffic.requests.load(Ordering::Relaxed);
+        let bytes = traffic.bytes.load(Ordering::Relaxed);
+        node.metrics
+            .antientropy_requests
+            .fetch_add(requests, Ordering::Relaxed);
+        node.metrics
+            .antientropy_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        match result {
+            Ok(r) if r.leaves == 0 => {
+                log::debug!("anti-entropy with {}: in sync ({bytes} bytes)", p.id)
+            }
+            Ok(r) => {
+                node.metrics
+                    .antientropy_repaired
+                    .fetch_add((r.fetched + r.pushed) as u64, Ordering::Relaxed);
+                log::info!(
+                    "anti-entropy with {}: {} buckets differed; fetched {}, pushed {} ({requests} requests, {bytes} bytes, {:.2}s)",
+                    p.id,
+                    r.leaves,
+                    r.fetched,
+                    r.pushed,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) => log::debug!("anti-entropy with {} failed: {e}", p.id),
+        }
+    }
+}
+
+/// One exchange with the peer at `address`.
+pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report, PeerError> {
+    let client = &node.cluster.peer;
+    let root: RootReply =
+        client.get(address, "/internal/tree/root", peer::NORMAL, Some(traffic))?;
+    let remote_root = parse_hashes(&root.root)
+        .and_then(|v| v.first().copied())
+        .ok_or_else(|| PeerError::BadReply("bad root hash".into()))?;
+    if remote_root == node.store.tree_root() {
+        return Ok(Report::default());
+    }
+    // Descend through the differing branches.
+    let mut frontier = vec![0usize];
+    for level in 0..DEPTH {
+        let mut next = Vec::new();
+        for chunk in frontier.chunks(CHILDREN_MAX_NODES) {
+            if node.cluster.stopper.wait(node.config.throttle_delay) {
+                return Ok(Report::default());
+            }
+            let reply: ChildrenReply = client.post(
+                address,
+                "/internal/tree/children",
+                &ChildrenRequest {
+                    level,
+                    nodes: chunk.to_vec(),
+                },
+                peer::LONG,
+                Some(traffic),
+            )?;
+            let local = node
+                .store
+                .tree_children(level, chunk)
+                .ok_or_else(|| PeerError::BadReply("bad tree node".into()))?;
+            if reply.children.len() != chunk.len() {
+                return Err(PeerError::BadReply("children count does not match".into()));
+            }
+            for ((n, remote), mine) in chunk.iter().zip(&reply.children).zip(&local) {
+                let remote = parse_hashes(remote)
+                    .filter(|h| h.len() == FANOUT)
+                    .ok_or_else(|| PeerError::BadReply("bad children hashes".into()))?;
+                next.extend(differing_children(*n, mine, &remote));
+            }
+        }
+        frontier = next;
+        if frontier.is_empty() {
+            // The trees met while we descended (writes in flight).
+            return Ok(Report::default());
+        }
+    }
+    let leaves: Vec<u16> = frontier.iter().map(|&l| l as u16).collect();
+    let mut report = Report {
+        leaves: leaves.len(),
+        ..Report::default()
+    };
+    for chunk in leaves.chunks(BUCKETS_PER_REQUEST) {
+        let (to_fetch, to_push) = compare_buckets(node, address, chunk, traffic)?;
+        if !to_fetch.is_empty() {
+            report.fetched += fetch_traced(node, address, to_fetch, traffic)?;
+        }
+        if !to_push.is_empty() {
+            report.pushed += push_keys(node, address, &to_push, traffic)?;
+        }
+    }
+    Ok(report)
+}
+
+/// Compares the stamps in some leaf buckets; returns the keys to fetch from
+/// the peer and the keys to push to it.
+fn compare_buckets(
+    node: &Node,
+    address: &str,
+    leaves: &[u16],
+    traffic: &Traffic,
+) -> Result<(Vec<String>, Vec<String>), PeerError> {
+    let mut remote: HashMap<String, Stamp> = HashMap::new();
+    let mut after: Option<BucketCursor> = None;
+    loop {
+        if node.cluster.stopper.wait(node.config.throttle_delay) {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let reply: BucketsReply = node.cluster.peer.post(
+            address,
+            "/internal/tree/buckets",
+            &BucketsRequest {
+                leaves: leaves.to_vec(),
+                after: after.clone(),
+            },
+            peer::LONG,
+            Some(traffic),
+        )?;
+        for w in &reply.entries {
+            let stamp = w.stamp().map_err(PeerError::BadReply)?;
+            remote.insert(w.key.clone(), stamp);
+        }
+        match reply.next {
+            Some(next) if Some(&next) != after.as_ref() => after = Some(next),
+            Some(_) => return Err(PeerError::BadReply("bucket cursor did not move".into())),
+            None => break,
+        }
+    }
+    let mut local: HashMap<String, Stamp> = HashMap::new();
+    let mut cursor: Option<(u16, String)> = None;
+    loop {
+        let page = node
+            .store
+            .bucket_entries(
+                leaves,
+                cursor.as_ref().map(|(l, k)| (*l, k.as_str())),
+                BUCKET_PAGE_ENTRIES,
+            )
+            .map_err(|e| PeerError::BadReply(format!("reading local buckets: {e}")))?;
+        for (_, key, stamp) in page.entries {
+            local.insert(key, stamp);
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    Ok(plan(&local, &remote))
+}
+
+/// Which keys to fetch (the peer's version wins or conflicts) and which to
+/// push (ours wins, or the peer lacks the key). Sorted, for determinism.
+pub fn plan(
+    local: &HashMap<String, Stamp>,
+    remote: &HashMap<String, Stamp>,
+) -> (Vec<String>, Vec<String>) {
+    let mut to_fetch: Vec<String> = remote
+        .iter()
+        .filter(|(k, r)| {
+            matches!(
+                merge(local.get(*k), r),
+                Merge::TakeIncoming | Merge::Conflict
+            )
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut to_push: Vec<String> = local
+        .iter()
+        .filter(|(k, l)| merge(remote.get(*k), l) == Merge::TakeIncoming)
+        .map(|(k, _)| k.clone())
+        .collect();
+    to_fetch.sort();
+    to_push.sort();
+    (to_fetch, to_push)
+}
+
+/// Fetches the peer's versions of `keys` through the merge rule, counting
+/// the traffic.
+fn fetch_traced(
+    node: &Node,
+    address: &str,
+    keys: Vec<String>,
+    traffic: &Traffic,
+) -> Result<usize, PeerError> {
+    let mut total = 0;
+    for chunk in keys.chunks(FETCH_MAX_KEYS) {
+        let n = fetch_chunk(node, address, chunk.to_vec(), traffic)?;
+        total += n;
+    }
+    Ok(total)
+}
+
+fn fetch_chunk(
+    node: &Node,
+    address: &str,
+    keys: Vec<String>,
+    traffic: &Traffic,
+) -> Result<usize, PeerError> {
+    if node.cluster.stopper.wait(node.config.throttle_delay) {
+        return Ok(0);
+    }
+    let reply: super::sync::FetchReply = node.cluster.peer.post(
+        address,
+        "/internal/fetch",
+        &super::sync::FetchRequest { keys },
+        peer::LONG,
+        Some(traffic),
+    )?;
+    let versions = super::wire::decode_versions(reply.versions, node.config.max_value_bytes)
+        .map_err(PeerError::BadReply)?;
+    let n = versions.len();
+    node.writer
+        .apply_remote(versions)
+        .map_err(|e| PeerError::BadReply(format!("applying fetched versions: {e}")))?;
+    Ok(n)
+}
+
+/// Pushes the local versions of `keys` to the peer.
+fn push_keys(
+    node: &Node,
+    address: &str,
+    keys: &[String],
+    traffic: &Traffic,
+) -> Result<usize, PeerError> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    let mut pushed = 0;
+    for key in keys {
+        let Ok(Some(v)) = node.store.get(key) else {
+            continue;
+        };
+        bytes += v.data.len();
+        batch.push(WireVersion::from_version(key, &v));
+        if batch.len() >= PUSH_MAX_VERSIONS || bytes >= PUSH_MAX_BYTES {
+            pushed += send_push(node, address, std::mem::take(&mut batch), traffic)?;
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        pushed += send_push(node, address, batch, traffic)?;
+    }
+    Ok(pushed)
+}
+
+fn send_push(
+    node: &Node,
+    address: &str,
+    versions: Vec<WireVersion>,
+    traffic: &Traffic,
+) -> Result<usize, PeerError> {
+    if node.cluster.stopper.wait(node.config.throttle_delay) {
+        return Ok(0);
+    }
+    let n = versions.len();
+    let request = PushRequest {
+        from: node.config.node_id.clone(),
+        versions,
+    };
+    let _: PushReply = node.cluster.peer.post(
+        address,
+        "/internal/push",
+        &request,
+        peer::LONG,
+        Some(traffic),
+    )?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::VersionId;
+
+    fn s(ts: u64, id: u8) -> Stamp {
+        Stamp {
+            timestamp: ts,
+            uuid: VersionId([id; 16]),
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn the_plan_fetches_newer_and_pushes_older() {
+        let local: HashMap<String, Stamp> = [
+            ("same".to_string(), s(5, 1)),
+            ("ours-newer".to_string(), s(9, 1)),
+            ("theirs-newer".to_string(), s(3, 1)),
+            ("only-ours".to_string(), s(1, 1)),
+            ("conflict".to_string(), s(4, 1)),
+        ]
+        .into();
+        let remote: HashMap<String, Stamp> = [
+            ("same".to_string(), s(5, 1)),
+            ("ours-newer".to_string(), s(8, 2)),
+            ("theirs-newer".to_string(), s(4, 2)),
+            ("only-theirs".to_string(), s(1, 2)),
+            ("conflict".to_string(), s(4, 2)),
+        ]
+        .into();
+        let (fetch, push) = plan(&local, &remote);
+        assert_eq!(fetch, vec!["conflict", "only-theirs", "theirs-newer"]);
+        assert_eq!(push, vec!["only-ours", "ours-newer"]);
+    }
+
+    #[test]
+    fn hashes_travel_as_hex() {
+        let h = [0u64, 1, u64::MAX, 0xdead_beef];
+        let text = hex_hashes(&h);
+        assert_eq!(text.len(), 64);
+        assert_eq!(parse_hashes(&text).unwrap(), h);
+        assert!(parse_hashes("abc").is_none());
+        assert!(parse_hashes("zzzzzzzzzzzzzzzz").is_none());
+    }
+}

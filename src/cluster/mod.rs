@@ -1,0 +1,237 @@
+//! Everything a node does with its peers. Each concern has its own file:
+//!
+//! - `membership`: the member table (pure state) and its rules.
+//! - `gossip`: joining, the gossip rounds, leaving (the I/O around the table).
+//! - `replicate`: push on write, one bounded queue and thread per peer.
+//! - `sync`: pull: regular sync, catch-up, bootstrap, tombstone purge.
+//! - `conflict`: settling equal-timestamp conflicts by vote or rule.
+//! - `antientropy`: Merkle summary exchange that finds every difference.
+//! - `wire`: versions as they travel.
+//!
+//! Locks are never held across a network call: callers take a snapshot
+//! (a list of peers, a page of versions), drop the lock, then talk.
+
+pub mod antientropy;
+pub mod conflict;
+pub mod gossip;
+pub mod membership;
+pub mod replicate;
+pub mod sync;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use membership::{Change, JoinRefused, MemberEntry, MemberTable, MemberView, Peer};
+
+use crate::clock;
+
+/// A stop flag that background loops wait on instead of sleeping, so a
+/// shutdown never waits behind a long interval.
+pub struct Stopper {
+    stopped: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Default for Stopper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stopper {
+    pub fn new() -> Stopper {
+        Stopper {
+            stopped: Mutex::new(false),
+            cv: Condvar::new(),
+        }
+    }
+
+    pub fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `d`; true when the node is stopping.
+    pub fn wait(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        while !*stopped {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            stopped = self
+                .cv
+                .wait_timeout(stopped, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// The member table behind its lock, with logging of every change and the
+/// addresses this node may rejoin through.
+pub struct Members {
+    table: Mutex<MemberTable>,
+    /// Every address ever seen (seeds, members), with the last time a call
+    /// to it succeeded (ms): where to look for the cluster when alone.
+    known: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Members {
+    pub fn new(table: MemberTable, seeds: &[String], known: BTreeMap<String, u64>) -> Members {
+        let mut known = known;
+        for s in seeds {
+            known.entry(s.clone()).or_insert(0);
+        }
+        let me = table.me().address.clone();
+        known.remove(&me);
+        Members {
+            table: Mutex::new(table),
+            known: Mutex::new(known),
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, MemberTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn me(&self) -> MemberEntry {
+        self.table().me().clone()
+    }
+
+    pub fn healthy_peers(&self) -> Vec<Peer> {
+        self.table().healthy_peers()
+    }
+
+    pub fn unhealthy_peers(&self) -> Vec<Peer> {
+        self.table().unhealthy_peers()
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.table().healthy_count()
+    }
+
+    pub fn is_member(&self, id: &str) -> bool {
+        self.table().is_member(id)
+    }
+
+    pub fn entries(&self) -> Vec<MemberEntry> {
+        self.table().entries()
+    }
+
+    pub fn views(&self) -> Vec<MemberView> {
+        self.table().views(clock::real_now_ms())
+    }
+
+    pub fn check_join(&self, e: &MemberEntry) -> Result<(), JoinRefused> {
+        self.table().check_join(e)
+    }
+
+    pub fn beat(&self) {
+        self.table().beat()
+    }
+
+    pub fn leave(&self) -> MemberEntry {
+        self.table().leave()
+    }
+
+    /// Merges entries and logs what changed.
+    pub fn merge(&self, entries: &[MemberEntry]) {
+        let changes = self
+            .table()
+            .merge(entries, Instant::now(), clock::real_now_ms());
+        if !changes.is_empty() {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            for e in entries {
+                if !e.left && e.validate().is_ok() {
+                    known.insert(e.address.clone(), clock::real_now_ms());
+                }
+            }
+            let me = self.table().me().address.clone();
+            known.remove(&me);
+        }
+        log_changes(&changes, entries);
+    }
+
+    /// Applies the timeouts and logs what changed.
+    pub fn tick(&self) {
+        let changes = self.table().tick(Instant::now());
+        log_changes(&changes, &[]);
+    }
+
+    /// Known addresses that are not current members: where to look for the
+    /// cluster.
+    pub fn rejoin_candidates(&self) -> Vec<String> {
+        let table = self.table();
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .filter(|a| !table.has_address(a))
+            .cloned()
+            .collect()
+    }
+
+    /// Records a successful call to an address.
+    pub fn reached(&self, address: &str) {
+        if self.table().me().address == address {
+            return;
+        }
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address.to_string(), clock::real_now_ms());
+    }
+
+    /// Forgets one address (it turned out to be this node).
+    pub fn forget(&self, address: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(address);
+    }
+
+    /// Forgets addresses unreachable for longer than `max_age` (seeds stay).
+    pub fn forget_stale(&self, seeds: &[String], max_age: Duration) {
+        let horizon = clock::real_now_ms().saturating_sub(max_age.as_millis() as u64);
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|a, last_ok| seeds.contains(a) || *last_ok == 0 || *last_ok >= horizon);
+    }
+
+    pub fn known_addresses(&self) -> BTreeMap<String, u64> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn log_changes(changes: &[Change], entries: &[MemberEntry]) {
+    for c in changes {
+        match c {
+            Change::Joined(id) => {
+                let addr = entries
+                    .iter()
+                    .find(|e| &e.id == id)
+                    .map(|e| e.address.as_str())
+                    .unwrap_or("?");
+                log::info!("member {id} joined ({addr})");
+            }
+            Change::Recovered(id) => log::info!("member {id} is healthy again"),
+            Change::Unhealthy(id) => {
+                log::warn!("member {id} is unhealthy (not heard from within failure_timeout)")
+            }
+            Change::Removed(id) => {
+                log::warn!("member {id} removed (not heard from within removal_timeout)")
+            }
+            Change::Left(id) => log::info!("member {id} left the cluster"),
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! Pull-based sync (compatible with the original): regular sync, catch-up
+//! and bootstrap, plus the tombstone purge. One thread runs them all.
+//!
+//! - Regular sync: every `sync_interval`, ask a random healthy peer for its
+//!   latest 15 versions and fetch those that are newer here or missing.
+//!   Finding any marks this node as behind.
+//! - Catch-up: while behind, every `catchup_interval`, page through
+//!   everything a peer has from a little before the point we are behind
+//!   from, `throttle_delay_ms` between pages. A node that restarts with
+//!   data starts behind (from its newest version).
+//! - Bootstrap: a node that joins with an empty data directory is in
+//!   `syncing` mode (client writes get 503) until it has paged through the
+//!   last `bootstrap_max_age_hours` of a peer's history.
+//! - Purge: tombstones older than `bootstrap_max_age_hours` are removed.
+//!
+//! Everything fetched goes through the writer's merge rule.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::wire::{decode_versions, WireVersion};
+use crate::clock;
+use crate::node::{Mode, Node};
+use crate::peer::{self, PeerError};
+use crate::store::{merge, Merge};
+
+/// Versions compared by a regular sync (compatible).
+pub const LATEST_N: usize = 15;
+/// Versions per page of `/internal/since`, at most.
+pub const PAGE_MAX_VERSIONS: usize = 1000;
+/// Data bytes per page, about.
+pub const PAGE_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Keys per `/internal/fetch`, at most.
+pub const FETCH_MAX_KEYS: usize = 1000;
+/// A catch-up starts this far before the point we are behind from, for
+/// versions that reached the peer late with older timestamps.
+const CATCHUP_SLACK_MS: u64 = 60_000;
+/// Wait between attempts while no peer is available.
+const NO_PEER_RETRY: Duration = Duration::from_millis(250);
+/// Meta entries: a bootstrap in progress, and one completed.
+pub const META_BOOTSTRAP_PENDING: &str = "bootstrap_pending";
+pub const META_BOOTSTRAPPED: &str = "bootstrapped";
+
+/// `GET /internal/since` reply: a page of full versions, oldest first.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SinceReply {
+    pub versions: Vec<WireVersion>,
+    /// Where the next page starts; absent on the last page.
+    #[serde(default)]
+    pub next: Option<Cursor>,
+}
+
+/// A position in the time index: after this timestamp and key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub timestamp: u64,
+    pub key: String,
+}
+
+/// `GET /internal/latest` reply: stamps (no data), newest first.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct LatestReply {
+    pub versions: Vec<WireVersion>,
+}
+
+/// `POST /internal/fetch` body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub keys: Vec<String>,
+}
+
+/// `POST /internal/fetch` reply: the versions held (tombstones included).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FetchReply {
+    pub versions: Vec<WireVersion>,
+}
+
+/// Sync progress shared with `/health` and the other threads.
+#[derive(Default)]
+pub struct SyncState {
+    keys_fetched: AtomicU64,
+    /// Set while behind: the timestamp to catch up from.
+    behind_from: Mutex<Option<u64>>,
+}
+
+impl SyncState {
+    pub fn keys_fetched(&self) -> u64 {
+        self.keys_fetched.load(Ordering::Relaxed)
+    }
+
+    /// Marks this node as behind from `ts` (keeps the earliest mark).
+    pub fn mark_behind(&self, ts: u64) {
+        let mut b = self.behind_from.lock().unwrap_or_else(|e| e.into_inner());
+        *b = Some(b.map_or(ts, |old| old.min(ts)));
+    }
+
+    fn take_behind(&self) -> Option<u64> {
+        self.behind_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    pub fn is_behind(&self) -> bool {
+        self.behind_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+}
+
+/// The sync thread.
+pub fn sync_loop(node: Arc<Node>) {
+    let cfg = &node.config;
+    let stopper = node.cluster.stopper.clone();
+    if node.mode() == Mode::Syncing {
+        if !bootstrap(&node) {
+            return;
+        }
+    } else if !cfg.seed_nodes.is_empty() || !node.cluster.members.rejoin_candidates().is_empty() {
+        // Back from a stop: whatever was written meanwhile is missing here.
+        if let Ok(Some(newest)) = node.store.newest_timestamp() {
+            node.cluster.sync.mark_behind(newest);
+        }
+    }
+    let purge_every =
+        (cfg.bootstrap_max_age / 8).clamp(Duration::from_millis(500), Duration::from_secs(600));
+    let now = Instant::now();
+    let mut next_regular = now + cfg.sync_interval;
+    let mut next_catchup = now;
+    let mut next_purge = now + purge_every;
+    loop {
+        let now = Instant::now();
+        let mut wake = next_regular.min(next_purge);
+        if node.cluster.sync.is_behind() {
+            wake = wake.min(next_catchup);
+        }
+        if wake > now && stopper.wait(wake - now) {
+            return;
+        }
+        if node.cluster.has_left() {
+            continue;
+        }
+        let now = Instant::now();
+        if node.cluster.sync.is_behind() && now >= next_catchup {
+            next_catchup = match catch_up(&node) {
+                CatchUp::Done | CatchUp::Failed => now + cfg.catchup_interval,
+                CatchUp::NoPeer => now + NO_PEER_RETRY.min(cfg.catchup_interval),
+            };
+        }
+        if now >= next_regular {
+            regular_sync(&node);
+            next_regular = Instant::now() + cfg.sync_interval;
+        }
+        if now >= next_purge {
+            purge(&node);
+            next_purge = Instant::now() + purge_every;
+        }
+    }
+}
+
+fn random_peer(node: &Node) -> Option<crate::cluster::membership::Peer> {
+    let peers = node.cluster.members.healthy_peers();
+    if peers.is_empty() {
+        None
+    } else {
+        Some(peers[fastrand::usize(..peers.len())].clone())
+    }
+}
+
+/// Compares the latest versions with a random peer and fetches what is
+/// newer there or missing here.
+pub fn regular_sync(node: &Node) {
+    let Some(p) = random_peer(node) else { return };
+    node.metrics.sync_runs.fetch_add(1, Ordering::Relaxed);
+    let path = format!("/internal/latest?n={LATEST_N}");
+    let reply: LatestReply = match node.cluster.peer.get(&p.address, &path, peer::NORMAL, None) {
+        Ok(r) => r,
+        Err(e) => {
+            log::debug!("regular sync with {}: {e}", p.id);
+            return;
+        }
+    };
+    let mut wanted = Vec::new();
+    let Ok(rtxn) = node.store.read_txn() else {
+        return;
+    };
+    for w in &reply.versions {
+        let Ok(remote) = w.stamp() else {
+            log::warn!("regular sync: {} sent a bad version of {:?}", p.id, w.key);
+            return;
+        };
+        let local = node.store.stamp_in(&rtxn, &w.key).ok().flatten();
+        if matches!(
+            merge(local.as_ref(), &remote),
+            Merge::TakeIncoming | Merge::Conflict
+        ) {
+            wanted.push((w.key.clone(), remote.timestamp));
+        }
+    }
+    drop(rtxn);
+    if wanted.is_empty() {
+        return;
+    }
+    let oldest = wanted.iter().map(|(_, ts)| *ts).min().unwrap_or(0);
+    let keys: Vec<String> = wanted.into_iter().map(|(k, _)| k).collect();
+    if node.cluster.stopper.wait(node.config.fetch_delay) {
+        return;
+    }
+    match fetch(node, &p.address, keys) {
+        Ok(n) => {
+            log::info!("regular sync with {}: fetched {n} newer versions", p.id);
+            // What was missing among the latest may be missing further back.
+            node.cluster.sync.mark_behind(oldest);
+        }
+        Err(e) => log::debug!("regular sync fetch from {}: {e}", p.id),
+    }
+}
+
+/// Fetches versions of `keys` from a peer and applies them; returns how
+/// many were fetched.
+pub fn fetch(node: &Node, address: &str, keys: Vec<String>) -> Result<usize, PeerError> {
+    let mut total = 0;
+    for (i, chunk) in keys.chunks(FETCH_MAX_KEYS).enumerate() {
+        if i > 0 && node.cluster.stopper.wait(node.config.fetch_delay) {
+            break;
+        }
+        let reply: FetchReply = node.cluster.peer.post(
+            address,
+            "/internal/fetch",
+            &FetchRequest {
+                keys: chunk.to_vec(),
+            },
+            peer::LONG,
+            None,
+        )?;
+        let versions = decode_versions(reply.versions, node.config.max_value_bytes)
+            .map_err(PeerError::BadReply)?;
+        total += versions.len();
+        node.metrics
+            .sync_fetched
+            .fetch_add(versions.len() as u64, Ordering::Relaxed);
+        node.writer
+            .apply_remote(versions)
+            .map_err(|e| PeerError::BadReply(format!("applying fetched versions: {e}")))?;
+    }
+    Ok(total)
+}
+
+enum CatchUp {
+    Done,
+    Failed,
+    NoPeer,
+}
+
+/// Pages through a peer's versions since the point we are behind from.
+fn catch_up(node: &Node) -> CatchUp {
+    let Some(from) = node.cluster.sync.take_behind() else {
+        return CatchUp::Done;
+    };
+    let Some(p) = random_peer(node) else {
+        node.cluster.sync.mark_behind(from);
+        return CatchUp::NoPeer;
+    };
+    node.metrics.catchup_runs.fetch_add(1, Ordering::Relaxed);
+    let start = from.saturating_sub(CATCHUP_SLACK_MS);
+    let started = Instant::now();
+    match page_through(node, &p.address, start, |_| {}) {
+        Ok(n) => {
+            if n > 0 {
+                log::info!(
+                    "catch-up from {}: {n} versions in {:.1}s",
+                    p.id,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            CatchUp::Done
+        }
+        Err((at, e)) => {
+            log::warn!("catch-up from {} stopped: {e}", p.id);
+            node.cluster
+                .sync
+                .mark_behind(at.saturating_add(CATCHUP_SLACK_MS).max(from));
+            CatchUp::Failed
+        }
+    }
+}
+
+/// Pages through everything a peer has from `start` on, applying each
+/// page; `progress` hears the count after each page. On failure returns the
+/// timestamp reached.
+fn page_through(
+    node: &Node,
+    address: &str,
+    start: u64,
+    mut progress: impl FnMut(usize),
+) -> Result<usize, (u64, PeerError)> {
+    let mut cursor = Cursor {
+        timestamp: start,
+        key: String::new(),
+    };
+    let mut first = true;
+    let mut total = 0;
+    loop {
+        let mut path = format!(
+            "/internal/since?after_ts={}&limit={PAGE_MAX_VERSIONS}",
+            cursor.timestamp
+        );
+        if !first {
+            path.push_str("&after_key=");
+            path.push_str(&crate::http::percent_encode(&cursor.key));
+        }
+        let reply: SinceReply = node
+            .cluster
+            .peer
+            .get(address, &path, peer::LONG, None)
+            .map_err(|e| (cursor.timestamp, e))?;
+        let versions = decode_versions(reply.versions, node.config.max_value_bytes)
+            .map_err(|e| (cursor.timestamp, PeerError::BadReply(e)))?;
+        total += versions.len();
+        node.metrics
+            .sync_fetched
+            .fetch_add(versions.len() as u64, Ordering::Relaxed);
+        node.writer.apply_remote(versions).map_err(|e| {
+            (
+                cursor.timestamp,
+                PeerError::BadReply(format!("applying a page: {e}")),
+            )
+        })?;
+        progress(total);
+        match reply.next {
+            Some(next)
+                if next.timestamp > cursor.timestamp
+                    || (next.timestamp == cursor.timestamp && next.key > cursor.key)
+                    || first =>
+            {
+                cursor = next;
+                first = false;
+            }
+            Some(_) => {
+                return Err((
+                    cursor.timestamp,
+                    PeerError::BadReply("the page cursor went backwards".into()),
+                ))
+            }
+            None => return Ok(total),
+        }
+        if node.cluster.stopper.wait(node.config.throttle_delay) {
+            return Ok(total);
+        }
+    }
+}
+
+/// Fetches the last `bootstrap_max_age_hours` of history from a peer, then
+/// turns the node `normal`. Returns false if the node stopped first.
+fn bootstrap(node: &Node) -> bool {
+    let _ = node.store.meta_put(META_BOOTSTRAP_PENDING, b"1");
+    let start = clock::now_ms().saturating_sub(node.config.bootstrap_max_age.as_millis() as u64);
+    let started = Instant::now();
+    log::info!("bootstrap: syncing history since {start} before accepting client writes");
+    let mut waiting_logged = false;
+    loop {
+        if node.cluster.stopper.is_stopped() {
+            return false;
+        }
+        let Some(p) = random_peer(node) else {
+            if !waiting_logged {
+                log::info!("bootstrap: waiting for a peer to fetch history from");
+                waiting_logged = true;
+            }
+            if node.cluster.stopper.wait(NO_PEER_RETRY) {
+                return false;
+            }
+            continue;
+        };
+        node.metrics.catchup_runs.fetch_add(1, Ordering::Relaxed);
+        let mut last_log = Instant::now();
+        let before = node.cluster.sync.keys_fetched();
+        let result = page_through(node, &p.address, start, |n| {
+            node.cluster
+                .sync
+                .keys_fetched
+                .store(before + n as u64, Ordering::Relaxed);
+            if last_log.elapsed() >= Duration::from_secs(2) {
+                log::info!(
+                    "bootstrap: {} keys fetched from {}",
+                    before + n as u64,
+                    p.id
+                );
+                last_log = Instant::now();
+            }
+        });
+        match result {
+            Ok(_) if node.cluster.stopper.is_stopped() => return false,
+            Ok(_) => break,
+            Err((_, e)) => {
+                log::warn!("bootstrap from {} interrupted: {e}; trying again", p.id);
+                if node
+                    .cluster
+                    .stopper
+                    .wait(node.config.throttle_delay.max(NO_PEER_RETRY))
+                {
+                    return false;
+                }
+            }
+        }
+    }
+    let _ = node.store.meta_put(META_BOOTSTRAPPED, b"1");
+    let _ = node.store.meta_put(META_BOOTSTRAP_PENDING, b"0");
+    node.set_mode(Mode::Normal);
+    log::info!(
+        "bootstrap complete: {} keys in {:.1}s; accepting client writes",
+        node.cluster.sync.keys_fetched(),
+        started.elapsed().as_secs_f64()
+    );
+    true
+}
+
+/// Removes tombstones older than `bootstrap_max_age_hours`.
+fn purge(node: &Node) {
+    let horizon = clock::now_ms().saturating_sub(node.config.bootstrap_max_age.as_millis() as u64);
+    match node.writer.purge(horizon) {
+        Ok(0) => {}
+        Ok(n) => {
+            node.metrics
+                .tombstones_purged
+                .fetch_add(n as u64, Ordering::Relaxed);
+            log::info!("purged {n} tombstones older than bootstrap_max_age_hours");
+        }
+        Err(e) => log::warn!("tombstone purge failed: {e}"),
+    }
+}

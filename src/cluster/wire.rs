@@ -1,0 +1,153 @@
+//! Versions as they travel between nodes, shared by push, sync,
+//! anti-entropy and conflict votes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock;
+use crate::store::{check_key, Stamp, Version, VersionId};
+
+/// Versions further in the future than this are refused from peers: a
+/// lying or badly skewed peer must not pin a key forever.
+pub const MAX_FUTURE_MS: u64 = 24 * 3600 * 1000;
+
+/// One version of a key on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireVersion {
+    pub key: String,
+    /// The version id (hyphenated uuid).
+    pub uuid: String,
+    /// Milliseconds since the epoch, as written by the origin node.
+    pub timestamp: u64,
+    /// True for a tombstone.
+    #[serde(default)]
+    pub deleted: bool,
+    /// The JSON document as text, byte for byte as the client wrote it;
+    /// absent for a tombstone and in stamp-only listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+impl WireVersion {
+    pub fn from_version(key: &str, v: &Version) -> WireVersion {
+        WireVersion {
+            key: key.to_string(),
+            uuid: v.stamp.uuid.to_string(),
+            timestamp: v.stamp.timestamp,
+            deleted: v.stamp.deleted,
+            data: if v.stamp.deleted {
+                None
+            } else {
+                // Stored values were checked as JSON, hence UTF-8.
+                Some(String::from_utf8_lossy(&v.data).into_owned())
+            },
+        }
+    }
+
+    pub fn from_stamp(key: &str, s: &Stamp) -> WireVersion {
+        WireVersion {
+            key: key.to_string(),
+            uuid: s.uuid.to_string(),
+            timestamp: s.timestamp,
+            deleted: s.deleted,
+            data: None,
+        }
+    }
+
+    /// The stamp, after checking key, uuid and timestamp.
+    pub fn stamp(&self) -> Result<Stamp, String> {
+        check_key(&self.key, false).map_err(|e| format!("{:?}: {e}", self.key))?;
+        if self.key.is_empty() {
+            return Err("empty key".into());
+        }
+        let uuid = VersionId::parse(&self.uuid)
+            .ok_or_else(|| format!("{:?}: bad uuid {:?}", self.key, self.uuid))?;
+        if self.timestamp > clock::now_ms().saturating_add(MAX_FUTURE_MS) {
+            return Err(format!(
+                "{:?}: timestamp {} is more than a day ahead",
+                self.key, self.timestamp
+            ));
+        }
+        Ok(Stamp {
+            timestamp: self.timestamp,
+            uuid,
+            deleted: self.deleted,
+        })
+    }
+
+    /// The full version, after checking everything a peer could get wrong:
+    /// key rules, uuid, timestamp, and data (valid JSON within the limit).
+    pub fn into_version(self, max_value_bytes: usize) -> Result<(String, Version), String> {
+        let stamp = self.stamp()?;
+        let data = match (stamp.deleted, self.data) {
+            (true, _) => Vec::new(),
+            (false, None) => return Err(format!("{:?}: a value without data", self.key)),
+            (false, Some(d)) => {
+                if d.len() > max_value_bytes {
+                    return Err(format!("{:?}: value over max_value_bytes", self.key));
+                }
+                if serde_json::from_str::<serde::de::IgnoredAny>(&d).is_err() {
+                    return Err(format!("{:?}: value is not valid JSON", self.key));
+                }
+                d.into_bytes()
+            }
+        };
+        Ok((self.key, Version { stamp, data }))
+    }
+}
+
+/// Checks a batch of versions from a peer; one bad version refuses all.
+pub fn decode_versions(
+    list: Vec<WireVersion>,
+    max_value_bytes: usize,
+) -> Result<Vec<(String, Version)>, String> {
+    list.into_iter()
+        .map(|w| w.into_version(max_value_bytes))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(key: &str, data: Option<&str>) -> WireVersion {
+        WireVersion {
+            key: key.into(),
+            uuid: VersionId::new_random().to_string(),
+            timestamp: 5,
+            deleted: data.is_none(),
+            data: data.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_bytes() {
+        let (k, v) = wire("a/b", Some(" {\"x\" : 1}\n"))
+            .into_version(100)
+            .unwrap();
+        assert_eq!(k, "a/b");
+        assert_eq!(v.data, b" {\"x\" : 1}\n");
+        assert_eq!(
+            WireVersion::from_version(&k, &v).data.as_deref(),
+            Some(" {\"x\" : 1}\n")
+        );
+    }
+
+    #[test]
+    fn lies_are_refused() {
+        assert!(wire("a/../b", Some("1")).into_version(100).is_err());
+        assert!(wire("", Some("1")).into_version(100).is_err());
+        assert!(wire("a", Some("{")).into_version(100).is_err());
+        assert!(wire("a", Some("[1,2,3]")).into_version(3).is_err());
+        let mut w = wire("a", Some("1"));
+        w.deleted = false;
+        w.data = None;
+        assert!(w.into_version(100).is_err());
+        let mut w = wire("a", Some("1"));
+        w.uuid = "nope".into();
+        assert!(w.into_version(100).is_err());
+        let mut w = wire("a", Some("1"));
+        w.timestamp = u64::MAX;
+        assert!(w.into_version(100).is_err());
+        assert!(wire("a", None).into_version(100).is_ok());
+    }
+}

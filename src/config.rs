@@ -1,0 +1,660 @@
+//! Node configuration: the YAML file, command-line overrides, defaults and
+//! validation.
+//!
+//! Every key of the original daemon keeps its name and default. A file is read
+//! into [`RawConfig`] (all keys optional, unknown keys refused), options given
+//! on the command line are read the same way one key at a time and win over
+//! the file, and [`Config::from_raw`] fills in defaults and refuses impossible
+//! values. Every error names the key it is about.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem, phrased for the operator.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// The keys as written in YAML; `None` means "not given".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node_id: Option<String>,
+    pub bind_address: Option<String>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+    pub seed_nodes: Option<Vec<String>>,
+    pub read_only: Option<bool>,
+    pub log_level: Option<String>,
+    pub gossip_interval_min: Option<f64>,
+    pub gossip_interval_max: Option<f64>,
+    pub sync_interval: Option<f64>,
+    pub catchup_interval: Option<f64>,
+    pub bootstrap_max_age_hours: Option<f64>,
+    pub throttle_delay_ms: Option<u64>,
+    pub fetch_delay_ms: Option<u64>,
+    pub failure_timeout: Option<f64>,
+    pub removal_timeout: Option<f64>,
+    pub antientropy_interval: Option<f64>,
+    pub advertise_address: Option<String>,
+    pub max_value_bytes: Option<usize>,
+    pub http_threads: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub map_size_mb: Option<u64>,
+    pub client_tokens: Option<Vec<String>>,
+    pub cluster_secret: Option<String>,
+}
+
+/// Every key, with its meaning, default and unit, as written into a new
+/// `config.yaml`. The order here is the order of the file and of `--help`.
+pub const KEYS: &[(&str, &str, &str)] = &[
+    (
+        "node_id",
+        "(host name)",
+        "unique name of this node in the cluster",
+    ),
+    (
+        "bind_address",
+        "\"127.0.0.1\"",
+        "address the HTTP server binds",
+    ),
+    ("port", "8080", "HTTP port, for clients and peers alike"),
+    (
+        "data_dir",
+        "\"./data\"",
+        "LMDB directory, created if missing",
+    ),
+    (
+        "seed_nodes",
+        "[]",
+        "\"host:port\" peers to join through; empty = standalone",
+    ),
+    (
+        "read_only",
+        "false",
+        "refuse client writes (403); replication still applies",
+    ),
+    ("log_level", "\"info\"", "debug, info, warn or error"),
+    (
+        "gossip_interval_min",
+        "60",
+        "seconds; each gossip round waits a random time",
+    ),
+    (
+        "gossip_interval_max",
+        "120",
+        "seconds; ... between min and max",
+    ),
+    (
+        "sync_interval",
+        "300",
+        "seconds between regular syncs (latest 15 versions)",
+    ),
+    (
+        "catchup_interval",
+        "120",
+        "seconds between catch-up syncs while behind",
+    ),
+    (
+        "bootstrap_max_age_hours",
+        "720",
+        "hours of history a new node fetches; tombstone lifetime",
+    ),
+    (
+        "throttle_delay_ms",
+        "100",
+        "milliseconds between sync pages asked of one peer",
+    ),
+    (
+        "fetch_delay_ms",
+        "50",
+        "milliseconds between individual fetches",
+    ),
+    (
+        "failure_timeout",
+        "300",
+        "seconds unheard before a member is unhealthy",
+    ),
+    (
+        "removal_timeout",
+        "600",
+        "seconds unheard before a member is dropped",
+    ),
+    (
+        "antientropy_interval",
+        "600",
+        "seconds between Merkle exchanges with a random peer",
+    ),
+    (
+        "advertise_address",
+        "(bind_address:port)",
+        "host:port that peers should dial",
+    ),
+    (
+        "max_value_bytes",
+        "1048576",
+        "largest accepted body in bytes (413 above)",
+    ),
+    ("http_threads", "8", "request worker threads"),
+    (
+        "max_connections",
+        "512",
+        "open client connections; more wait for a free slot",
+    ),
+    (
+        "map_size_mb",
+        "1024",
+        "LMDB map size in MiB (507 when full)",
+    ),
+    (
+        "client_tokens",
+        "[]",
+        "bearer tokens for client endpoints; empty = open",
+    ),
+    (
+        "cluster_secret",
+        "\"\"",
+        "shared secret for internal endpoints; empty = open",
+    ),
+];
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Unique name of this node in the cluster. Default: the host name.
+    pub node_id: String,
+    /// Address the HTTP server binds. Default `127.0.0.1`.
+    pub bind_address: IpAddr,
+    /// HTTP port for clients and peers. Default 8080; 0 picks a free port
+    /// (only for a standalone node, as peers could not find it).
+    pub port: u16,
+    /// LMDB directory, created if missing. Default `./data`.
+    pub data_dir: PathBuf,
+    /// `host:port` peers to join through. Default none: standalone.
+    pub seed_nodes: Vec<String>,
+    /// Refuse client writes with 403; replication still applies.
+    pub read_only: bool,
+    /// Log level: debug, info, warn or error. Default info.
+    pub log_level: log::LevelFilter,
+    /// Lower bound of the random wait between gossip rounds. Default 60 s.
+    pub gossip_interval_min: Duration,
+    /// Upper bound of the random wait between gossip rounds. Default 120 s.
+    pub gossip_interval_max: Duration,
+    /// Time between regular syncs. Default 300 s.
+    pub sync_interval: Duration,
+    /// Time between catch-up syncs while behind. Default 120 s.
+    pub catchup_interval: Duration,
+    /// How far back a new node fetches history, and how long tombstones live.
+    /// Default 720 hours.
+    pub bootstrap_max_age: Duration,
+    /// Pause between sync pages asked of one peer. Default 100 ms.
+    pub throttle_delay: Duration,
+    /// Pause between individual fetches. Default 50 ms.
+    pub fetch_delay: Duration,
+    /// Time unheard before a member is unhealthy. Default 300 s.
+    pub failure_timeout: Duration,
+    /// Time unheard before a member is dropped. Default 600 s.
+    pub removal_timeout: Duration,
+    /// Time between anti-entropy exchanges. Default 600 s.
+    pub antientropy_interval: Duration,
+    /// `host:port` peers dial. Default `bind_address:port`.
+    pub advertise_address: String,
+    /// Largest accepted body in bytes. Default 1 MiB.
+    pub max_value_bytes: usize,
+    /// Request worker threads. Default 8.
+    pub http_threads: usize,
+    /// Open client connections. Default 512.
+    pub max_connections: usize,
+    /// LMDB map size in MiB. Default 1024.
+    pub map_size_mb: u64,
+    /// Bearer tokens accepted on client endpoints; empty means open.
+    pub client_tokens: Vec<String>,
+    /// Shared secret for internal endpoints; empty means open.
+    pub cluster_secret: String,
+}
+
+impl RawConfig {
+    /// Reads a YAML file. An empty file is a file with no keys.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Self::from_yaml(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses YAML text; serde_yaml's messages name the offending key.
+    pub fn from_yaml(text: &str) -> Result<RawConfig, ConfigError> {
+        match serde_yaml::from_str::<Option<RawConfig>>(text) {
+            Ok(raw) => Ok(raw.unwrap_or_default()),
+            Err(e) => err(e.to_string()),
+        }
+    }
+
+    /// Applies one `key: value` given on the command line. The value is read
+    /// as YAML, so `--port 8081`, `--seed_nodes '[a:1, b:2]'` and
+    /// `--sync_interval 0.5` are checked exactly like the file.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        if !KEYS.iter().any(|(k, _, _)| *k == key) {
+            return err(format!("unknown option --{}", key.replace('_', "-")));
+        }
+        // Strings given on the command line are taken literally, so a node id
+        // such as "yes" or "123" stays a string.
+        let yaml_value = if is_string_key(key) {
+            serde_yaml::to_string(value).unwrap_or_default()
+        } else {
+            value.to_string()
+        };
+        let one = Self::from_yaml(&format!("{key}: {yaml_value}"))
+            .map_err(|e| ConfigError(format!("option --{}: {}", key.replace('_', "-"), e.0)))?;
+        self.merge(one);
+        Ok(())
+    }
+
+    /// Takes every key that `other` sets.
+    fn merge(&mut self, other: RawConfig) {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            node_id,
+            bind_address,
+            port,
+            data_dir,
+            seed_nodes,
+            read_only,
+            log_level,
+            gossip_interval_min,
+            gossip_interval_max,
+            sync_interval,
+            catchup_interval,
+            bootstrap_max_age_hours,
+            throttle_delay_ms,
+            fetch_delay_ms,
+            failure_timeout,
+            removal_timeout,
+            antientropy_interval,
+            advertise_address,
+            max_value_bytes,
+            http_threads,
+            max_connections,
+            map_size_mb,
+            client_tokens,
+            cluster_secret
+        );
+    }
+}
+
+fn is_string_key(key: &str) -> bool {
+    matches!(
+        key,
+        "node_id"
+            | "bind_address"
+            | "data_dir"
+            | "log_level"
+            | "advertise_address"
+            | "cluster_secret"
+    )
+}
+
+/// Seconds given as a number (fractions allowed) become a duration.
+fn seconds(key: &str, value: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
+    let v = value.unwrap_or(default);
+    if !v.is_finite() || v <= 0.0 || v > 1e9 {
+        return err(format!(
+            "{key}: must be a positive number of seconds, got {v}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// The machine's host name, the default node id.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "kvs-node".to_string())
+}
+
+/// Checks a `host:port` peer address.
+pub fn check_host_port(key: &str, addr: &str) -> Result<(), ConfigError> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return err(format!("{key}: \"{addr}\" is not host:port"));
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return err(format!("{key}: \"{addr}\" has no valid host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => err(format!("{key}: \"{addr}\" has no valid port (1-65535)")),
+    }
+}
+
+impl Config {
+    /// Fills in defaults and checks every value.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let node_id = raw.node_id.unwrap_or_else(host_name);
+        if node_id.is_empty() || node_id.len() > 128 {
+            return err("node_id: must be 1 to 128 characters");
+        }
+        if node_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return err("node_id: must not contain spaces or control characters");
+        }
+
+        let bind_text = raw.bind_address.unwrap_or_else(|| "127.0.0.1".to_string());
+        let bind_address: IpAddr = bind_text.parse().map_err(|_| {
+            ConfigError(format!(
+                "bind_address: \"{bind_text}\" is not an IP address"
+            ))
+        })?;
+        let port = raw.port.unwrap_or(8080);
+        let seed_nodes = raw.seed_nodes.unwrap_or_default();
+        for seed in &seed_nodes {
+            check_host_port("seed_nodes", seed)?;
+        }
+        if port == 0 && !seed_nodes.is_empty() && raw.advertise_address.is_none() {
+            return err("port: 0 (a random port) cannot be used with seed_nodes: peers could not reach this node; set a port or advertise_address");
+        }
+
+        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        if data_dir.as_os_str().is_empty() {
+            return err("data_dir: must not be empty");
+        }
+
+        let level_text = raw.log_level.unwrap_or_else(|| "info".to_string());
+        let log_level = match level_text.to_ascii_lowercase().as_str() {
+            "debug" => log::LevelFilter::Debug,
+            "info" => log::LevelFilter::Info,
+            "warn" | "warning" => log::LevelFilter::Warn,
+            "error" => log::LevelFilter::Error,
+            _ => {
+                return err(format!(
+                    "log_level: \"{level_text}\" is not one of debug, info, warn, error"
+                ))
+            }
+        };
+
+        let gossip_interval_min = seconds("gossip_interval_min", raw.gossip_interval_min, 60.0)?;
+        let gossip_interval_max = seconds("gossip_interval_max", raw.gossip_interval_max, 120.0)?;
+        if gossip_interval_min > gossip_interval_max {
+            return err(format!(
+                "gossip_interval_min: {} is greater than gossip_interval_max ({})",
+                gossip_interval_min.as_secs_f64(),
+                gossip_interval_max.as_secs_f64()
+            ));
+        }
+        let sync_interval = seconds("sync_interval", raw.sync_interval, 300.0)?;
+        let catchup_interval = seconds("catchup_interval", raw.catchup_interval, 120.0)?;
+        let max_age_hours = raw.bootstrap_max_age_hours.unwrap_or(720.0);
+        if !max_age_hours.is_finite() || max_age_hours <= 0.0 || max_age_hours > 1e6 {
+            return err(format!(
+                "bootstrap_max_age_hours: must be a positive number of hours, got {max_age_hours}"
+            ));
+        }
+        let bootstrap_max_age = Duration::from_secs_f64(max_age_hours * 3600.0);
+        let throttle_delay_ms = raw.throttle_delay_ms.unwrap_or(100);
+        let fetch_delay_ms = raw.fetch_delay_ms.unwrap_or(50);
+        for (key, v) in [
+            ("throttle_delay_ms", throttle_delay_ms),
+            ("fetch_delay_ms", fetch_delay_ms),
+        ] {
+            if v > 3_600_000 {
+                return err(format!("{key}: {v} is more than an hour"));
+            }
+        }
+        let failure_timeout = seconds("failure_timeout", raw.failure_timeout, 300.0)?;
+        let removal_timeout = seconds("removal_timeout", raw.removal_timeout, 600.0)?;
+        if failure_timeout > removal_timeout {
+            return err(format!(
+                "failure_timeout: {} is greater than removal_timeout ({})",
+                failure_timeout.as_secs_f64(),
+                removal_timeout.as_secs_f64()
+            ));
+        }
+        let antientropy_interval =
+            seconds("antientropy_interval", raw.antientropy_interval, 600.0)?;
+
+        let advertise_address = match raw.advertise_address {
+            Some(a) => {
+                check_host_port("advertise_address", &a)?;
+                a
+            }
+            None => {
+                if bind_address.is_unspecified() && !seed_nodes.is_empty() {
+                    return err(format!(
+                        "advertise_address: must be set when bind_address is {bind_address}: peers cannot dial it"
+                    ));
+                }
+                match bind_address {
+                    IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+                    IpAddr::V4(v4) => format!("{v4}:{port}"),
+                }
+            }
+        };
+
+        let max_value_bytes = raw.max_value_bytes.unwrap_or(1_048_576);
+        if max_value_bytes == 0 || max_value_bytes > 512 * 1024 * 1024 {
+            return err(format!(
+                "max_value_bytes: {max_value_bytes} is not between 1 and 536870912"
+            ));
+        }
+        let http_threads = raw.http_threads.unwrap_or(8);
+        if http_threads == 0 || http_threads > 1024 {
+            return err(format!(
+                "http_threads: {http_threads} is not between 1 and 1024"
+            ));
+        }
+        let max_connections = raw.max_connections.unwrap_or(512);
+        if max_connections == 0 || max_connections > 65_536 {
+            return err(format!(
+                "max_connections: {max_connections} is not between 1 and 65536"
+            ));
+        }
+        let map_size_mb = raw.map_size_mb.unwrap_or(1024);
+        if map_size_mb == 0 || map_size_mb > 16 * 1024 * 1024 {
+            return err(format!(
+                "map_size_mb: {map_size_mb} is not between 1 and 16777216"
+            ));
+        }
+        if (max_value_bytes as u64) > map_size_mb * 1024 * 1024 / 2 {
+            return err(format!(
+                "max_value_bytes: {max_value_bytes} does not fit twice in map_size_mb ({map_size_mb} MiB)"
+            ));
+        }
+        let client_tokens = raw.client_tokens.unwrap_or_default();
+        if client_tokens
+            .iter()
+            .any(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return err("client_tokens: tokens must be non-empty and contain no spaces");
+        }
+        let cluster_secret = raw.cluster_secret.unwrap_or_default();
+        if cluster_secret.chars().any(|c| c.is_control() || c == ' ') {
+            return err("cluster_secret: must not contain spaces or control characters");
+        }
+
+        Ok(Config {
+            node_id,
+            bind_address,
+            port,
+            data_dir,
+            seed_nodes,
+            read_only: raw.read_only.unwrap_or(false),
+            log_level,
+            gossip_interval_min,
+            gossip_interval_max,
+            sync_interval,
+            catchup_interval,
+            bootstrap_max_age,
+            throttle_delay: Duration::from_millis(throttle_delay_ms),
+            fetch_delay: Duration::from_millis(fetch_delay_ms),
+            failure_timeout,
+            removal_timeout,
+            antientropy_interval,
+            advertise_address,
+            max_value_bytes,
+            http_threads,
+            max_connections,
+            map_size_mb,
+            client_tokens,
+            cluster_secret,
+        })
+    }
+
+    /// A random wait between the gossip bounds.
+    pub fn gossip_wait(&self) -> Duration {
+        let min = self.gossip_interval_min.as_secs_f64();
+        let max = self.gossip_interval_max.as_secs_f64();
+        Duration::from_secs_f64(min + (max - min) * fastrand::f64())
+    }
+}
+
+/// The commented default configuration written when `./config.yaml` is
+/// missing: every key with its default.
+pub fn default_file_text() -> String {
+    let mut out = String::from(
+        "# kvs configuration. Every key is shown with its default; remove the\n\
+         # leading '#' to change one. Intervals are seconds and accept fractions.\n\n",
+    );
+    for (key, default, meaning) in KEYS {
+        out.push_str(&format!("# {meaning}\n#{key}: {default}\n\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_raw(RawConfig::from_yaml(yaml)?)
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let c = parse("").unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.bind_address.to_string(), "127.0.0.1");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(c.seed_nodes.is_empty());
+        assert!(!c.read_only);
+        assert_eq!(c.gossip_interval_min, Duration::from_secs(60));
+        assert_eq!(c.gossip_interval_max, Duration::from_secs(120));
+        assert_eq!(c.sync_interval, Duration::from_secs(300));
+        assert_eq!(c.catchup_interval, Duration::from_secs(120));
+        assert_eq!(c.bootstrap_max_age, Duration::from_secs(720 * 3600));
+        assert_eq!(c.throttle_delay, Duration::from_millis(100));
+        assert_eq!(c.fetch_delay, Duration::from_millis(50));
+        assert_eq!(c.failure_timeout, Duration::from_secs(300));
+        assert_eq!(c.removal_timeout, Duration::from_secs(600));
+        assert_eq!(c.antientropy_interval, Duration::from_secs(600));
+        assert_eq!(c.advertise_address, "127.0.0.1:8080");
+        assert_eq!(c.max_value_bytes, 1_048_576);
+        assert_eq!(c.http_threads, 8);
+        assert_eq!(c.max_connections, 512);
+        assert_eq!(c.map_size_mb, 1024);
+        assert_eq!(c.node_id, host_name());
+    }
+
+    #[test]
+    fn fractional_intervals_are_accepted() {
+        let c = parse("gossip_interval_min: 0.2\ngossip_interval_max: 0.4\nsync_interval: 0.5")
+            .unwrap();
+        assert_eq!(c.gossip_interval_min, Duration::from_millis(200));
+        assert_eq!(c.sync_interval, Duration::from_millis(500));
+        let w = c.gossip_wait();
+        assert!(w >= Duration::from_millis(200) && w <= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("nosuchkey: 1", "nosuchkey"),
+            ("port: abc", "port"),
+            ("port: 70000", "port"),
+            ("read_only: maybe", "read_only"),
+            (
+                "gossip_interval_min: 10\ngossip_interval_max: 5",
+                "gossip_interval_min",
+            ),
+            ("sync_interval: 0", "sync_interval"),
+            ("sync_interval: -3", "sync_interval"),
+            ("log_level: loud", "log_level"),
+            ("bind_address: nowhere", "bind_address"),
+            ("seed_nodes: [\"nohost\"]", "seed_nodes"),
+            ("seed_nodes: [\"a:0\"]", "seed_nodes"),
+            ("port: 0\nseed_nodes: [\"127.0.0.1:9\"]", "port"),
+            ("failure_timeout: 10\nremoval_timeout: 5", "failure_timeout"),
+            ("http_threads: 0", "http_threads"),
+            ("max_connections: 0", "max_connections"),
+            ("max_value_bytes: 0", "max_value_bytes"),
+            ("map_size_mb: 0", "map_size_mb"),
+            ("throttle_delay_ms: 1.5", "throttle_delay_ms"),
+            ("node_id: \"a b\"", "node_id"),
+            ("client_tokens: [\"\"]", "client_tokens"),
+            (
+                "bind_address: 0.0.0.0\nseed_nodes: [\"10.0.0.1:8080\"]",
+                "advertise_address",
+            ),
+        ];
+        for (yaml, key) in cases {
+            match parse(yaml) {
+                Ok(_) => panic!("{yaml:?} was accepted"),
+                Err(e) => assert!(e.0.contains(key), "{yaml:?}: {e} does not name {key}"),
+            }
+        }
+    }
+
+    #[test]
+    fn command_line_values_override_and_are_checked() {
+        let mut raw = RawConfig::from_yaml("port: 9000\nnode_id: filenode").unwrap();
+        raw.set("port", "8081").unwrap();
+        raw.set("node_id", "123").unwrap();
+        raw.set("sync_interval", "0.25").unwrap();
+        raw.set("seed_nodes", "[\"127.0.0.1:8080\"]").unwrap();
+        let c = Config::from_raw(raw).unwrap();
+        assert_eq!(c.port, 8081);
+        assert_eq!(c.node_id, "123");
+        assert_eq!(c.sync_interval, Duration::from_millis(250));
+        assert_eq!(c.seed_nodes, vec!["127.0.0.1:8080".to_string()]);
+
+        let mut raw = RawConfig::default();
+        let e = raw.set("port", "eighty").unwrap_err();
+        assert!(e.0.contains("--port"), "{e}");
+        let e = raw.set("colour", "blue").unwrap_err();
+        assert!(e.0.contains("--colour"), "{e}");
+    }
+
+    #[test]
+    fn the_default_file_parses_to_the_defaults() {
+        let text = default_file_text();
+        for (key, _, _) in KEYS {
+            assert!(text.contains(&format!("#{key}: ")), "{key} missing");
+        }
+        // Uncommenting every line with a literal default gives the defaults.
+        let uncommented: String = text
+            .lines()
+            .filter(|l| l.starts_with('#') && l.contains(": ") && !l.contains('('))
+            .map(|l| format!("{}\n", &l[1..]))
+            .filter(|l| !l.starts_with(' '))
+            .collect();
+        let c = parse(&uncommented).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.max_connections, 512);
+    }
+}

@@ -1,0 +1,369 @@
+//! The client API: `/kv/{key}` (GET, HEAD, PUT, DELETE, prefix listing),
+//! `/health`, `/members/` and `/metrics`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tiny_http::{Method, Request};
+
+use super::{allow, check_client_auth, header_value, send, send_error, ApiError, Reply, Target};
+use crate::metrics::{Metrics, Route};
+use crate::node::{Mode, Node};
+use crate::store::writer::{Condition, Op, WriteError, Written};
+use crate::store::{Listed, VersionId};
+
+/// Entries a listing returns when no `limit` is given, and at most.
+const LIST_DEFAULT_LIMIT: usize = 1000;
+const LIST_MAX_LIMIT: usize = 10_000;
+
+/// Decodes and checks a key taken from the path after `/kv/`.
+pub fn parse_key(raw: &str) -> Result<String, ApiError> {
+    let key = decode_path(raw)?;
+    if key.is_empty() {
+        return Err(ApiError::BadRequest("empty key: use /kv/<key>".into()));
+    }
+    check_key_text(&key, false)?;
+    Ok(key)
+}
+
+/// Decodes and checks a listing prefix: like a key, but it may be empty and
+/// may end with `/`.
+pub fn parse_prefix(raw: &str) -> Result<String, ApiError> {
+    let prefix = decode_path(raw)?;
+    if !prefix.is_empty() {
+        check_key_text(&prefix, true)?;
+    }
+    Ok(prefix)
+}
+
+fn decode_path(raw: &str) -> Result<String, ApiError> {
+    let bytes = super::percent_decode(raw)
+        .ok_or_else(|| ApiError::BadRequest("key has a malformed percent-escape".into()))?;
+    String::from_utf8(bytes).map_err(|_| ApiError::BadRequest("key is not valid UTF-8".into()))
+}
+
+fn check_key_text(key: &str, is_prefix: bool) -> Result<(), ApiError> {
+    crate::store::check_key(key, is_prefix).map_err(ApiError::BadRequest)
+}
+
+/// Reads an If-Match / If-None-Match header into a write condition.
+fn condition(rq: &Request) -> Result<Condition, ApiError> {
+    if let Some(v) = header_value(rq, "If-None-Match") {
+        return match v.trim() {
+            "*" => Ok(Condition::IfAbsent),
+            other => Err(ApiError::BadRequest(format!(
+                "If-None-Match on a write only supports \"*\", got {other:?}"
+            ))),
+        };
+    }
+    if let Some(v) = header_value(rq, "If-Match") {
+        let v = v.trim();
+        if v == "*" {
+            return Ok(Condition::IfExists);
+        }
+        let bare = v.trim_start_matches("W/").trim_matches('"');
+        return VersionId::parse(bare)
+            .map(Condition::IfMatch)
+            .ok_or_else(|| ApiError::BadRequest(format!("If-Match is not a version uuid: {v:?}")));
+    }
+    Ok(Condition::None)
+}
+
+/// `/kv/...`: answers, or hands the request to the writer.
+pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started: Instant) {
+    let method = rq.method().clone();
+    let route = match method {
+        Method::Get | Method::Head if target.has("keys") || target.has("recurse") => Route::KvList,
+        Method::Get | Method::Head => Route::KvGet,
+        Method::Put => Route::KvPut,
+        Method::Delete => Route::KvDelete,
+        _ => Route::Other,
+    };
+    if let Err(e) = check_client_auth(node, &rq) {
+        return send_error(node, rq, e, route, started);
+    }
+    let result = match method {
+        Method::Get | Method::Head if route == Route::KvList => list(node, raw, target),
+        Method::Get | Method::Head => get(node, raw),
+        Method::Put | Method::Delete => {
+            match prepare_write(node, &mut rq, raw, method == Method::Put) {
+                Ok((key, data, cond)) => {
+                    return submit_write(node, rq, key, data, cond, route, started)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        _ => Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, DELETE")),
+    };
+    let reply = result.unwrap_or_else(|e| Reply::error(&e));
+    send(node, rq, reply, route, started);
+}
+
+fn get(node: &Node, raw: &str) -> Result<Reply, ApiError> {
+    let key = parse_key(raw)?;
+    let found = node.store.with_value(&key, |stamp, data| {
+        Reply::json(200, data.to_vec())
+            .with_header("ETag", format!("\"{}\"", stamp.uuid))
+            .with_header("X-Kvs-Timestamp", stamp.timestamp.to_string())
+    })?;
+    found.ok_or_else(|| ApiError::NotFound(format!("key not found: {key}")))
+}
+
+/// Checks everything about a write that can be checked before the writer:
+/// mode, key, condition, body size and JSON validity.
+fn prepare_write(
+    node: &Node,
+    rq: &mut Request,
+    raw: &str,
+    is_put: bool,
+) -> Result<(String, Option<Vec<u8>>, Condition), ApiError> {
+    if node.is_stopping() {
+        return Err(ApiError::Stopping);
+    }
+    if node.config.read_only {
+        return Err(ApiError::ReadOnly);
+    }
+    if node.mode() == Mode::Syncing {
+        return Err(ApiError::Syncing);
+    }
+    let key = parse_key(raw)?;
+    let cond = condition(rq)?;
+    if !is_put {
+        return Ok((key, None, cond));
+    }
+    let body = super::read_body(rq, node.config.max_value_bytes)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "body is empty: send a JSON document".into(),
+        ));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(ApiError::BadRequest(format!("body is not valid JSON: {e}")));
+    }
+    Ok((key, Some(body), cond))
+}
+
+/// Hands a write to the writer; the writer answers after commit.
+fn submit_write(
+    node: &Node,
+    rq: Request,
+    key: String,
+    data: Option<Vec<u8>>,
+    condition: Condition,
+    route: Route,
+    started: Instant,
+) {
+    let metrics: Arc<Metrics> = node.metrics.clone();
+    let is_put = data.is_some();
+    let reply_key = key.clone();
+    let reply = Box::new(move |outcome: Result<Written, WriteError>| {
+        let reply = match outcome {
+            Ok(w) if is_put => Reply::json(
+                200,
+                format!(
+                    "{{\"uuid\":\"{}\",\"timestamp\":{}}}",
+                    w.stamp.uuid, w.stamp.timestamp
+                )
+                .into_bytes(),
+            )
+            .with_header("ETag", format!("\"{}\"", w.stamp.uuid)),
+            Ok(_) => Reply {
+                status: 204,
+                body: Vec::new(),
+                content_type: "application/json",
+                headers: Vec::new(),
+            },
+            Err(WriteError::PreconditionFailed(current)) => {
+                let msg = match current {
+                    Some(s) => format!("precondition failed: {reply_key} is at version {}", s.uuid),
+                    None => format!("precondition failed: {reply_key} does not exist"),
+                };
+                Reply::error(&ApiError::PreconditionFailed(msg))
+            }
+            Err(WriteError::Store(e)) => Reply::error(&ApiError::from(e)),
+        };
+        super::send_with(&metrics, rq, reply, route, started);
+    });
+    let op = Op::Client {
+        key,
+        data,
+        condition,
+        reply,
+    };
+    if node.writer.submit(op).is_err() {
+        log::warn!("a write arrived while the writer was stopping");
+    }
+}
+
+/// `GET /kv/<prefix>?keys` and `?recurse`.
+fn list(node: &Node, raw: &str, target: &Target<'_>) -> Result<Reply, ApiError> {
+    let prefix = parse_prefix(raw)?;
+    let recurse = target.has("recurse");
+    let separator = match target.param("separator").transpose()? {
+        None => None,
+        Some(s) if recurse => {
+            return Err(ApiError::BadRequest(format!(
+                "separator={s:?} only works with ?keys"
+            )))
+        }
+        Some(s) => {
+            let mut chars = s.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => Some(c),
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "separator must be one character".into(),
+                    ))
+                }
+            }
+        }
+    };
+    let limit = match target.param("limit").transpose()? {
+        None => LIST_DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=LIST_MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "limit must be a number from 1 to {LIST_MAX_LIMIT}"
+                )))
+            }
+        },
+    };
+    let after = target.param("after").transpose()?;
+    let (entries, more) = node
+        .store
+        .list(&prefix, after.as_deref(), separator, recurse, limit)?;
+    let mut body = Vec::with_capacity(64 * entries.len() + 2);
+    body.push(b'[');
+    let mut last = None;
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        match entry {
+            Listed::Prefix(p) => {
+                write_json_string(&mut body, p);
+                last = Some(p.clone());
+            }
+            Listed::Key(k, None) => {
+                write_json_string(&mut body, k);
+                last = Some(k.clone());
+            }
+            Listed::Key(k, Some(v)) => {
+                body.extend_from_slice(b"{\"key\":");
+                write_json_string(&mut body, k);
+                body.extend_from_slice(b",\"value\":");
+                body.extend_from_slice(&v.data);
+                body.extend_from_slice(
+                    format!(
+                        ",\"timestamp\":{},\"uuid\":\"{}\"}}",
+                        v.stamp.timestamp, v.stamp.uuid
+                    )
+                    .as_bytes(),
+                );
+                last = Some(k.clone());
+            }
+        }
+    }
+    body.push(b']');
+    let mut reply = Reply::json(200, body);
+    if more {
+        if let Some(last) = last {
+            reply = reply
+                .with_header("X-Kvs-More", "true".into())
+                .with_header("X-Kvs-Next-After", super::percent_encode(&last));
+        }
+    }
+    Ok(reply)
+}
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // serde_json cannot fail on a &str.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// `GET /health`.
+pub fn health(node: &Node, rq: &Request) -> Result<Reply, ApiError> {
+    allow(rq, "GET, HEAD", &[Method::Get, Method::Head])?;
+    let mode = match (node.mode(), node.config.read_only) {
+        (Mode::Syncing, _) => "syncing",
+        (_, true) => "read-only",
+        _ => "normal",
+    };
+    let mut body = serde_json::json!({
+        "status": "ok",
+        "mode": mode,
+        "member_count": node.cluster.members.healthy_count(),
+        "node_id": node.config.node_id,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    if node.mode() == Mode::Syncing {
+        body["keys_fetched"] = serde_json::json!(node.cluster.sync.keys_fetched());
+    }
+    Ok(Reply::json_value(200, &body))
+}
+
+/// `GET /members/`.
+pub fn members(node: &Node, rq: &Request) -> Result<Reply, ApiError> {
+    allow(rq, "GET, HEAD", &[Method::Get, Method::Head])?;
+    check_client_auth(node, rq)?;
+    Ok(Reply::json_value(200, &node.cluster.members.views()))
+}
+
+/// `GET /metrics`.
+pub fn metrics(node: &Node, rq: &Request) -> Result<Reply, ApiError> {
+    allow(rq, "GET", &[Method::Get])?;
+    check_client_auth(node, rq)?;
+    let text = node.render_metrics();
+    Ok(Reply {
+        status: 200,
+        body: text.into_bytes(),
+        content_type: "text/plain; version=0.0.4",
+        headers: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::store::MAX_KEY_BYTES;
+
+    #[test]
+    fn keys_are_decoded_and_checked() {
+        assert_eq!(
+            parse_key("users/john/profile").unwrap(),
+            "users/john/profile"
+        );
+        assert_eq!(parse_key("a%20b/%C3%A9").unwrap(), "a b/é");
+        let long = "k".repeat(400);
+        assert_eq!(parse_key(&long).unwrap(), long);
+        for (bad, word) in [
+            ("", "empty"),
+            ("a//b", "empty path segment"),
+            ("a/", "empty path segment"),
+            ("a/../b", "\"..\""),
+            ("./a", "\".\""),
+            ("a%2F..%2Fb", "\"..\""),
+            ("a%00b", "control"),
+            ("a%0Ab", "control"),
+            ("a%ZZ", "percent"),
+            ("%FF%FE", "UTF-8"),
+        ] {
+            let e = parse_key(bad).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad}");
+            assert!(e.message().contains(word), "{bad}: {}", e.message());
+        }
+        let e = parse_key(&"k".repeat(MAX_KEY_BYTES + 1)).unwrap_err();
+        assert!(e.message().contains("limit"), "{}", e.message());
+    }
+
+    #[test]
+    fn prefixes_may_be_empty_or_end_with_a_slash() {
+        assert_eq!(parse_prefix("").unwrap(), "");
+        assert_eq!(parse_prefix("users/").unwrap(), "users/");
+        assert_eq!(parse_prefix("us").unwrap(), "us");
+        assert!(parse_prefix("users//").is_err());
+        assert!(parse_prefix("../").is_err());
+    }
+}

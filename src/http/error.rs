@@ -1,0 +1,104 @@
+//! Errors as HTTP statuses: the one place where a failure gets its status
+//! code and its JSON body `{"error": "<readable message>"}`.
+
+use crate::store::StoreError;
+
+/// A request that cannot be served, with the status it maps to.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed (bad JSON, bad key, bad parameter).
+    BadRequest(String),
+    /// 401: credentials missing or wrong.
+    Unauthorized,
+    /// 403: client writes are refused in read-only mode.
+    ReadOnly,
+    /// 404: no such key, or no such endpoint.
+    NotFound(String),
+    /// 405: the method is not served on this path.
+    MethodNotAllowed(&'static str),
+    /// 408: the body did not arrive in time.
+    Timeout,
+    /// 409: the request conflicts with the cluster's state.
+    Conflict(String),
+    /// 412: an If-Match / If-None-Match condition failed.
+    PreconditionFailed(String),
+    /// 413: the body is over max_value_bytes.
+    TooLarge(usize),
+    /// 503: the node is bootstrapping; retry later.
+    Syncing,
+    /// 503: the node is stopping.
+    Stopping,
+    /// 507: the LMDB map is full.
+    StorageFull,
+    /// 500: a failure on our side.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::ReadOnly => 403,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::Timeout => 408,
+            ApiError::Conflict(_) => 409,
+            ApiError::PreconditionFailed(_) => 412,
+            ApiError::TooLarge(_) => 413,
+            ApiError::Syncing | ApiError::Stopping => 503,
+            ApiError::StorageFull => 507,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::PreconditionFailed(m)
+            | ApiError::Internal(m) => m.clone(),
+            ApiError::Unauthorized => "missing or wrong credentials".into(),
+            ApiError::ReadOnly => "this node is read-only: client writes are refused".into(),
+            ApiError::MethodNotAllowed(allow) => {
+                format!("method not allowed here; allowed: {allow}")
+            }
+            ApiError::Timeout => "the request body did not arrive in time".into(),
+            ApiError::TooLarge(limit) => format!("body is larger than the limit of {limit} bytes"),
+            ApiError::Syncing => "this node is syncing with the cluster; retry shortly".into(),
+            ApiError::Stopping => "this node is stopping".into(),
+            ApiError::StorageFull => {
+                "storage is full: the write was not made (raise map_size_mb)".into()
+            }
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "error": self.message() }))
+            .unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec())
+    }
+
+    /// Extra headers this error carries.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ApiError::MethodNotAllowed(allow) => vec![("Allow", allow.to_string())],
+            ApiError::Syncing | ApiError::Stopping => vec![("Retry-After", "1".to_string())],
+            ApiError::Unauthorized => vec![("WWW-Authenticate", "Bearer".to_string())],
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::MapFull => ApiError::StorageFull,
+            other => {
+                log::error!("{other}");
+                ApiError::Internal(other.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The HTTP server: worker threads over one tiny_http server, routing, and
+//! the helpers every endpoint shares (bodies, JSON replies, credentials).
+//!
+//! tiny_http gives each connection its own thread that parses requests; a
+//! pool of `http_threads` workers takes parsed requests and answers them.
+//! Client writes are handed to the writer thread together with the request,
+//! and the writer answers after its commit, so a worker never waits for a
+//! disk flush and many writes share one commit.
+
+pub mod client;
+pub mod error;
+pub mod internal;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tiny_http::{ConnectionLimits, Header, Method, Request, Response, Server};
+
+pub use error::ApiError;
+
+use crate::metrics::{Metrics, Route};
+use crate::node::Node;
+
+/// An idle keep-alive connection, or a client that stops sending, is closed
+/// after this long.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that stops reading its response is dropped after this long.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A chunked body must arrive within this time.
+const BODY_DEADLINE: Duration = Duration::from_secs(60);
+/// Bytes of an unwanted body read and discarded before closing instead.
+const DRAIN_LIMIT_BYTES: usize = 64 * 1024;
+
+/// The running server and its workers.
+pub struct HttpServer {
+    server: Arc<Server>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// Starts the server on a bound listener with `http_threads` workers.
+pub fn start(node: Arc<Node>, listener: TcpListener) -> std::io::Result<HttpServer> {
+    let limits = ConnectionLimits {
+        max_connections: node.config.max_connections,
+        read_timeout: Some(READ_TIMEOUT),
+        write_timeout: Some(WRITE_TIMEOUT),
+        // Bodies up to the value limit (plus room for internal batches of
+        // the same size) are read by the connection's own thread, so a slow
+        // client never holds a worker.
+        eager_body_limit: node.config.max_value_bytes.max(64 * 1024),
+        drain_limit: DRAIN_LIMIT_BYTES,
+    };
+    let server = Server::from_listener_with_limits(listener, None, limits)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let server = Arc::new(server);
+    let mut workers = Vec::new();
+    for i in 0..node.config.http_threads {
+        let server = server.clone();
+        let node = node.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("http-{i}"))
+                .spawn(move || worker_loop(&node, &server))?,
+        );
+    }
+    Ok(HttpServer { server, workers })
+}
+
+impl HttpServer {
+    /// Stops accepting connections, lets the workers answer every request
+    /// already received, and waits for them.
+    pub fn stop(self) {
+        self.server.stop_accepting();
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// One worker: take a request, answer it, repeat until unblocked.
+fn worker_loop(node: &Node, server: &Server) {
+    while let Ok(rq) = server.recv() {
+        handle(node, rq);
+    }
+}
+
+/// The request target split into its parts.
+pub struct Target<'a> {
+    pub path: &'a str,
+    pub query: &'a str,
+}
+
+impl<'a> Target<'a> {
+    fn parse(url: &'a str) -> Target<'a> {
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        Target { path, query }
+    }
+
+    /// The value of a query parameter (`None` if absent; `Some("")` for a
+    /// bare flag like `?keys`), percent-decoded.
+    pub fn param(&self, name: &str) -> Option<Result<String, ApiError>> {
+        self.query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| {
+                let v = v.replace('+', " ");
+                percent_decode(&v)
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "query parameter {name} is not valid percent-encoded UTF-8"
+                        ))
+                    })
+            })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.param(name).is_some()
+    }
+}
+
+/// Decodes %XX escapes; None on a malformed escape.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hi = (hex[0] as char).to_digit(16)?;
+            let lo = (hex[1] as char).to_digit(16)?;
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Routes one request and answers it (or hands it to the writer, which
+/// answers after commit).
+fn handle(node: &Node, mut rq: Request) {
+    let started = Instant::now();
+    let url = rq.url().to_string();
+    let target = Target::parse(&url);
+    let path = target.path;
+
+    if let Some(rest) = path.strip_prefix("/kv/") {
+        return client::kv(node, rq, rest, &target, started);
+    }
+    if path == "/kv" {
+        return client::kv(node, rq, "", &target, started);
+    }
+    let (route, result) = match path {
+        "/health" => (Route::Health, client::health(node, &rq)),
+        "/members" | "/members/" => (Route::Members, client::members(node, &rq)),
+        "/members/join" => (Route::Members, internal::join(node, &mut rq)),
+        "/members/leave" => (Route::Members, internal::leave(node, &mut rq)),
+        "/metrics" => (Route::Metrics, client::metrics(node, &rq)),
+        p if p.starts_with("/internal/") => {
+            (Route::Internal, internal::route(node, &mut rq, &target))
+        }
+        _ => (
+            Route::Other,
+            Err(ApiError::NotFound(format!("no such endpoint: {path}"))),
+        ),
+    };
+    let reply = result.unwrap_or_else(|e| {
+        log::debug!("{} {path}: {} {}", rq.method(), e.status(), e.message());
+        Reply::error(&e)
+    });
+    send(node, rq, reply, route, started);
+}
+
+/// Checks the method of a request against what a path serves.
+pub fn allow(rq: &Request, allowed: &'static str, methods: &[Method]) -> Result<(), ApiError> {
+    if methods.contains(rq.method()) {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed(allowed))
+    }
+}
+
+/// A response to send.
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            body,
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn json_value(status: u16, value: &impl serde::Serialize) -> Reply {
+        match serde_json::to_vec(value) {
+            Ok(body) => Reply::json(status, body),
+            Err(e) => Reply::error(&ApiError::Internal(format!("cannot encode reply: {e}"))),
+        }
+    }
+
+    pub fn error(e: &ApiError) -> Reply {
+        Reply {
+            status: e.status(),
+            body: e.body(),
+            content_type: "application/json",
+            headers: e.headers(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+fn header(name: &str, value: &str) -> Option<Header> {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+/// Writes a reply and records it in the metrics.
+pub fn send(node: &Node, rq: Request, reply: Reply, route: Route, started: Instant) {
+    send_with(&node.metrics, rq, reply, route, started)
+}
+
+/// Writes a reply and records it in `metrics` (for the writer's answers).
+pub fn send_with(metrics: &Metrics, rq: Request, reply: Reply, route: Route, started: Instant) {
+    let status = reply.status;
+    let mut response = Response::from_data(reply.body).with_status_code(status);
+    if let Some(h) = header("Content-Type", reply.content_type) {
+        response.add_header(h);
+    }
+    for (name, value) in &reply.headers {
+        if let Some(h) = header(name, value) {
+            response.add_header(h);
+        }
+    }
+    if let Err(e) = rq.respond(response) {
+        log::debug!("could not send a response: {e}");
+    }
+    metrics.observe(route, status, started.elapsed());
+}
+
+/// Percent-encodes everything but unreserved characters and `/`.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Answers a request with an error.
+pub fn send_error(node: &Node, rq: Request, e: ApiError, route: Route, started: Instant) {
+    send(node, rq, Reply::error(&e), route, started)
+}
+
+/// The value of a request header.
+pub fn header_value<'a>(rq: &'a Request, name: &str) -> Option<&'a str> {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks a client's bearer token when tokens are configured.
+pub fn check_client_auth(node: &Node, rq: &Request) -> Result<(), ApiError> {
+    let tokens = &node.config.client_tokens;
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let given = header_value(rq, "Authorization")
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or("");
+    // Compare against every token so the time does not tell which matched.
+    let ok = tokens.iter().fold(false, |acc, t| {
+        constant_time_eq(t.as_bytes(), given.as_bytes()) | acc
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Header carrying the cluster secret on internal calls.
+pub const SECRET_HEADER: &str = "X-Kvs-Cluster-Secret";
+
+/// Checks the cluster secret on internal endpoints when one is configured.
+pub fn check_cluster_auth(node: &Node, rq: &Request) -> Result<(), ApiError> {
+    let secret = &node.config.cluster_secret;
+    if secret.is_empty() {
+        return Ok(());
+    }
+    let given = header_value(rq, SECRET_HEADER).unwrap_or("");
+    if constant_time_eq(secret.as_bytes(), given.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Reads a request body of at most `limit` bytes. A declared length over
+/// the limit is refused before anything is read.
+pub fn read_body(rq: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    if let Some(len) = rq.body_length() {
+        if len > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+    }
+    let started = Instant::now();
+    let mut body = Vec::with_capacity(rq.body_length().unwrap_or(0).min(limit));
+    let reader: &mut dyn std::io::Read = rq.as_reader();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ApiError::Timeout)
+            }
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "could not read the body: {e}"
+                )))
+            }
+        };
+        if body.len() + n > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk[..n]);
+        if started.elapsed() > BODY_DEADLINE {
+            return Err(ApiError::Timeout);
+        }
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b").unwrap(), b"a b");
+        assert_eq!(percent_decode("%2F%2f").unwrap(), b"//");
+        assert!(percent_decode("%2").is_none());
+        assert!(percent_decode("%zz").is_none());
+        assert_eq!(percent_decode("plain").unwrap(), b"plain");
+    }
+
+    #[test]
+    fn query_parameters() {
+        let t = Target::parse("/kv/users/?keys&separator=%2F&limit=10");
+        assert_eq!(t.path, "/kv/users/");
+        assert!(t.has("keys"));
+        assert!(!t.has("recurse"));
+        assert_eq!(t.param("separator").unwrap().unwrap(), "/");
+        assert_eq!(t.param("limit").unwrap().unwrap(), "10");
+        assert!(Target::parse("/x?a=%zz").param("a").unwrap().is_err());
+    }
+
+    #[test]
+    fn percent_encoding_round_trips() {
+        let key = "a b/é?&%";
+        let enc = percent_encode(key);
+        assert_eq!(enc, "a%20b/%C3%A9%3F%26%25");
+        assert_eq!(percent_decode(&enc).unwrap(), key.as_bytes());
+    }
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secre"));
+    }
+}

@@ -1,0 +1,180 @@
+//! kvs: a small clustered key-value database daemon.
+//!
+//! `main` reads the command line, sets up logging and hands over to
+//! `node::run` (or to one of the offline tools in `tools`). Every failure
+//! becomes one line on stderr and a non-zero exit code.
+
+mod clock;
+mod cluster;
+mod config;
+mod http;
+mod metrics;
+mod node;
+mod peer;
+mod store;
+mod tools;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use config::{Config, RawConfig};
+
+const USAGE: &str = "\
+kvs: a clustered key-value store for JSON documents
+
+Usage:
+  kvs [CONFIG_PATH] [OPTIONS]      run a node (default config: ./config.yaml,
+                                   written with every default if missing)
+  kvs test-conflict DIR1 DIR2 [DIR3...] [--key KEY]
+                                   write one key with the same timestamp and
+                                   different data into each data directory
+  kvs load DIR --count N [--prefix P] [--size BYTES] [--timestamp MS]
+                                   bulk-load generated keys into a stopped
+                                   node's data directory
+  kvs verify DIR                   recompute the anti-entropy summary of a
+                                   stopped node's data and compare
+  kvs --help | --version
+
+Options (each overrides the same key of the config file):
+  --port N            --bind ADDR          --data-dir DIR      --node-id ID
+  --seed HOST:PORT    (repeatable; adds to seed_nodes)         --read-only
+  --advertise HOST:PORT                    --log-level LEVEL
+  --KEY VALUE         any config key, with '-' or '_' (e.g. --sync-interval 0.5,
+                      --gossip-interval-min 0.2, --max-value-bytes 4096)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("-h") | Some("--help") | Some("help") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("-V") | Some("--version") => {
+            println!("kvs {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some("test-conflict") => return exit(tools::test_conflict(&args[1..])),
+        Some("load") => return exit(tools::load(&args[1..])),
+        Some("verify") => return exit(tools::verify(&args[1..])),
+        _ => {}
+    }
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_level);
+    match node::run(config) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("kvs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn exit(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kvs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Builds the configuration from the file and the options.
+fn load_config(args: &[String]) -> Result<Config, String> {
+    let mut path: Option<PathBuf> = None;
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    let mut seeds: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        if let Some(opt) = arg.strip_prefix("--") {
+            let (name, inline) = match opt.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (opt.to_string(), None),
+            };
+            let key = match name.as_str() {
+                "bind" => "bind_address".to_string(),
+                "advertise" => "advertise_address".to_string(),
+                "seed" => "seed".to_string(),
+                "config" => "config".to_string(),
+                other => other.replace('-', "_"),
+            };
+            // --read-only takes no value.
+            if key == "read_only" && inline.is_none() {
+                overrides.push((key, "true".into()));
+                i += 1;
+                continue;
+            }
+            let value = match inline {
+                Some(v) => v,
+                None => {
+                    i += 1;
+                    args.get(i)
+                        .cloned()
+                        .ok_or_else(|| format!("option --{name} needs a value"))?
+                }
+            };
+            match key.as_str() {
+                "seed" => seeds.push(value),
+                "config" => path = Some(PathBuf::from(value)),
+                _ => overrides.push((key, value)),
+            }
+        } else if path.is_none() {
+            path = Some(PathBuf::from(arg));
+        } else {
+            return Err(format!("unexpected argument {arg:?} (see kvs --help)"));
+        }
+        i += 1;
+    }
+
+    let mut raw = match &path {
+        Some(p) => {
+            if !p.exists() {
+                return Err(format!("config file {} does not exist", p.display()));
+            }
+            RawConfig::from_file(p).map_err(|e| e.0)?
+        }
+        None => {
+            let default = PathBuf::from("config.yaml");
+            if default.exists() {
+                RawConfig::from_file(&default).map_err(|e| e.0)?
+            } else {
+                match std::fs::write(&default, config::default_file_text()) {
+                    Ok(()) => eprintln!("kvs: wrote a default configuration to ./config.yaml"),
+                    Err(e) => eprintln!("kvs: could not write ./config.yaml ({e}); using defaults"),
+                }
+                RawConfig::default()
+            }
+        }
+    };
+    for (key, value) in &overrides {
+        raw.set(key, value).map_err(|e| e.0)?;
+    }
+    if !seeds.is_empty() {
+        // --seed replaces the file's list rather than adding to it.
+        raw.seed_nodes = Some(seeds);
+    }
+    Config::from_raw(raw).map_err(|e| e.0)
+}
+
+/// Logs go to stderr, one line per event.
+fn init_logging(level: log::LevelFilter) {
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_thread_level(log::LevelFilter::Off)
+        .set_target_level(log::LevelFilter::Off)
+        .set_location_level(log::LevelFilter::Off)
+        .add_filter_ignore_str("ureq")
+        .add_filter_ignore_str("tiny_http")
+        .build();
+    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+}

@@ -1,0 +1,370 @@
+//! A running node: owns the store, the writer, the HTTP server and the
+//! cluster threads; starts them in order and stops them in reverse.
+//!
+//! Start: open the store (locking the data directory), restore the node's
+//! identity, bind the port, start the writer, the HTTP workers, then the
+//! gossip, sync, anti-entropy and conflict threads. Stop (SIGTERM/SIGINT):
+//! stop accepting, answer what was received, tell peers this node leaves,
+//! stop the cluster threads, let the writer commit what is queued, close
+//! LMDB. Each step is one log line.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::clock;
+use crate::cluster::conflict::ConflictQueue;
+use crate::cluster::membership::{MemberEntry, MemberTable};
+use crate::cluster::replicate::Replicator;
+use crate::cluster::sync::{SyncState, META_BOOTSTRAPPED, META_BOOTSTRAP_PENDING};
+use crate::cluster::{antientropy, conflict, gossip, sync, Members, Stopper};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::peer::PeerClient;
+use crate::store::writer::{self, Hooks, WriterHandle};
+use crate::store::Store;
+
+/// Whether client writes are accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Normal = 0,
+    /// Bootstrapping: client writes get 503.
+    Syncing = 1,
+}
+
+/// The cluster side of a node.
+pub struct Cluster {
+    pub members: Arc<Members>,
+    pub peer: PeerClient,
+    pub replicator: Arc<Replicator>,
+    pub sync: SyncState,
+    pub conflicts: Arc<ConflictQueue>,
+    pub stopper: Arc<Stopper>,
+    left: AtomicBool,
+}
+
+impl Cluster {
+    /// True once this node has left the cluster (it then works alone).
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything a node owns.
+pub struct Node {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub writer: WriterHandle,
+    pub metrics: Arc<Metrics>,
+    pub cluster: Cluster,
+    mode: AtomicU8,
+    stopping: AtomicBool,
+    exit: Mutex<mpsc::Sender<i32>>,
+}
+
+impl Node {
+    pub fn mode(&self) -> Mode {
+        if self.mode.load(Ordering::Relaxed) == Mode::Syncing as u8 {
+            Mode::Syncing
+        } else {
+            Mode::Normal
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Stops the node with exit code 1 after logging why.
+    pub fn fatal(&self, message: &str) {
+        log::error!("{message}");
+        let _ = self.exit.lock().unwrap_or_else(|e| e.into_inner()).send(1);
+    }
+
+    /// Leaves the cluster: peers are told and drop this node; it keeps
+    /// serving its own data, alone, until restarted.
+    pub fn leave_cluster(&self) {
+        if self.cluster.left.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        gossip::announce_leave(self);
+    }
+
+    /// The `/metrics` text.
+    pub fn render_metrics(&self) -> String {
+        let (versions, tombstones) = self.store.counts().unwrap_or((0, 0));
+        let views = self.cluster.members.views();
+        let alive = views
+            .iter()
+            .filter(|v| v.state == crate::cluster::membership::Health::Alive)
+            .count();
+        let gauges = [
+            (
+                "kvs_keys",
+                "Keys holding a value.",
+                String::new(),
+                versions.saturating_sub(tombstones) as f64,
+            ),
+            (
+                "kvs_tombstones",
+                "Deleted keys kept as tombstones.",
+                String::new(),
+                tombstones as f64,
+            ),
+            (
+                "kvs_replication_queue_depth",
+                "Versions waiting to be pushed, all peers.",
+                String::new(),
+                self.cluster.replicator.queue_depth() as f64,
+            ),
+            (
+                "kvs_members",
+                "Members by state, this node included.",
+                "state=\"alive\"".to_string(),
+                alive as f64,
+            ),
+            (
+                "kvs_members",
+                "",
+                "state=\"unhealthy\"".to_string(),
+                (views.len() - alive) as f64,
+            ),
+            (
+                "kvs_syncing",
+                "1 while bootstrapping.",
+                String::new(),
+                (self.mode() == Mode::Syncing) as u8 as f64,
+            ),
+        ];
+        self.metrics.render(&gauges)
+    }
+}
+
+/// Meta entries of the node's identity.
+const META_NODE_ID: &str = "node_id";
+const META_JOINED: &str = "joined_timestamp";
+const META_GENERATION: &str = "generation";
+
+fn meta_u64(store: &Store, name: &str) -> Option<u64> {
+    store
+        .meta_get(name)
+        .ok()
+        .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+}
+
+/// Runs a node until a signal or a fatal error; returns the exit code.
+pub fn run(mut config: Config) -> Result<i32, String> {
+    let store =
+        Arc::new(Store::open(&config.data_dir, config.map_size_mb).map_err(|e| e.to_string())?);
+
+    // Identity: joined_timestamp is set once; the generation grows with
+    // every start, so this start's entries beat any from before.
+    let now = clock::real_now_ms();
+    let joined = match meta_u64(&store, META_JOINED) {
+        Some(j) => j,
+        None => {
+            store
+                .meta_put(META_JOINED, now.to_string().as_bytes())
+                .map_err(|e| e.to_string())?;
+            now
+        }
+    };
+    let generation = now.max(meta_u64(&store, META_GENERATION).map_or(0, |g| g + 1));
+    store
+        .meta_put(META_GENERATION, generation.to_string().as_bytes())
+        .map_err(|e| e.to_string())?;
+    if let Ok(Some(old)) = store.meta_get(META_NODE_ID) {
+        if old != config.node_id.as_bytes() {
+            log::warn!(
+                "data_dir {} belonged to node {:?}; it now serves node {:?}",
+                config.data_dir.display(),
+                String::from_utf8_lossy(&old),
+                config.node_id
+            );
+        }
+    }
+    store
+        .meta_put(META_NODE_ID, config.node_id.as_bytes())
+        .map_err(|e| e.to_string())?;
+
+    let listener = TcpListener::bind((config.bind_address, config.port)).map_err(|e| {
+        format!(
+            "port: cannot listen on {}:{}: {e}",
+            config.bind_address, config.port
+        )
+    })?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    if config.port == 0 {
+        config.port = local.port();
+        if let Some(host) = config.advertise_address.strip_suffix(":0") {
+            config.advertise_address = format!("{host}:{}", local.port());
+        }
+    }
+
+    let (versions, _) = store.counts().map_err(|e| e.to_string())?;
+    let pending = store
+        .meta_get(META_BOOTSTRAP_PENDING)
+        .ok()
+        .flatten()
+        .as_deref()
+        == Some(b"1");
+    let bootstrapped = store.meta_get(META_BOOTSTRAPPED).ok().flatten().is_some();
+    let syncing = !config.seed_nodes.is_empty() && ((versions == 0 && !bootstrapped) || pending);
+
+    let metrics = Arc::new(Metrics::new());
+    let stopper = Arc::new(Stopper::new());
+    let me = MemberEntry {
+        id: config.node_id.clone(),
+        address: config.advertise_address.clone(),
+        joined_timestamp: joined,
+        generation,
+        heartbeat: 0,
+        left: false,
+    };
+    let known = store
+        .meta_get(gossip::META_KNOWN)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let members = Arc::new(Members::new(
+        MemberTable::new(me, config.failure_timeout, config.removal_timeout),
+        &config.seed_nodes,
+        known,
+    ));
+    let peer = PeerClient::new(&config.cluster_secret);
+    let replicator = Replicator::new(
+        config.node_id.clone(),
+        members.clone(),
+        store.clone(),
+        peer.clone(),
+        metrics.clone(),
+        stopper.clone(),
+        config.throttle_delay,
+    );
+    let conflicts = Arc::new(ConflictQueue::new());
+    let hooks = {
+        let rep = replicator.clone();
+        let cq = conflicts.clone();
+        let m1 = metrics.clone();
+        Hooks {
+            on_local: Box::new(move |v| rep.enqueue(v)),
+            on_conflict: Box::new(move |c| cq.push(c)),
+            on_commit: Box::new(move |n| {
+                m1.commits.fetch_add(1, Ordering::Relaxed);
+                m1.committed_ops.fetch_add(n as u64, Ordering::Relaxed);
+            }),
+        }
+    };
+    let (writer, writer_thread) = writer::start(store.clone(), hooks);
+    let (exit_tx, exit_rx) = mpsc::channel();
+    let node = Arc::new(Node {
+        config,
+        store,
+        writer,
+        metrics,
+        cluster: Cluster {
+            members,
+            peer,
+            replicator,
+            sync: SyncState::default(),
+            conflicts,
+            stopper,
+            left: AtomicBool::new(false),
+        },
+        mode: AtomicU8::new(if syncing { Mode::Syncing } else { Mode::Normal } as u8),
+        stopping: AtomicBool::new(false),
+        exit: Mutex::new(exit_tx),
+    });
+
+    let http = crate::http::start(node.clone(), listener)
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let spawn =
+        |name: &str, f: fn(Arc<Node>), threads: &mut Vec<JoinHandle<()>>| -> Result<(), String> {
+            let n = node.clone();
+            let handle = std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || f(n))
+                .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+            threads.push(handle);
+            Ok(())
+        };
+    spawn("gossip", gossip::gossip_loop, &mut threads)?;
+    spawn("sync", sync::sync_loop, &mut threads)?;
+    spawn("antientropy", antientropy::antientropy_loop, &mut threads)?;
+    spawn("conflict", conflict::resolver_loop, &mut threads)?;
+    watch_signals(node.exit.lock().unwrap_or_else(|e| e.into_inner()).clone())?;
+
+    let cfg = &node.config;
+    log::info!(
+        "kvs {} node {} listening on {} (peers dial {}), data in {} ({} keys), mode {}, {} seed(s)",
+        env!("CARGO_PKG_VERSION"),
+        cfg.node_id,
+        local,
+        cfg.advertise_address,
+        cfg.data_dir.display(),
+        versions,
+        if syncing {
+            "syncing"
+        } else if cfg.read_only {
+            "read-only"
+        } else {
+            "normal"
+        },
+        cfg.seed_nodes.len()
+    );
+
+    let code = exit_rx.recv().unwrap_or(1);
+
+    log::info!("stopping: no longer accepting connections");
+    node.stopping.store(true, Ordering::SeqCst);
+    http.stop();
+    log::info!("stopping: in-flight requests answered");
+    if !node.cluster.has_left() && node.cluster.members.healthy_count() > 1 {
+        node.leave_cluster();
+    }
+    node.cluster.stopper.stop();
+    node.cluster.replicator.stop();
+    for t in threads {
+        let _ = t.join();
+    }
+    log::info!("stopping: cluster threads stopped");
+    node.writer.stop();
+    let _ = writer_thread.join();
+    log::info!("stopping: queued writes committed");
+    match Arc::try_unwrap(node) {
+        Ok(node) => {
+            drop(node);
+            log::info!("stopped: LMDB closed");
+        }
+        Err(_) => log::info!("stopped"),
+    }
+    Ok(code)
+}
+
+/// SIGTERM and SIGINT ask the node to stop, with exit code 0.
+fn watch_signals(exit: mpsc::Sender<i32>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot watch signals: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                log::info!("{name} received");
+                let _ = exit.send(0);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}

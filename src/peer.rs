@@ -1,0 +1,166 @@
+//! Calls to other nodes: one shared ureq agent with explicit timeouts, JSON
+//! in and out, and the cluster secret on every call.
+//!
+//! A peer is never trusted: replies are size-limited and parsed into typed
+//! structs, and every failure (refused, timed out, a 4xx/5xx, a malformed
+//! reply) comes back as a [`PeerError`] that callers log and move past.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use ureq::Agent;
+
+use crate::http::SECRET_HEADER;
+
+/// Time to open a TCP connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest reply accepted from a peer.
+const MAX_REPLY_BYTES: u64 = 128 * 1024 * 1024;
+/// Pooled connections are dropped before the peer's idle timeout closes them.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(15);
+
+/// Timeouts for one call, whole (connect, send, wait, read).
+pub const QUICK: Duration = Duration::from_secs(2);
+pub const NORMAL: Duration = Duration::from_secs(10);
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// Why a call to a peer failed.
+#[derive(Debug)]
+pub enum PeerError {
+    /// No answer: refused, timed out, connection broken.
+    Unreachable(String),
+    /// The peer answered with an error status and message.
+    Status(u16, String),
+    /// The peer answered something we cannot read.
+    BadReply(String),
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerError::Unreachable(m) => write!(f, "unreachable: {m}"),
+            PeerError::Status(code, m) => write!(f, "answered {code}: {m}"),
+            PeerError::BadReply(m) => write!(f, "bad reply: {m}"),
+        }
+    }
+}
+
+/// Byte counters one caller wants kept for its calls (anti-entropy's cost).
+#[derive(Default)]
+pub struct Traffic {
+    pub requests: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// The HTTP client for all peer calls.
+#[derive(Clone)]
+pub struct PeerClient {
+    agent: Agent,
+    secret: Arc<str>,
+}
+
+impl PeerClient {
+    pub fn new(cluster_secret: &str) -> PeerClient {
+        let agent: Agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(NORMAL))
+            .max_idle_age(MAX_IDLE_AGE)
+            .max_idle_connections_per_host(4)
+            .user_agent(concat!("kvs/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        PeerClient {
+            agent,
+            secret: Arc::from(cluster_secret),
+        }
+    }
+
+    /// POSTs a JSON body and reads a JSON reply.
+    pub fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        address: &str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+        traffic: Option<&Traffic>,
+    ) -> Result<R, PeerError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| PeerError::BadReply(e.to_string()))?;
+        self.post_bytes(address, path, bytes, timeout, traffic)
+    }
+
+    /// POSTs an already encoded JSON body.
+    pub fn post_bytes<R: DeserializeOwned>(
+        &self,
+        address: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+        traffic: Option<&Traffic>,
+    ) -> Result<R, PeerError> {
+        let url = format!("http://{address}{path}");
+        let sent = body.len() as u64;
+        let result = self
+            .agent
+            .post(&url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header(SECRET_HEADER, &*self.secret)
+            .header("Content-Type", "application/json")
+            .send(&body[..]);
+        read_reply(result, sent, traffic)
+    }
+
+    /// GETs a JSON reply.
+    pub fn get<R: DeserializeOwned>(
+        &self,
+        address: &str,
+        path_and_query: &str,
+        timeout: Duration,
+        traffic: Option<&Traffic>,
+    ) -> Result<R, PeerError> {
+        let url = format!("http://{address}{path_and_query}");
+        let result = self
+            .agent
+            .get(&url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header(SECRET_HEADER, &*self.secret)
+            .call();
+        read_reply(result, 0, traffic)
+    }
+}
+
+fn read_reply<R: DeserializeOwned>(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    sent: u64,
+    traffic: Option<&Traffic>,
+) -> Result<R, PeerError> {
+    let response = result.map_err(|e| PeerError::Unreachable(e.to_string()))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .into_with_config()
+        .limit(MAX_REPLY_BYTES)
+        .read_to_vec()
+        .map_err(|e| PeerError::Unreachable(format!("reading the reply: {e}")))?;
+    if let Some(t) = traffic {
+        t.requests.fetch_add(1, Ordering::Relaxed);
+        t.bytes
+            .fetch_add(sent + body.len() as u64, Ordering::Relaxed);
+    }
+    if !(200..300).contains(&status) {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        return Err(PeerError::Status(status, message));
+    }
+    serde_json::from_slice(&body).map_err(|e| PeerError::BadReply(e.to_string()))
+}

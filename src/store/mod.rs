@@ -1,0 +1,721 @@
+//! Storage: versions of keys in LMDB (through heed), the time index, the
+//! anti-entropy buckets and summary, and the node's own metadata.
+//!
+//! Tables (all byte keys and values):
+//! - `versions`: key → encoded [`Version`]; exactly one version per key.
+//! - `by_time`: timestamp (8 bytes, big-endian) ‖ key → nothing. Answers
+//!   "what changed since T" and "latest N".
+//! - `tombs`: timestamp ‖ key → nothing, for tombstones only, so the purge
+//!   reads only what it may delete.
+//! - `buckets`: leaf bucket (2 bytes) ‖ key → stamp. Lists the versions of one
+//!   anti-entropy bucket without touching their data.
+//! - `tree`: leaf bucket (2 bytes) → XOR of its version hashes (8 bytes).
+//! - `meta`: name → bytes: node identity, members, sync marks.
+//!
+//! Invariant: a version, its time index entry, its bucket entry and its
+//! bucket hash change together, in [`Store::put_version`] or
+//! [`Store::remove_version`], inside the caller's write transaction. Only the
+//! writer thread (`store::writer`) calls them. The in-memory copy of the
+//! summary tree follows after commit, from the deltas those functions return.
+
+pub mod merkle;
+pub mod version;
+pub mod writer;
+
+use std::fmt;
+use std::fs::File;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::RwLock;
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+
+pub use merkle::Tree;
+pub use version::{merge, Merge, Stamp, Version, VersionId};
+
+/// Longest accepted key in bytes. LMDB keys are at most 511 bytes and the
+/// time index prefixes 8 bytes to the key.
+pub const MAX_KEY_BYTES: usize = 500;
+
+/// Checks the rules every key follows, whether it came from a client or a
+/// peer: at most [`MAX_KEY_BYTES`], no control characters, no empty, `.` or
+/// `..` path segment. A listing prefix (`is_prefix`) may end with `/`.
+pub fn check_key(key: &str, is_prefix: bool) -> std::result::Result<(), String> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "key is {} bytes long; the limit is {MAX_KEY_BYTES}",
+            key.len()
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("key contains a control character".into());
+    }
+    let body = if is_prefix {
+        key.strip_suffix('/').unwrap_or(key)
+    } else {
+        key
+    };
+    for segment in body.split('/') {
+        match segment {
+            "" => {
+                return Err(
+                    "key has an empty path segment (\"//\", or a leading or trailing \"/\")".into(),
+                )
+            }
+            "." | ".." => return Err(format!("key has a \"{segment}\" path segment")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A storage failure.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The LMDB map is full (map_size_mb): the write was not made.
+    MapFull,
+    /// The data directory cannot be used.
+    DataDir(String),
+    /// Any other LMDB or I/O failure.
+    Lmdb(heed::Error),
+    /// A stored record does not decode.
+    Corrupt(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::MapFull => write!(f, "storage is full (raise map_size_mb)"),
+            StoreError::DataDir(m) => write!(f, "{m}"),
+            StoreError::Lmdb(e) => write!(f, "storage error: {e}"),
+            StoreError::Corrupt(m) => write!(f, "corrupt record: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<heed::Error> for StoreError {
+    fn from(e: heed::Error) -> Self {
+        match e {
+            heed::Error::Mdb(heed::MdbError::MapFull) => StoreError::MapFull,
+            other => StoreError::Lmdb(other),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+type Db = Database<'static, Bytes, Bytes>;
+
+/// A page of versions from the time index.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub versions: Vec<(String, Version)>,
+    /// Where the next page starts (exclusive), when there may be more.
+    pub next: Option<(u64, String)>,
+}
+
+/// A page of bucket entries.
+#[derive(Debug, Default)]
+pub struct BucketPage {
+    pub entries: Vec<(u16, String, Stamp)>,
+    /// Where the next page starts (exclusive), when there is more.
+    pub next: Option<(u16, String)>,
+}
+
+/// One entry of a prefix listing.
+#[derive(Debug, PartialEq)]
+pub enum Listed {
+    /// A key and, when asked for, its version.
+    Key(String, Option<Version>),
+    /// A common prefix ending with the separator (`?separator=/`).
+    Prefix(String),
+}
+
+/// The open database of one node.
+pub struct Store {
+    env: Env<WithoutTls>,
+    versions: Db,
+    by_time: Db,
+    tombs: Db,
+    buckets: Db,
+    tree_db: Db,
+    meta: Db,
+    /// In-memory copy of the `tree` table with its inner levels.
+    tree: RwLock<Tree>,
+    /// Held for the life of the store: one process per data directory.
+    _lock: File,
+}
+
+/// Key of the time index and tombstone tables.
+pub fn time_key(ts: u64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&ts.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn bucket_key(leaf: u16, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + key.len());
+    k.extend_from_slice(&leaf.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn split_time_key(k: &[u8]) -> Option<(u64, &[u8])> {
+    if k.len() < 8 {
+        return None;
+    }
+    Some((u64::from_be_bytes(k[..8].try_into().ok()?), &k[8..]))
+}
+
+fn utf8(bytes: &[u8]) -> Result<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt("key is not UTF-8".into()))
+}
+
+/// Meta name of the summary format; a missing entry means the tree must be
+/// rebuilt from the versions (a data directory from before the summary).
+const META_TREE_FORMAT: &str = "tree_format";
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`, locking it against a
+    /// second process.
+    pub fn open(dir: &Path, map_size_mb: u64) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::DataDir(format!("data_dir: cannot create {}: {e}", dir.display()))
+        })?;
+        let lock_path = dir.join("kvs.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                StoreError::DataDir(format!("data_dir: cannot write in {}: {e}", dir.display()))
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::DataDir(format!(
+                "data_dir: {} is in use by another kvs process",
+                dir.display()
+            )));
+        }
+        let map_size = (map_size_mb as usize) * 1024 * 1024;
+        // SAFETY: the directory is locked above, so no other kvs process
+        // maps it, and this process opens each directory once (heed refuses
+        // a second open). No flag weakens durability.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .read_txn_without_tls()
+                .map_size(map_size)
+                .max_dbs(8)
+                .max_readers(1024)
+                .open(dir)
+        }
+        .map_err(|e| {
+            StoreError::DataDir(format!(
+                "data_dir: cannot open LMDB in {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let wtxn = env.write_txn()?;
+        let (versions, by_time, tombs, buckets, tree_db, meta) = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
+                let mut db = |name| opener.create_database::<Bytes, Bytes>(wtxn, Some(name));
+                let dbs = (
+                    db("versions")?,
+                    db("by_time")?,
+                    db("tombs")?,
+                    db("buckets")?,
+                    db("tree")?,
+                    db("meta")?,
+                );
+                Ok(heed::CommitOrAbort::<_, ()>::Commit(dbs))
+            })?
+            .unwrap_commit();
+        let store = Store {
+            env,
+            versions,
+            by_time,
+            tombs,
+            buckets,
+            tree_db,
+            meta,
+            tree: RwLock::new(Tree::new()),
+            _lock: lock,
+        };
+        store.load_tree()?;
+        Ok(store)
+    }
+
+    pub fn read_txn(&self) -> Result<RoTxn<'_, WithoutTls>> {
+        Ok(self.env.read_txn()?)
+    }
+
+    pub fn write_txn(&self) -> Result<RwTxn<'_>> {
+        Ok(self.env.write_txn()?)
+    }
+
+    /// Loads the summary from the `tree` table, rebuilding it from the
+    /// versions when the table predates it.
+    fn load_tree(&self) -> Result<()> {
+        let rtxn = self.read_txn()?;
+        let format = self
+            .meta
+            .get(&rtxn, META_TREE_FORMAT.as_bytes())?
+            .map(|v| v.to_vec());
+        drop(rtxn);
+        if format.as_deref() != Some(b"1") {
+            let tree = self.rebuild_tree()?;
+            log::info!(
+                "rebuilt the anti-entropy summary from {} keys",
+                self.counts()?.0
+            );
+            *self.tree.write().unwrap_or_else(|e| e.into_inner()) = tree;
+            return Ok(());
+        }
+        let rtxn = self.read_txn()?;
+        let mut leaves = vec![0u64; merkle::LEAVES];
+        for item in self.tree_db.iter(&rtxn)? {
+            let (k, v) = item?;
+            if k.len() == 2 && v.len() == 8 {
+                let leaf = u16::from_be_bytes([k[0], k[1]]);
+                leaves[leaf as usize] = u64::from_be_bytes(v.try_into().unwrap_or([0; 8]));
+            }
+        }
+        *self.tree.write().unwrap_or_else(|e| e.into_inner()) = Tree::from_leaves(&leaves);
+        Ok(())
+    }
+
+    /// Recomputes the bucket index and summary from the versions table and
+    /// stores them.
+    fn rebuild_tree(&self) -> Result<Tree> {
+        let mut wtxn = self.write_txn()?;
+        self.buckets.clear(&mut wtxn)?;
+        self.tree_db.clear(&mut wtxn)?;
+        let mut leaves = vec![0u64; merkle::LEAVES];
+        let mut entries = Vec::new();
+        for item in self.versions.iter(&wtxn)? {
+            let (k, v) = item?;
+            let stamp = version::decode_stamp(v).ok_or_else(|| {
+                StoreError::Corrupt(format!("version of {:?}", String::from_utf8_lossy(k)))
+            })?;
+            let leaf = merkle::leaf_of(k);
+            leaves[leaf as usize] ^= merkle::version_hash(k, &stamp.encode());
+            entries.push((bucket_key(leaf, k), stamp.encode()));
+        }
+        for (k, v) in &entries {
+            self.buckets.put(&mut wtxn, k, v)?;
+        }
+        for (leaf, h) in leaves.iter().enumerate() {
+            if *h != 0 {
+                self.tree_db
+                    .put(&mut wtxn, &(leaf as u16).to_be_bytes(), &h.to_be_bytes())?;
+            }
+        }
+        self.meta
+            .put(&mut wtxn, META_TREE_FORMAT.as_bytes(), b"1")?;
+        wtxn.commit()?;
+        Ok(Tree::from_leaves(&leaves))
+    }
+
+    /// Recomputes the summary from the versions and compares it with the
+    /// one kept up to date by writes. True when they agree.
+    pub fn verify_tree(&self) -> Result<bool> {
+        let rtxn = self.read_txn()?;
+        let mut leaves = vec![0u64; merkle::LEAVES];
+        for item in self.versions.iter(&rtxn)? {
+            let (k, v) = item?;
+            if let Some(stamp) = version::decode_stamp(v) {
+                leaves[merkle::leaf_of(k) as usize] ^= merkle::version_hash(k, &stamp.encode());
+            }
+        }
+        let fresh = Tree::from_leaves(&leaves);
+        Ok(fresh == *self.tree.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    // ----- reads -----
+
+    pub fn get(&self, key: &str) -> Result<Option<Version>> {
+        let rtxn = self.read_txn()?;
+        self.get_in(&rtxn, key)
+    }
+
+    pub fn get_in(&self, txn: &RoTxn<'_, WithoutTls>, key: &str) -> Result<Option<Version>> {
+        match self.versions.get(txn, key.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => Version::decode(bytes)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt(format!("version of {key:?}"))),
+        }
+    }
+
+    /// The stamp of the version of `key`, without copying its data.
+    pub fn stamp_in(&self, txn: &RoTxn<'_, WithoutTls>, key: &str) -> Result<Option<Stamp>> {
+        match self.versions.get(txn, key.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => version::decode_stamp(bytes)
+                .map(Some)
+                .ok_or_else(|| StoreError::Corrupt(format!("version of {key:?}"))),
+        }
+    }
+
+    /// Calls `f` with the stored bytes of a live value (not a tombstone),
+    /// borrowed from LMDB, and its stamp. Returns None when absent or deleted.
+    pub fn with_value<T>(
+        &self,
+        key: &str,
+        f: impl FnOnce(&Stamp, &[u8]) -> T,
+    ) -> Result<Option<T>> {
+        let rtxn = self.read_txn()?;
+        let Some(bytes) = self.versions.get(&rtxn, key.as_bytes())? else {
+            return Ok(None);
+        };
+        let stamp = version::decode_stamp(bytes)
+            .ok_or_else(|| StoreError::Corrupt(format!("version of {key:?}")))?;
+        if stamp.deleted {
+            return Ok(None);
+        }
+        Ok(Some(f(&stamp, version::encoded_data(bytes))))
+    }
+
+    /// Versions from the time index, oldest first, strictly after
+    /// `(after_ts, after_key)` (or from `after_ts` inclusive when `after_key`
+    /// is None), at most `limit` entries or about `max_bytes` of data.
+    pub fn since(
+        &self,
+        after_ts: u64,
+        after_key: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Page> {
+        let rtxn = self.read_txn()?;
+        let start = match after_key {
+            Some(k) => Bound::Excluded(time_key(after_ts, k.as_bytes())),
+            None => Bound::Included(time_key(after_ts, b"")),
+        };
+        let bounds = (start.as_ref().map(|v| v.as_slice()), Bound::Unbounded);
+        let mut page = Page::default();
+        let mut bytes = 0usize;
+        for item in self.by_time.range(&rtxn, &bounds)? {
+            let (tk, _) = item?;
+            let Some((ts, key)) = split_time_key(tk) else {
+                continue;
+            };
+            if page.versions.len() >= limit.max(1) || bytes >= max_bytes {
+                if let Some((k, v)) = page.versions.last() {
+                    page.next = Some((v.stamp.timestamp, k.clone()));
+                }
+                break;
+            }
+            let key = utf8(key)?;
+            if let Some(v) = self.get_in(&rtxn, &key)? {
+                if v.stamp.timestamp == ts {
+                    bytes += key.len() + v.data.len() + 64;
+                    page.versions.push((key, v));
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// The `n` most recent versions' stamps, newest first.
+    pub fn latest(&self, n: usize) -> Result<Vec<(String, Stamp)>> {
+        let rtxn = self.read_txn()?;
+        let mut out = Vec::with_capacity(n);
+        for item in self.by_time.rev_iter(&rtxn)? {
+            if out.len() >= n {
+                break;
+            }
+            let (tk, _) = item?;
+            let Some((_, key)) = split_time_key(tk) else {
+                continue;
+            };
+            let key = utf8(key)?;
+            if let Some(stamp) = self.stamp_in(&rtxn, &key)? {
+                out.push((key, stamp));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest timestamp stored, if any.
+    pub fn newest_timestamp(&self) -> Result<Option<u64>> {
+        let rtxn = self.read_txn()?;
+        Ok(self
+            .by_time
+            .last(&rtxn)?
+            .and_then(|(k, _)| split_time_key(k).map(|(ts, _)| ts)))
+    }
+
+    /// Number of versions (values and tombstones) and of tombstones.
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        let rtxn = self.read_txn()?;
+        Ok((self.versions.len(&rtxn)?, self.tombs.len(&rtxn)?))
+    }
+
+    /// Stamps of the versions in the given leaf buckets (sorted ascending),
+    /// starting after `after`, at most `limit` entries.
+    pub fn bucket_entries(
+        &self,
+        leaves: &[u16],
+        after: Option<(u16, &str)>,
+        limit: usize,
+    ) -> Result<BucketPage> {
+        let rtxn = self.read_txn()?;
+        let mut page = BucketPage::default();
+        let mut leaves: Vec<u16> = leaves.to_vec();
+        leaves.sort_unstable();
+        leaves.dedup();
+        for leaf in leaves {
+            if let Some((after_leaf, _)) = after {
+                if leaf < after_leaf {
+                    continue;
+                }
+            }
+            let prefix = leaf.to_be_bytes();
+            let start = match after {
+                Some((after_leaf, k)) if after_leaf == leaf => {
+                    Bound::Excluded(bucket_key(leaf, k.as_bytes()))
+                }
+                _ => Bound::Included(prefix.to_vec()),
+            };
+            let end = match leaf.checked_add(1) {
+                Some(n) => Bound::Excluded(n.to_be_bytes().to_vec()),
+                None => Bound::Unbounded,
+            };
+            let bounds = (
+                start.as_ref().map(|v| v.as_slice()),
+                end.as_ref().map(|v| v.as_slice()),
+            );
+            for item in self.buckets.range(&rtxn, &bounds)? {
+                let (k, v) = item?;
+                if page.entries.len() >= limit {
+                    let (l, key, _) = page.entries.last().expect("page is not empty");
+                    page.next = Some((*l, key.clone()));
+                    return Ok(page);
+                }
+                let stamp =
+                    Stamp::decode(v).ok_or_else(|| StoreError::Corrupt("bucket entry".into()))?;
+                page.entries.push((leaf, utf8(&k[2..])?, stamp));
+            }
+        }
+        Ok(page)
+    }
+
+    /// The root hash of the summary.
+    pub fn tree_root(&self) -> u64 {
+        self.tree.read().unwrap_or_else(|e| e.into_inner()).root()
+    }
+
+    /// Children hashes of the given nodes at `level`; None for a bad node.
+    pub fn tree_children(
+        &self,
+        level: usize,
+        nodes: &[usize],
+    ) -> Option<Vec<[u64; merkle::FANOUT]>> {
+        let tree = self.tree.read().unwrap_or_else(|e| e.into_inner());
+        nodes.iter().map(|&n| tree.children(level, n)).collect()
+    }
+
+    /// Keys under `prefix` in key order, after `after`, tombstones left out,
+    /// at most `limit` entries; the flag says whether more follow. With a
+    /// separator, keys that continue past the next separator collapse into
+    /// one [`Listed::Prefix`].
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        separator: Option<char>,
+        with_values: bool,
+        limit: usize,
+    ) -> Result<(Vec<Listed>, bool)> {
+        let rtxn = self.read_txn()?;
+        let mut out = Vec::new();
+        let mut start: Bound<Vec<u8>> = match after {
+            Some(a) if !a.is_empty() && a.as_bytes() >= prefix.as_bytes() => match separator {
+                Some(sep) if a.ends_with(sep) => match successor(a.as_bytes()) {
+                    Some(s) => Bound::Included(s),
+                    None => return Ok((out, false)),
+                },
+                _ => Bound::Excluded(a.as_bytes().to_vec()),
+            },
+            _ if prefix.is_empty() => Bound::Unbounded,
+            _ => Bound::Included(prefix.as_bytes().to_vec()),
+        };
+        loop {
+            let bounds = (start.as_ref().map(|v| v.as_slice()), Bound::Unbounded);
+            let mut skip_to = None;
+            for item in self.versions.range(&rtxn, &bounds)? {
+                let (k, v) = item?;
+                if !k.starts_with(prefix.as_bytes()) {
+                    return Ok((out, false));
+                }
+                let stamp = version::decode_stamp(v).ok_or_else(|| {
+                    StoreError::Corrupt(format!("version of {:?}", String::from_utf8_lossy(k)))
+                })?;
+                if stamp.deleted {
+                    continue;
+                }
+                if out.len() >= limit {
+                    return Ok((out, true));
+                }
+                let key = utf8(k)?;
+                if let Some(sep) = separator {
+                    if let Some(pos) = key[prefix.len()..].find(sep) {
+                        let common = key[..prefix.len() + pos + sep.len_utf8()].to_string();
+                        skip_to = Some(successor(common.as_bytes()));
+                        out.push(Listed::Prefix(common));
+                        break;
+                    }
+                }
+                let value = with_values.then(|| Version {
+                    stamp,
+                    data: version::encoded_data(v).to_vec(),
+                });
+                out.push(Listed::Key(key, value));
+            }
+            match skip_to {
+                Some(Some(next)) => start = Bound::Included(next),
+                _ => return Ok((out, false)),
+            }
+        }
+    }
+
+    // ----- metadata -----
+
+    pub fn meta_get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let rtxn = self.read_txn()?;
+        Ok(self.meta.get(&rtxn, name.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Stores one metadata entry in its own (durable) transaction.
+    pub fn meta_put(&self, name: &str, value: &[u8]) -> Result<()> {
+        let mut wtxn = self.write_txn()?;
+        self.meta.put(&mut wtxn, name.as_bytes(), value)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    // ----- writes: only the writer thread calls these -----
+
+    /// Stores `new` as the version of `key`, replacing `old` (its current
+    /// stamp, read in the same transaction), and keeps the time index, the
+    /// tombstone index, the bucket entry and the bucket hash in step. The
+    /// bucket hash change is appended to `deltas` for the in-memory tree.
+    pub fn put_version(
+        &self,
+        txn: &mut RwTxn<'_>,
+        key: &str,
+        old: Option<&Stamp>,
+        new: &Version,
+        deltas: &mut Vec<(u16, u64)>,
+    ) -> Result<()> {
+        let k = key.as_bytes();
+        let new_stamp = new.stamp.encode();
+        let mut delta = merkle::version_hash(k, &new_stamp);
+        if let Some(old) = old {
+            let old_tk = time_key(old.timestamp, k);
+            self.by_time.delete(txn, &old_tk)?;
+            if old.deleted {
+                self.tombs.delete(txn, &old_tk)?;
+            }
+            delta ^= merkle::version_hash(k, &old.encode());
+        }
+        self.versions.put(txn, k, &new.encode())?;
+        let tk = time_key(new.stamp.timestamp, k);
+        self.by_time.put(txn, &tk, &[])?;
+        if new.stamp.deleted {
+            self.tombs.put(txn, &tk, &[])?;
+        }
+        let leaf = merkle::leaf_of(k);
+        self.buckets.put(txn, &bucket_key(leaf, k), &new_stamp)?;
+        self.xor_leaf(txn, leaf, delta)?;
+        deltas.push((leaf, delta));
+        Ok(())
+    }
+
+    /// Removes the version of `key` (a purged tombstone) with its index
+    /// entries and its share of the bucket hash.
+    pub fn remove_version(
+        &self,
+        txn: &mut RwTxn<'_>,
+        key: &str,
+        old: &Stamp,
+        deltas: &mut Vec<(u16, u64)>,
+    ) -> Result<()> {
+        let k = key.as_bytes();
+        let tk = time_key(old.timestamp, k);
+        self.versions.delete(txn, k)?;
+        self.by_time.delete(txn, &tk)?;
+        self.tombs.delete(txn, &tk)?;
+        let leaf = merkle::leaf_of(k);
+        self.buckets.delete(txn, &bucket_key(leaf, k))?;
+        let delta = merkle::version_hash(k, &old.encode());
+        self.xor_leaf(txn, leaf, delta)?;
+        deltas.push((leaf, delta));
+        Ok(())
+    }
+
+    fn xor_leaf(&self, txn: &mut RwTxn<'_>, leaf: u16, delta: u64) -> Result<()> {
+        let lk = leaf.to_be_bytes();
+        let current = match self.tree_db.get(txn, &lk)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v.try_into().unwrap_or([0; 8])),
+            _ => 0,
+        };
+        let next = current ^ delta;
+        if next == 0 {
+            self.tree_db.delete(txn, &lk)?;
+        } else {
+            self.tree_db.put(txn, &lk, &next.to_be_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Tombstones older than `horizon_ms`, oldest first, at most `limit`.
+    pub fn tombstones_before(
+        &self,
+        txn: &RoTxn<'_, WithoutTls>,
+        horizon_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>> {
+        let end = horizon_ms.to_be_bytes();
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Unbounded, Bound::Excluded(&end[..]));
+        let mut out = Vec::new();
+        for item in self.tombs.range(txn, &bounds)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (tk, _) = item?;
+            if let Some((ts, key)) = split_time_key(tk) {
+                out.push((utf8(key)?, ts));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies committed bucket hash changes to the in-memory tree.
+    pub fn apply_tree_deltas(&self, deltas: &[(u16, u64)]) {
+        if deltas.is_empty() {
+            return;
+        }
+        let mut tree = self.tree.write().unwrap_or_else(|e| e.into_inner());
+        for &(leaf, delta) in deltas {
+            tree.apply(leaf, delta);
+        }
+    }
+}
+
+/// The smallest byte string greater than every string starting with `p`,
+/// or None when there is none (all bytes 0xff).
+fn successor(p: &[u8]) -> Option<Vec<u8>> {
+    let mut s = p.to_vec();
+    while let Some(last) = s.pop() {
+        if last < 0xff {
+            s.push(last + 1);
+            return Some(s);
+        }
+    }
+    None
+}

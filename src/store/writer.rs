@@ -1,0 +1,437 @@
+//! The single writer thread: group commit.
+//!
+//! Every change to the store (client writes, versions from peers, conflict
+//! winners, tombstone purges) is an [`Op`] sent to this thread. It takes all
+//! ops waiting, applies them in one LMDB write transaction, commits (one
+//! fsync for the whole batch), and only then answers each op and tells the
+//! rest of the node (replication, conflict resolution) what changed. A client
+//! therefore never hears "200" before its write is on disk, and throughput
+//! grows with concurrency because concurrent writes share one commit.
+//!
+//! When a batch does not fit in the map (LMDB's MapFull), it is retried op by
+//! op so that only the ops that do not fit fail.
+
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::version::{merge, next_timestamp, Merge, Stamp, Version, VersionId};
+use super::{Result, Store, StoreError};
+use crate::clock;
+
+/// Ops taken into one transaction at most.
+const MAX_BATCH_OPS: usize = 2048;
+/// Data bytes taken into one transaction at most (a soft bound).
+const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// Ops waiting for the writer at most; senders block beyond it.
+const QUEUE_OPS: usize = 16 * 1024;
+/// Tombstones purged per transaction.
+const PURGE_BATCH: usize = 10_000;
+
+/// A precondition on a client write, checked against this node's version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    None,
+    /// `If-Match: <uuid>`: the current live version must have this uuid.
+    IfMatch(VersionId),
+    /// `If-Match: *`: the key must hold a live value.
+    IfExists,
+    /// `If-None-Match: *`: the key must not hold a live value.
+    IfAbsent,
+}
+
+/// A client write that was committed.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub stamp: Stamp,
+}
+
+/// Why a client write was not made.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The condition did not hold; the current stamp, if any.
+    PreconditionFailed(Option<Stamp>),
+    Store(StoreError),
+}
+
+/// Called once with the outcome of a client write, after commit.
+pub type ClientReply = Box<dyn FnOnce(std::result::Result<Written, WriteError>) + Send>;
+
+/// What applying a batch of remote versions did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemoteReport {
+    /// Versions stored (newer than ours, or new keys).
+    pub applied: usize,
+    /// Versions we already had or that were older than ours.
+    pub ignored: usize,
+    /// Versions in conflict with ours (handed to conflict resolution).
+    pub conflicts: usize,
+}
+
+/// A conflict found while applying a remote version: same key, same
+/// timestamp, different uuids. The local version was kept for now.
+#[derive(Clone, Debug)]
+pub struct ConflictFound {
+    pub key: String,
+    pub local: Stamp,
+    pub incoming: Version,
+}
+
+/// One change for the writer.
+pub enum Op {
+    /// A client PUT (`data` is Some) or DELETE (None).
+    Client {
+        key: String,
+        data: Option<Vec<u8>>,
+        condition: Condition,
+        reply: ClientReply,
+    },
+    /// Versions from a peer, each through the merge rule.
+    Remote {
+        versions: Vec<(String, Version)>,
+        reply: Option<SyncSender<Result<RemoteReport>>>,
+    },
+    /// The winner of a resolved conflict: replaces a local version with the
+    /// same timestamp, or applies normally when newer.
+    Resolve {
+        key: String,
+        winner: Version,
+        reply: Option<SyncSender<Result<bool>>>,
+    },
+    /// Removes tombstones older than the horizon (a bounded number per op).
+    Purge {
+        horizon_ms: u64,
+        reply: SyncSender<Result<usize>>,
+    },
+    /// Commit what came before, then end the writer thread.
+    Stop,
+}
+
+impl Op {
+    fn data_len(&self) -> usize {
+        match self {
+            Op::Client { data, .. } => data.as_ref().map_or(0, |d| d.len()),
+            Op::Remote { versions, .. } => versions.iter().map(|(_, v)| v.data.len()).sum(),
+            Op::Resolve { winner, .. } => winner.data.len(),
+            Op::Purge { .. } | Op::Stop => 0,
+        }
+    }
+
+    /// Answers the op with a store error (used when its batch failed).
+    fn fail(self, e: &StoreError) {
+        let copy = || match e {
+            StoreError::MapFull => StoreError::MapFull,
+            other => StoreError::Corrupt(other.to_string()),
+        };
+        match self {
+            Op::Client { reply, .. } => reply(Err(WriteError::Store(copy()))),
+            Op::Remote { reply: Some(r), .. } => {
+                let _ = r.send(Err(copy()));
+            }
+            Op::Resolve { reply: Some(r), .. } => {
+                let _ = r.send(Err(copy()));
+            }
+            Op::Purge { reply, .. } => {
+                let _ = reply.send(Err(copy()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Keys with their versions, as committed.
+pub type Versions = [(String, Version)];
+
+/// What the rest of the node hears after each commit.
+pub struct Hooks {
+    /// New local (client) versions, in commit order: to replicate.
+    pub on_local: Box<dyn Fn(&Versions) + Send>,
+    /// Conflicts met while applying remote versions.
+    pub on_conflict: Box<dyn Fn(Vec<ConflictFound>) + Send>,
+    /// Commit statistics: ops in the batch.
+    pub on_commit: Box<dyn Fn(usize) + Send>,
+}
+
+/// Sends ops to the writer thread.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: SyncSender<Op>,
+}
+
+/// The writer is gone (the node is stopping).
+#[derive(Debug)]
+pub struct WriterClosed;
+
+impl WriterHandle {
+    /// Queues an op, waiting while the queue is full.
+    pub fn submit(&self, op: Op) -> std::result::Result<(), WriterClosed> {
+        self.tx.send(op).map_err(|_| WriterClosed)
+    }
+
+    /// Applies remote versions and waits for the commit.
+    pub fn apply_remote(&self, versions: Vec<(String, Version)>) -> Result<RemoteReport> {
+        if versions.is_empty() {
+            return Ok(RemoteReport::default());
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(Op::Remote {
+            versions,
+            reply: Some(tx),
+        })
+        .map_err(|_| StoreError::Corrupt("the writer has stopped".into()))?;
+        rx.recv()
+            .unwrap_or_else(|_| Err(StoreError::Corrupt("the writer has stopped".into())))
+    }
+
+    /// Stores a conflict winner and waits for the commit; true if it changed
+    /// the local version.
+    pub fn resolve(&self, key: String, winner: Version) -> Result<bool> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(Op::Resolve {
+            key,
+            winner,
+            reply: Some(tx),
+        })
+        .map_err(|_| StoreError::Corrupt("the writer has stopped".into()))?;
+        rx.recv()
+            .unwrap_or_else(|_| Err(StoreError::Corrupt("the writer has stopped".into())))
+    }
+
+    /// Ends the writer once every op queued before this call is committed.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Op::Stop);
+    }
+
+    /// Purges tombstones older than the horizon; returns how many.
+    pub fn purge(&self, horizon_ms: u64) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let (tx, rx) = mpsc::sync_channel(1);
+            self.submit(Op::Purge {
+                horizon_ms,
+                reply: tx,
+            })
+            .map_err(|_| StoreError::Corrupt("the writer has stopped".into()))?;
+            let n = rx
+                .recv()
+                .unwrap_or_else(|_| Err(StoreError::Corrupt("the writer has stopped".into())))?;
+            total += n;
+            if n < PURGE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// Starts the writer thread. It ends when every handle is dropped.
+pub fn start(store: Arc<Store>, hooks: Hooks) -> (WriterHandle, JoinHandle<()>) {
+    let (tx, rx) = mpsc::sync_channel(QUEUE_OPS);
+    let thread = std::thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || writer_loop(&store, &hooks, rx))
+        .expect("spawning the writer thread");
+    (WriterHandle { tx }, thread)
+}
+
+/// The result of one op inside a transaction, before it is answered.
+enum Outcome {
+    Client(std::result::Result<Written, WriteError>),
+    Remote(RemoteReport),
+    Resolve(bool),
+    Purge(usize),
+}
+
+/// Everything a committed transaction produced.
+#[derive(Default)]
+struct Effects {
+    deltas: Vec<(u16, u64)>,
+    local: Vec<(String, Version)>,
+    conflicts: Vec<ConflictFound>,
+}
+
+/// The writer thread: take what is waiting, commit it together, answer.
+fn writer_loop(store: &Store, hooks: &Hooks, rx: Receiver<Op>) {
+    let mut stopping = false;
+    while let Ok(first) = rx.recv() {
+        if matches!(first, Op::Stop) {
+            break;
+        }
+        let mut bytes = first.data_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(Op::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Ok(op) => {
+                    bytes += op.data_len();
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        match apply(store, &batch) {
+            Ok((outcomes, effects)) => finish(store, hooks, batch, outcomes, effects),
+            Err(StoreError::MapFull) if n > 1 => {
+                // One by one, so that what fits is still written.
+                for op in batch {
+                    let one = [op];
+                    match apply(store, &one) {
+                        Ok((outcomes, effects)) => {
+                            finish(store, hooks, Vec::from(one), outcomes, effects)
+                        }
+                        Err(e) => {
+                            let [op] = one;
+                            op.fail(&e);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                log::error!("write transaction failed: {e}");
+                for op in batch {
+                    op.fail(&e);
+                }
+            }
+        }
+        (hooks.on_commit)(n);
+        if stopping {
+            break;
+        }
+    }
+    log::debug!("writer stopped");
+}
+
+/// Answers the ops of a committed transaction and tells the node.
+fn finish(store: &Store, hooks: &Hooks, batch: Vec<Op>, outcomes: Vec<Outcome>, effects: Effects) {
+    store.apply_tree_deltas(&effects.deltas);
+    if !effects.local.is_empty() {
+        (hooks.on_local)(&effects.local);
+    }
+    if !effects.conflicts.is_empty() {
+        (hooks.on_conflict)(effects.conflicts);
+    }
+    for (op, outcome) in batch.into_iter().zip(outcomes) {
+        match (op, outcome) {
+            (Op::Client { reply, .. }, Outcome::Client(r)) => reply(r),
+            (Op::Remote { reply: Some(r), .. }, Outcome::Remote(report)) => {
+                let _ = r.send(Ok(report));
+            }
+            (Op::Resolve { reply: Some(r), .. }, Outcome::Resolve(changed)) => {
+                let _ = r.send(Ok(changed));
+            }
+            (Op::Purge { reply, .. }, Outcome::Purge(n)) => {
+                let _ = reply.send(Ok(n));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Applies a batch in one transaction and commits it.
+fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
+    let mut txn = store.write_txn()?;
+    let mut effects = Effects::default();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for op in batch {
+        let outcome = match op {
+            Op::Client {
+                key,
+                data,
+                condition,
+                ..
+            } => {
+                let old = store.stamp_in(&txn, key)?;
+                let live = old.filter(|s| !s.deleted);
+                let holds = match condition {
+                    Condition::None => true,
+                    Condition::IfMatch(id) => live.is_some_and(|s| s.uuid == *id),
+                    Condition::IfExists => live.is_some(),
+                    Condition::IfAbsent => live.is_none(),
+                };
+                if !holds {
+                    Outcome::Client(Err(WriteError::PreconditionFailed(live)))
+                } else {
+                    let version = Version {
+                        stamp: Stamp {
+                            timestamp: next_timestamp(clock::now_ms(), old.as_ref()),
+                            uuid: VersionId::new_random(),
+                            deleted: data.is_none(),
+                        },
+                        data: data.clone().unwrap_or_default(),
+                    };
+                    store.put_version(
+                        &mut txn,
+                        key,
+                        old.as_ref(),
+                        &version,
+                        &mut effects.deltas,
+                    )?;
+                    let stamp = version.stamp;
+                    effects.local.push((key.clone(), version));
+                    Outcome::Client(Ok(Written { stamp }))
+                }
+            }
+            Op::Remote { versions, .. } => {
+                let mut report = RemoteReport::default();
+                for (key, incoming) in versions {
+                    let old = store.stamp_in(&txn, key)?;
+                    match merge(old.as_ref(), &incoming.stamp) {
+                        Merge::TakeIncoming => {
+                            store.put_version(
+                                &mut txn,
+                                key,
+                                old.as_ref(),
+                                incoming,
+                                &mut effects.deltas,
+                            )?;
+                            report.applied += 1;
+                        }
+                        Merge::KeepLocal | Merge::Same => report.ignored += 1,
+                        Merge::Conflict => {
+                            report.conflicts += 1;
+                            if let Some(local) = old {
+                                effects.conflicts.push(ConflictFound {
+                                    key: key.clone(),
+                                    local,
+                                    incoming: incoming.clone(),
+                                });
+                            }
+                        }
+                    }
+                }
+                Outcome::Remote(report)
+            }
+            Op::Resolve { key, winner, .. } => {
+                let old = store.stamp_in(&txn, key)?;
+                let replace = match merge(old.as_ref(), &winner.stamp) {
+                    Merge::TakeIncoming | Merge::Conflict => true,
+                    Merge::KeepLocal | Merge::Same => false,
+                };
+                if replace {
+                    store.put_version(&mut txn, key, old.as_ref(), winner, &mut effects.deltas)?;
+                }
+                Outcome::Resolve(replace)
+            }
+            Op::Stop => Outcome::Purge(0),
+            Op::Purge { horizon_ms, .. } => {
+                let doomed = store.tombstones_before(&txn, *horizon_ms, PURGE_BATCH)?;
+                let mut purged = 0;
+                for (key, ts) in doomed {
+                    if let Some(old) = store.stamp_in(&txn, &key)? {
+                        if old.deleted && old.timestamp == ts {
+                            store.remove_version(&mut txn, &key, &old, &mut effects.deltas)?;
+                            purged += 1;
+                        }
+                    }
+                }
+                Outcome::Purge(purged)
+            }
+        };
+        outcomes.push(outcome);
+    }
+    txn.commit()?;
+    Ok((outcomes, effects))
+}

@@ -1,0 +1,167 @@
+//! Offline tools that work on a stopped node's data directory:
+//! `test-conflict` (the original's conflict fixture), `load` (bulk data for
+//! tests and benchmarks) and `verify` (the anti-entropy summary self-check).
+
+use std::path::PathBuf;
+
+use crate::clock;
+use crate::store::{check_key, Stamp, Store, Version, VersionId};
+
+/// Map size the tools open data directories with (MiB).
+const TOOL_MAP_SIZE_MB: u64 = 1024;
+
+/// Options given as `--name value`.
+type Options = Vec<(String, String)>;
+
+/// Splits `args` into positional arguments and `--name value` options.
+fn parse(args: &[String], options: &[&str]) -> Result<(Vec<String>, Options), String> {
+    let mut positional = Vec::new();
+    let mut opts = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if let Some(name) = args[i].strip_prefix("--") {
+            if !options.contains(&name) {
+                return Err(format!("unknown option --{name}"));
+            }
+            let value = args
+                .get(i + 1)
+                .ok_or_else(|| format!("option --{name} needs a value"))?;
+            opts.push((name.to_string(), value.clone()));
+            i += 2;
+        } else {
+            positional.push(args[i].clone());
+            i += 1;
+        }
+    }
+    Ok((positional, opts))
+}
+
+fn option<'a>(opts: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    opts.iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn number(opts: &[(String, String)], name: &str, default: u64) -> Result<u64, String> {
+    match option(opts, name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("--{name}: {v:?} is not a number")),
+    }
+}
+
+/// Writes versions into a data directory in one transaction.
+fn write_all(dir: &str, versions: &[(String, Version)]) -> Result<(), String> {
+    let store = Store::open(&PathBuf::from(dir), TOOL_MAP_SIZE_MB).map_err(|e| e.to_string())?;
+    let mut txn = store.write_txn().map_err(|e| e.to_string())?;
+    let mut deltas = Vec::new();
+    for (key, v) in versions {
+        let old = store.stamp_in(&txn, key).map_err(|e| e.to_string())?;
+        store
+            .put_version(&mut txn, key, old.as_ref(), v, &mut deltas)
+            .map_err(|e| e.to_string())?;
+    }
+    txn.commit()
+        .map_err(|e| format!("committing to {dir}: {e}"))?;
+    Ok(())
+}
+
+/// `kvs test-conflict DIR1 DIR2 [DIR3...] [--key K]`: the same key, the
+/// same timestamp, different data (and uuids) in each directory.
+pub fn test_conflict(args: &[String]) -> Result<(), String> {
+    let (dirs, opts) = parse(args, &["key"])?;
+    if dirs.len() < 2 {
+        return Err("usage: kvs test-conflict DIR1 DIR2 [DIR3...] [--key KEY]".into());
+    }
+    let key = option(&opts, "key").unwrap_or("test/conflict").to_string();
+    check_key(&key, false).map_err(|e| format!("--key: {e}"))?;
+    let timestamp = clock::now_ms();
+    println!("key: {key}");
+    println!("timestamp: {timestamp}");
+    for (i, dir) in dirs.iter().enumerate() {
+        let data = serde_json::json!({ "value": format!("version {}", i + 1), "dir": dir });
+        let version = Version {
+            stamp: Stamp {
+                timestamp,
+                uuid: VersionId::new_random(),
+                deleted: false,
+            },
+            data: serde_json::to_vec(&data).map_err(|e| e.to_string())?,
+        };
+        write_all(dir, &[(key.clone(), version.clone())])?;
+        println!(
+            "{dir}: uuid {} data {}",
+            version.stamp.uuid,
+            String::from_utf8_lossy(&version.data)
+        );
+    }
+    Ok(())
+}
+
+/// `kvs load DIR --count N [--prefix P] [--size B] [--timestamp MS]`:
+/// generated keys `P000000001`... with a JSON value of about B bytes.
+pub fn load(args: &[String]) -> Result<(), String> {
+    let (dirs, opts) = parse(args, &["count", "prefix", "size", "timestamp"])?;
+    let [dir] = dirs.as_slice() else {
+        return Err(
+            "usage: kvs load DIR --count N [--prefix P] [--size BYTES] [--timestamp MS]".into(),
+        );
+    };
+    let count = number(&opts, "count", 0)?;
+    if count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    let prefix = option(&opts, "prefix").unwrap_or("load/").to_string();
+    let size = number(&opts, "size", 100)? as usize;
+    let timestamp = number(&opts, "timestamp", clock::now_ms())?;
+    let filler = "x".repeat(size.saturating_sub(40));
+    const CHUNK: u64 = 50_000;
+    let mut start = 0;
+    while start < count {
+        let end = (start + CHUNK).min(count);
+        let versions: Vec<(String, Version)> = (start..end)
+            .map(|i| {
+                let key = format!("{prefix}{i:09}");
+                let data = format!("{{\"n\":{i},\"fill\":\"{filler}\"}}").into_bytes();
+                let version = Version {
+                    stamp: Stamp {
+                        timestamp,
+                        uuid: VersionId::new_random(),
+                        deleted: false,
+                    },
+                    data,
+                };
+                (key, version)
+            })
+            .collect();
+        check_key(&versions[0].0, false).map_err(|e| format!("--prefix: {e}"))?;
+        write_all(dir, &versions)?;
+        start = end;
+    }
+    println!("loaded {count} keys into {dir}");
+    Ok(())
+}
+
+/// `kvs verify DIR`: the summary kept by writes equals one rebuilt from
+/// the versions.
+pub fn verify(args: &[String]) -> Result<(), String> {
+    let (dirs, _) = parse(args, &[])?;
+    let [dir] = dirs.as_slice() else {
+        return Err("usage: kvs verify DIR".into());
+    };
+    let store = Store::open(&PathBuf::from(dir), TOOL_MAP_SIZE_MB).map_err(|e| e.to_string())?;
+    let (versions, tombstones) = store.counts().map_err(|e| e.to_string())?;
+    if store.verify_tree().map_err(|e| e.to_string())? {
+        println!(
+            "ok: {versions} versions ({tombstones} tombstones), summary root {:016x}",
+            store.tree_root()
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "the anti-entropy summary of {dir} does not match its data"
+        ))
+    }
+}
