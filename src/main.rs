@@ -25,7 +25,7 @@ kvs: a clustered key-value store for JSON documents
 Usage:
   kvs [CONFIG_PATH] [OPTIONS]      run a node (default config: ./config.yaml,
                                    written with every default if missing)
-  kvs test-conflict DIR1 DIR2 [DIR3...] [--key KEY]
+  kvs test-conflict DIR1 DIR2 [DIR3...] [--key KEY] [--tombstone-in DIR]
                                    write one key with the same timestamp and
                                    different data into each data directory
   kvs load DIR --count N [--prefix P] [--size BYTES] [--timestamp MS]
@@ -71,7 +71,6 @@ fn main() -> ExitCode {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
-            log::error!("{e}");
             eprintln!("kvs: {e}");
             ExitCode::FAILURE
         }

@@ -162,6 +162,12 @@ fn meta_u64(store: &Store, name: &str) -> Option<u64> {
 
 /// Runs a node until a signal or a fatal error; returns the exit code.
 pub fn run(mut config: Config) -> Result<i32, String> {
+    let listener = TcpListener::bind((config.bind_address, config.port)).map_err(|e| {
+        format!(
+            "port: cannot listen on {}:{}: {e}",
+            config.bind_address, config.port
+        )
+    })?;
     let store =
         Arc::new(Store::open(&config.data_dir, config.map_size_mb).map_err(|e| e.to_string())?);
 
@@ -195,12 +201,6 @@ pub fn run(mut config: Config) -> Result<i32, String> {
         .meta_put(META_NODE_ID, config.node_id.as_bytes())
         .map_err(|e| e.to_string())?;
 
-    let listener = TcpListener::bind((config.bind_address, config.port)).map_err(|e| {
-        format!(
-            "port: cannot listen on {}:{}: {e}",
-            config.bind_address, config.port
-        )
-    })?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     if config.port == 0 {
         config.port = local.port();

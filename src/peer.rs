@@ -26,7 +26,7 @@ const MAX_IDLE_AGE: Duration = Duration::from_secs(15);
 /// Timeouts for one call, whole (connect, send, wait, read).
 pub const QUICK: Duration = Duration::from_secs(2);
 pub const NORMAL: Duration = Duration::from_secs(10);
-pub const LONG: Duration = Duration::from_secs(60);
+pub const LONG: Duration = Duration::from_secs(30);
 
 /// Why a call to a peer failed.
 #[derive(Debug)]

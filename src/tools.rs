@@ -68,34 +68,52 @@ fn write_all(dir: &str, versions: &[(String, Version)]) -> Result<(), String> {
     Ok(())
 }
 
-/// `kvs test-conflict DIR1 DIR2 [DIR3...] [--key K]`: the same key, the
-/// same timestamp, different data (and uuids) in each directory.
+/// `kvs test-conflict DIR1 DIR2 [DIR3...] [--key K] [--tombstone-in DIR]`:
+/// the same key, the same timestamp, different data (and uuids) in each
+/// directory; the directory named by `--tombstone-in` gets a tombstone.
 pub fn test_conflict(args: &[String]) -> Result<(), String> {
-    let (dirs, opts) = parse(args, &["key"])?;
+    let usage = "usage: kvs test-conflict DIR1 DIR2 [DIR3...] [--key KEY] [--tombstone-in DIR]";
+    let (dirs, opts) = parse(args, &["key", "tombstone-in"])?;
     if dirs.len() < 2 {
-        return Err("usage: kvs test-conflict DIR1 DIR2 [DIR3...] [--key KEY]".into());
+        return Err(usage.into());
     }
     let key = option(&opts, "key").unwrap_or("test/conflict").to_string();
     check_key(&key, false).map_err(|e| format!("--key: {e}"))?;
+    let tombstone_in = option(&opts, "tombstone-in");
+    if let Some(t) = tombstone_in {
+        if !dirs.iter().any(|d| d == t) {
+            return Err(format!("--tombstone-in {t} is not one of the directories"));
+        }
+    }
     let timestamp = clock::now_ms();
     println!("key: {key}");
     println!("timestamp: {timestamp}");
     for (i, dir) in dirs.iter().enumerate() {
-        let data = serde_json::json!({ "value": format!("version {}", i + 1), "dir": dir });
+        let deleted = tombstone_in == Some(dir.as_str());
+        let data = if deleted {
+            Vec::new()
+        } else {
+            let doc = serde_json::json!({ "value": format!("version {}", i + 1), "dir": dir });
+            serde_json::to_vec(&doc).map_err(|e| e.to_string())?
+        };
         let version = Version {
             stamp: Stamp {
                 timestamp,
                 uuid: VersionId::new_random(),
-                deleted: false,
+                deleted,
             },
-            data: serde_json::to_vec(&data).map_err(|e| e.to_string())?,
+            data,
         };
         write_all(dir, &[(key.clone(), version.clone())])?;
-        println!(
-            "{dir}: uuid {} data {}",
-            version.stamp.uuid,
-            String::from_utf8_lossy(&version.data)
-        );
+        if deleted {
+            println!("{dir}: uuid {} tombstone", version.stamp.uuid);
+        } else {
+            println!(
+                "{dir}: uuid {} data {}",
+                version.stamp.uuid,
+                String::from_utf8_lossy(&version.data)
+            );
+        }
     }
     Ok(())
 }

@@ -316,7 +316,7 @@ fn page_through(
         let reply: SinceReply = node
             .cluster
             .peer
-            .get(address, &path, peer::LONG, None)
+            .get(address, &path, peer::NORMAL, None)
             .map_err(|e| (cursor.timestamp, e))?;
         let versions = decode_versions(reply.versions, node.config.max_value_bytes)
             .map_err(|e| (cursor.timestamp, PeerError::BadReply(e)))?;

@@ -70,6 +70,9 @@ pub fn start(node: Arc<Node>, listener: TcpListener) -> std::io::Result<HttpServ
 impl HttpServer {
     /// Stops accepting connections, lets the workers answer every request
     /// already received, and waits for them.
+    /// Requests that arrive later on open keep-alive connections are
+    /// answered 503 (with Retry-After) until the process exits, so that no
+    /// client or peer waits for its timeout.
     pub fn stop(self) {
         self.server.stop_accepting();
         for _ in &self.workers {
@@ -78,6 +81,21 @@ impl HttpServer {
         for w in self.workers {
             let _ = w.join();
         }
+        let server = self.server;
+        let _ = std::thread::Builder::new()
+            .name("http-closed".into())
+            .spawn(move || {
+                while let Ok(rq) = server.recv() {
+                    let e = ApiError::Stopping;
+                    let mut response = Response::from_data(e.body()).with_status_code(e.status());
+                    for (name, value) in e.headers() {
+                        if let Some(h) = header(name, &value) {
+                            response.add_header(h);
+                        }
+                    }
+                    let _ = rq.respond(response);
+                }
+            });
     }
 }
 
@@ -241,8 +259,14 @@ pub fn send(node: &Node, rq: Request, reply: Reply, route: Route, started: Insta
 /// Writes a reply and records it in `metrics` (for the writer's answers).
 pub fn send_with(metrics: &Metrics, rq: Request, reply: Reply, route: Route, started: Instant) {
     let status = reply.status;
-    let mut response = Response::from_data(reply.body).with_status_code(status);
+    // The length is known: always send Content-Length, never chunks.
+    let mut response = Response::from_data(reply.body)
+        .with_status_code(status)
+        .with_chunked_threshold(usize::MAX);
     if let Some(h) = header("Content-Type", reply.content_type) {
+        response.add_header(h);
+    }
+    if let Some(h) = header("Server", concat!("kvs/", env!("CARGO_PKG_VERSION"))) {
         response.add_header(h);
     }
     for (name, value) in &reply.headers {

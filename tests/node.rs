@@ -1,0 +1,295 @@
+//! Integration tests that spawn the real `kvs` binary: connection handling
+//! (every keep-alive client answered, the connection bound), storage full,
+//! bad internal requests, and a clean stop on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+/// A node started for one test; killed, and its directory removed, on drop.
+/// If the test fails, its log is printed.
+struct TestNode {
+    child: Option<Child>,
+    addr: String,
+    dir: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl TestNode {
+    fn start(extra: &[&str]) -> TestNode {
+        let dir = std::env::temp_dir().join(format!(
+            "kvs-it-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kvs"))
+            .current_dir(&dir)
+            .args(["--port", "0", "--node-id", "it", "--data-dir", "data"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvs");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("node did not start; log:\n{}", log.lock().unwrap()));
+        TestNode {
+            child: Some(child),
+            addr,
+            dir,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("----- node log -----\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A response: status, headers (lower-cased names), body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length.
+fn read_reply(stream: &mut TcpStream) -> std::io::Result<Reply> {
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One request on a fresh connection.
+fn call(addr: &str, method: &str, path: &str, body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    read_reply(&mut s).unwrap()
+}
+
+#[test]
+fn sixty_four_keep_alive_clients_arriving_at_once_are_all_answered() {
+    let node = TestNode::start(&[]);
+    const CLIENTS: usize = 64;
+    let start = Arc::new(Barrier::new(CLIENTS));
+    // Every client keeps its connection open until all have been answered,
+    // so none can free a thread for another by hanging up.
+    let hold = Arc::new(Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let (addr, start, hold) = (node.addr.clone(), start.clone(), hold.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let req = format!("GET /kv/nothing/{i} HTTP/1.1\r\nHost: t\r\n\r\n");
+                s.write_all(req.as_bytes()).unwrap();
+                let first = read_reply(&mut s).map(|r| r.status).unwrap_or(0);
+                // The same keep-alive connection serves a second request.
+                s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+                    .unwrap();
+                let second = read_reply(&mut s).map(|r| r.status).unwrap_or(0);
+                hold.wait();
+                (first, second)
+            })
+        })
+        .collect();
+    let results: Vec<(u16, u16)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let answered = results.iter().filter(|r| **r == (404, 200)).count();
+    assert_eq!(answered, CLIENTS, "answers: {results:?}");
+}
+
+#[test]
+fn connections_beyond_the_bound_wait_for_a_free_slot() {
+    let node = TestNode::start(&["--max-connections", "2"]);
+    let open: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&node.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_reply(&mut s).unwrap().status, 200);
+            s
+        })
+        .collect();
+    // A third client is not served while two connections are open...
+    let mut third = TcpStream::connect(&node.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert!(
+        read_reply(&mut third).is_err(),
+        "served beyond max_connections"
+    );
+    // ...and is served as soon as one closes.
+    drop(open);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(read_reply(&mut third).unwrap().status, 200);
+}
+
+#[test]
+fn a_full_map_answers_507_and_keeps_serving() {
+    let node = TestNode::start(&["--map-size-mb", "2", "--max-value-bytes", "200000"]);
+    let value = format!("\"{}\"", "x".repeat(150_000));
+    let mut stored = Vec::new();
+    let mut full = None;
+    for i in 0..100 {
+        let r = call(&node.addr, "PUT", &format!("/kv/big/{i}"), value.as_bytes());
+        match r.status {
+            200 => stored.push(i),
+            507 => {
+                full = Some(r);
+                break;
+            }
+            other => panic!(
+                "unexpected status {other}: {}",
+                String::from_utf8_lossy(&r.body)
+            ),
+        }
+    }
+    let full = full.expect("the map never filled up");
+    assert!(String::from_utf8_lossy(&full.body).contains("\"error\""));
+    assert!(!stored.is_empty());
+    for i in &stored {
+        let got = call(&node.addr, "GET", &format!("/kv/big/{i}"), b"").body;
+        assert!(got == value.as_bytes(), "big/{i}: {} bytes back", got.len());
+    }
+    assert_eq!(call(&node.addr, "GET", "/health", b"").status, 200);
+    // Small writes that fit still succeed or are refused cleanly.
+    let small = call(&node.addr, "PUT", "/kv/small", b"1").status;
+    assert!(small == 200 || small == 507, "status {small}");
+}
+
+#[test]
+fn malformed_internal_requests_are_400_and_change_nothing() {
+    let node = TestNode::start(&[]);
+    for (path, body) in [
+        ("/internal/push", &b"not json"[..]),
+        ("/internal/push", br#"{"from":"x","versions":[{"key":"a/../b","uuid":"00000000-0000-4000-8000-000000000000","timestamp":1,"data":"1"}]}"#),
+        ("/internal/push", br#"{"from":"x","versions":[{"key":"a","uuid":"nope","timestamp":1,"data":"1"}]}"#),
+        ("/internal/push", br#"{"from":"x","versions":[{"key":"a","uuid":"00000000-0000-4000-8000-000000000000","timestamp":1,"data":"{"}]}"#),
+        ("/members/join", br#"{"id":"","address":"x"}"#),
+        ("/members/join", br#"{"id":"p","address":"nohost","joined_timestamp":1,"generation":1,"heartbeat":1}"#),
+        ("/internal/gossip", br#"{"members":[{"id":"p","address":"1.2.3.4:0","joined_timestamp":1,"generation":1,"heartbeat":1}]}"#),
+        ("/internal/tree/children", br#"{"level":9,"nodes":[0]}"#),
+        ("/internal/tree/children", br#"{"level":1,"nodes":[99999]}"#),
+        ("/internal/fetch", br#"{"keys":5}"#),
+    ] {
+        let r = call(&node.addr, "POST", path, body);
+        assert_eq!(r.status, 400, "{path} {}: {}", String::from_utf8_lossy(body), String::from_utf8_lossy(&r.body));
+        assert!(String::from_utf8_lossy(&r.body).starts_with("{\"error\":"));
+        assert!(r.headers.iter().any(|(k, v)| k == "content-type" && v == "application/json"));
+    }
+    assert_eq!(call(&node.addr, "GET", "/kv/a", b"").status, 404);
+    let members = String::from_utf8(call(&node.addr, "GET", "/members/", b"").body).unwrap();
+    assert_eq!(members.matches("\"id\"").count(), 1, "{members}");
+}
+
+#[test]
+fn sigterm_finishes_requests_closes_lmdb_and_exits_zero() {
+    let mut node = TestNode::start(&[]);
+    assert_eq!(call(&node.addr, "PUT", "/kv/k", b"{\"v\":1}").status, 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(code) = node.child.as_mut().unwrap().try_wait().unwrap() {
+            break code;
+        }
+        assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "exit status {code:?}");
+    // Give the log reader a moment to drain the pipe.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !node.log().contains("LMDB closed") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = node.log();
+    for step in [
+        "SIGTERM received",
+        "no longer accepting",
+        "in-flight requests answered",
+        "LMDB closed",
+    ] {
+        assert!(log.contains(step), "missing {step:?} in:\n{log}");
+    }
+}
