@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Measures kvs, never asserts. Prints one table and the commands it ran.
+#
+#   scripts/bench.sh [SECTION...]
+#
+# Sections (default: all): http membership replication antientropy size
+#   http          GET and durable PUT throughput and p50/p99 latency at
+#                 1, 16 and 64 connections (wrk), idle and peak RSS
+#   membership    time for 5 nodes to agree; kill -9 to "unhealthy" everywhere
+#   replication   lag p50/p99 on 3 nodes; PUT throughput while replicating vs
+#                 standalone; bootstrap time for 100 000 keys
+#   antientropy   bytes and time to converge for 1, 100 and 10 000
+#                 differences in 1 000 000 keys; cost of an exchange with no
+#                 difference
+#   size          binary sizes (release, static)
+#
+# Everything runs on 127.0.0.1 with the load generator on the same cores.
+# BENCH_SECONDS (default 5) sets the length of each wrk run.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+SECS=${BENCH_SECONDS:-5}
+SECTIONS=("$@")
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(http membership replication antientropy size)
+want() { local s; for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+for tool in curl python3; do command -v "$tool" > /dev/null || { echo "bench.sh needs $tool" >&2; exit 1; }; done
+if ! command -v wrk > /dev/null; then
+  echo "installing wrk (Debian package)" >&2
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk > /dev/null
+fi
+cargo build --release --locked 2>&1 | tail -n 1 >&2
+BIN=${KVS_BIN:-$ROOT/target/release/kvs}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvs-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -CONT "$p" 2> /dev/null || true; kill -TERM "$p" 2> /dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2> /dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+ROWS=()
+COMMANDS=()
+row() { ROWS+=("$(printf '%-58s | %-22s | %s' "$1" "$2" "${3:-}")"); echo "  $1: $2" >&2; }
+cmd() { COMMANDS+=("$*"); }
+
+port_free() { ! (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null; }
+free_port() {
+  local p
+  while :; do p=$((10000 + RANDOM % 22000)); port_free "$p" && { echo "$p"; return; }; done
+}
+FAST=(--gossip-interval-min 0.2 --gossip-interval-max 0.4 --sync-interval 1 --catchup-interval 0.5
+      --failure-timeout 2 --removal-timeout 4 --antientropy-interval 2 --throttle-delay-ms 5 --fetch-delay-ms 2)
+declare -A PORT PID
+# node NAME [ARGS...]: start a node with its data in $WORK/NAME.
+node() {
+  local name=$1; shift
+  PORT[$name]=${PORT[$name]:-$(free_port)}
+  (cd "$WORK" && exec "$BIN" --node-id "$name" --port "${PORT[$name]}" --data-dir "$WORK/$name" "$@" \
+      >> "$WORK/$name.log" 2>&1) &
+  PID[$name]=$!
+  PIDS+=($!)
+}
+up() { local d=$((SECONDS + 60)); until curl -sf --max-time 1 "http://127.0.0.1:${PORT[$1]}/health" > /dev/null; do
+  [ "$SECONDS" -lt "$d" ] || { echo "node $1 did not start" >&2; tail "$WORK/$1.log" >&2; exit 1; }; sleep 0.05; done; }
+stop() { kill -TERM "${PID[$1]}" 2> /dev/null || true; wait "${PID[$1]}" 2> /dev/null || true; }
+health() { curl -s --max-time 2 "http://127.0.0.1:${PORT[$1]}/health"; }
+members_is() { health "$1" | grep -q "\"member_count\":$2"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+now_ms() { date +%s%3N; }
+
+# wrk_run LABEL CONNS SCRIPT URL: prints "req/s p50_ms p99_ms".
+wrk_run() {
+  local conns=$2 script=$3 url=$4 threads=2
+  [ "$conns" -lt 2 ] && threads=1
+  local out
+  out=$(wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency -s "$script" "$url" 2>&1)
+  echo "$out" > "$WORK/wrk.$1.$conns.txt"
+  python3 - "$WORK/wrk.$1.$conns.txt" << 'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"\s50%\s+(\S+)", text).group(1))
+p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(f"{rps:.0f} {p50:.2f} {p99:.2f} {errors.group(1) if errors else 0}")
+PY
+}
+
+cat > "$WORK/put.lua" << 'LUA'
+-- Durable PUTs of a ~200-byte JSON document to fresh keys.
+local counter = 0
+local threads = 0
+function setup(thread) thread:set("tid", threads); threads = threads + 1 end
+function init(args)
+  body = '{"user":"bench","tags":["a","b","c"],"payload":"' .. string.rep("x", 140) .. '"}'
+  headers = { ["Content-Type"] = "application/json" }
+end
+function request()
+  counter = counter + 1
+  return wrk.format("PUT", "/kv/bench/" .. tid .. "/" .. counter, headers, body)
+end
+LUA
+cat > "$WORK/get.lua" << 'LUA'
+-- GETs of random keys among 10 000 loaded ones.
+function init(args) math.randomseed(os.time() + (tonumber(tostring({}):sub(8), 16) or 0)) end
+function request()
+  return wrk.format("GET", string.format("/kv/load/%09d", math.random(0, 9999)))
+end
+LUA
+
+# ---------------------------------------------------------------- http
+if want http; then
+  echo "== http: GET and PUT at 1, 16, 64 connections (${SECS}s each)" >&2
+  mkdir -p "$WORK"
+  "$BIN" load "$WORK/h" --count 10000 --prefix load/ --size 200 > /dev/null
+  cmd "$BIN load DIR --count 10000 --prefix load/ --size 200"
+  node h
+  up h
+  sleep 1
+  row "idle RSS, 10 000 keys loaded" "$(( $(rss_kb "${PID[h]}") / 1024 )) MB" "< 20 MB"
+  for c in 1 16 64; do
+    read -r rps p50 p99 err < <(wrk_run get "$c" "$WORK/get.lua" "http://127.0.0.1:${PORT[h]}")
+    row "GET, $c connection(s)" "$rps req/s" "p50 $p50 ms, p99 $p99 ms, non-2xx $err$([ "$c" = 16 ] && echo ', target >= 30000 req/s')"
+  done
+  for c in 1 16 64; do
+    read -r rps p50 p99 err < <(wrk_run put "$c" "$WORK/put.lua" "http://127.0.0.1:${PORT[h]}")
+    target=""; [ "$c" = 64 ] && target=", target >= 15000 req/s"; [ "$c" = 1 ] && target=", target p99 < 5 ms"
+    row "durable PUT, $c connection(s)" "$rps req/s" "p50 $p50 ms, p99 $p99 ms, non-2xx $err$target"
+  done
+  row "peak RSS after the runs (VmHWM)" "$(( $(hwm_kb "${PID[h]}") / 1024 )) MB"
+  commits=$(curl -s "http://127.0.0.1:${PORT[h]}/metrics" | awk '/^kvs_commits_total/ {c=$2} /^kvs_committed_ops_total/ {o=$2} END {if (c > 0) printf "%.1f", o / c}')
+  row "writes per commit (group commit), over the PUT runs" "$commits"
+  stop h
+  cmd "wrk -t2 -c{1,16,64} -d${SECS}s --latency -s get.lua|put.lua http://127.0.0.1:PORT  (scripts in scripts/bench.sh)"
+fi
+
+# ---------------------------------------------------------- membership
+if want membership; then
+  echo "== membership: 5 nodes through one seed; kill -9 detection" >&2
+  t0=$(now_ms)
+  node m1 "${FAST[@]}"
+  up m1
+  for n in m2 m3 m4 m5; do node "$n" --seed "127.0.0.1:${PORT[m1]}" "${FAST[@]}"; done
+  for n in m2 m3 m4 m5; do up "$n"; done
+  t_up=$(now_ms)
+  until members_is m1 5 && members_is m2 5 && members_is m3 5 && members_is m4 5 && members_is m5 5; do sleep 0.02; done
+  t_agree=$(now_ms)
+  rounds=$(python3 -c "print(f'{($t_agree - $t_up) / 300:.1f}')")
+  row "5 nodes agree on membership, after all answer /health" "$((t_agree - t_up)) ms" "= $rounds gossip rounds (mean 0.3 s); target <= 3"
+  row "5 nodes agree on membership, from the first start" "$((t_agree - t0)) ms"
+  unhealthy_on() { curl -s --max-time 1 "http://127.0.0.1:${PORT[$1]}/members/" | grep -q '"id":"m5"[^}]*"state":"unhealthy"'; }
+  kill -KILL "${PID[m5]}"; t_kill=$(now_ms)
+  until unhealthy_on m1 && unhealthy_on m2 && unhealthy_on m3 && unhealthy_on m4; do sleep 0.02; done
+  t_unh=$(now_ms)
+  row "kill -9 to unhealthy on all 4 others (failure_timeout 2 s)" "$((t_unh - t_kill)) ms" "failure_timeout + < 1 gossip round"
+  for n in m1 m2 m3 m4; do stop "$n"; done
+  cmd "$BIN --node-id mN --port P --data-dir D --seed 127.0.0.1:P1 ${FAST[*]}"
+fi
+
+# --------------------------------------------------------- replication
+if want replication; then
+  echo "== replication: lag on 3 nodes; PUT throughput replicating vs standalone; bootstrap" >&2
+  node s1
+  up s1
+  read -r solo _ _ _ < <(wrk_run solo 64 "$WORK/put.lua" "http://127.0.0.1:${PORT[s1]}")
+  stop s1
+  node r1 "${FAST[@]}"
+  up r1
+  node r2 --seed "127.0.0.1:${PORT[r1]}" "${FAST[@]}"
+  node r3 --seed "127.0.0.1:${PORT[r1]}" "${FAST[@]}"
+  up r2; up r3
+  until members_is r1 3 && members_is r2 3 && members_is r3 3; do sleep 0.05; done
+  python3 - "${PORT[r1]}" "${PORT[r2]}" "${PORT[r3]}" > "$WORK/lag.txt" << 'PY'
+# Writes 500 keys on node 1, one at a time; for each, polls nodes 2 and 3
+# over keep-alive connections until both return it. Lag = time from the
+# PUT's 200 to the value being readable on the slower of the two.
+import http.client, sys, time
+w = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+readers = [http.client.HTTPConnection("127.0.0.1", int(p)) for p in sys.argv[2:]]
+lags = []
+for i in range(500):
+    key = f"/kv/lag/{i}"
+    w.request("PUT", key, body=b'{"i":%d}' % i)
+    r = w.getresponse(); r.read()
+    assert r.status == 200
+    t0 = time.perf_counter()
+    pending = list(readers)
+    while pending:
+        for c in list(pending):
+            c.request("GET", key)
+            r = c.getresponse(); r.read()
+            if r.status == 200:
+                pending.remove(c)
+    lags.append((time.perf_counter() - t0) * 1000)
+    time.sleep(0.002)
+lags.sort()
+print(f"{lags[len(lags)//2]:.2f} {lags[int(len(lags)*0.99)]:.2f} {lags[-1]:.2f}")
+PY
+  read -r p50 p99 pmax < "$WORK/lag.txt"
+  row "replication lag, 3 nodes, write on 1, read on both others" "p50 $p50 ms" "p99 $p99 ms, max $pmax ms; target p99 < 50 ms"
+  read -r repl _ _ _ < <(wrk_run repl 64 "$WORK/put.lua" "http://127.0.0.1:${PORT[r1]}")
+  cost=$(python3 -c "print(f'{(1 - $repl / $solo) * 100:.0f}')")
+  row "durable PUT, 64 connections, standalone" "$solo req/s"
+  row "durable PUT, 64 connections, replicating to 2 peers" "$repl req/s" "cost $cost % (peers on the same 2 cores); target <= 30 %"
+  for n in r1 r2 r3; do stop "$n"; done
+
+  "$BIN" load "$WORK/b1" --count 100000 --prefix boot/ --size 200 > /dev/null
+  node b1 "${FAST[@]}"
+  up b1
+  t0=$(now_ms)
+  node b2 --seed "127.0.0.1:${PORT[b1]}" "${FAST[@]}" --throttle-delay-ms 10
+  up b2
+  until health b2 | grep -q '"mode":"normal"'; do sleep 0.02; done
+  t1=$(now_ms)
+  n=$(curl -s "http://127.0.0.1:${PORT[b2]}/metrics" | awk '/^kvs_keys / {print $2}')
+  row "bootstrap of 100 000 keys (200 B), throttle_delay_ms 10" "$((t1 - t0)) ms" "$n keys on the new node; 100 pages of 1000"
+  stop b1; stop b2
+  cmd "python3 (lag probe, inline in scripts/bench.sh) against 3 nodes started with ${FAST[*]}"
+fi
+
+# --------------------------------------------------------- antientropy
+if want antientropy; then
+  echo "== anti-entropy: 1, 100, 10 000 differences in 1 000 000 keys" >&2
+  old=$(( $(date +%s) * 1000 - 7200 * 1000 ))
+  "$BIN" load "$WORK/base" --count 1000000 --prefix k/ --timestamp "$old" --size 60 > /dev/null
+  cmd "$BIN load DIR --count 1000000 --prefix k/ --timestamp (2 h ago) --size 60; cp -r DIR DIR2; $BIN load DIR2 --count N --prefix diff/"
+  SLOW=(--sync-interval 3600 --catchup-interval 3600 --gossip-interval-min 0.2 --gossip-interval-max 0.4
+        --failure-timeout 5 --removal-timeout 10 --throttle-delay-ms 0 --fetch-delay-ms 0)
+  metric() { curl -s "http://127.0.0.1:${PORT[$1]}/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+  for diffs in 0 1 100 10000; do
+    rm -rf "$WORK/ae1" "$WORK/ae2"
+    cp -r "$WORK/base" "$WORK/ae1"; cp -r "$WORK/base" "$WORK/ae2"
+    [ "$diffs" -gt 0 ] && "$BIN" load "$WORK/ae2" --count "$diffs" --prefix diff/ --timestamp "$old" --size 60 > /dev/null
+    unset 'PORT[ae1]' 'PORT[ae2]'
+    node ae1 "${SLOW[@]}" --antientropy-interval 3600
+    node ae2 "${SLOW[@]}" --antientropy-interval 3600 --seed "127.0.0.1:${PORT[ae1]}"
+    up ae1; up ae2
+    until members_is ae1 2 && members_is ae2 2; do sleep 0.05; done
+    # Only ae1 runs exchanges: restart it with a 1 s interval.
+    stop ae1
+    node ae1 "${SLOW[@]}" --antientropy-interval 1 --seed "127.0.0.1:${PORT[ae2]}"
+    up ae1
+    t0=$(now_ms)
+    root() { curl -s "http://127.0.0.1:${PORT[$1]}/internal/tree/root"; }
+    if [ "$diffs" -eq 0 ]; then
+      until [ "$(metric ae1 kvs_antientropy_rounds_total)" -ge 4 ] 2> /dev/null; do sleep 0.1; done
+      rounds=$(metric ae1 kvs_antientropy_rounds_total); bytes=$(metric ae1 kvs_antientropy_bytes_total)
+      reqs=$(metric ae1 kvs_antientropy_requests_total)
+      row "anti-entropy exchange, no difference, 1 M keys" "$((bytes / rounds)) bytes" "$((reqs / rounds)) request(s) per exchange (HTTP bodies); target < 10 KB"
+    else
+      until [ "$(root ae1)" = "$(root ae2)" ]; do sleep 0.05; done
+      t1=$(now_ms)
+      bytes=$(metric ae1 kvs_antientropy_bytes_total); reqs=$(metric ae1 kvs_antientropy_requests_total)
+      target=""; [ "$diffs" = 100 ] && target="; target < 1 MB"
+      row "anti-entropy, $diffs difference(s) in 1 M keys" "$bytes bytes" "$reqs requests, converged $((t1 - t0)) ms after start (interval 1 s)$target"
+    fi
+    stop ae1; stop ae2
+  done
+fi
+
+# ---------------------------------------------------------------- size
+if want size; then
+  row "release binary (dynamic glibc), stripped" "$(stat -c %s "$ROOT/target/release/kvs") bytes"
+  static=$ROOT/target/x86_64-unknown-linux-gnu/release/kvs
+  if [ -x "$static" ]; then row "static binary (scripts/build-static.sh)" "$(stat -c %s "$static") bytes" "target < 5 MB"; fi
+fi
+
+echo
+echo "kvs $("$BIN" --version | cut -d' ' -f2), $(nproc) cores, $(date -u +%Y-%m-%d)"
+printf '%-58s | %-22s | %s\n' "measure" "value" "notes"
+printf '%s\n' "-----------------------------------------------------------+------------------------+------------------------------"
+printf '%s\n' "${ROWS[@]}"
+echo
+echo "commands:"
+printf '  %s\n' "scripts/bench.sh ${SECTIONS[*]}" "${COMMANDS[@]}"
