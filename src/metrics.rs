@@ -102,6 +102,7 @@ pub struct Metrics {
     pub push_failures: AtomicU64,
     pub push_dropped: AtomicU64,
     pub replication_lag: Histogram,
+    pub commit_duration: Histogram,
     pub received_versions: AtomicU64,
     pub sync_runs: AtomicU64,
     pub catchup_runs: AtomicU64,
@@ -143,6 +144,7 @@ impl Metrics {
             push_failures: AtomicU64::new(0),
             push_dropped: AtomicU64::new(0),
             replication_lag: Histogram::new(),
+            commit_duration: Histogram::new(),
             received_versions: AtomicU64::new(0),
             sync_runs: AtomicU64::new(0),
             catchup_runs: AtomicU64::new(0),
@@ -297,6 +299,10 @@ impl Metrics {
                 value.load(Relaxed)
             );
         }
+        out.push_str("# HELP kvs_commit_duration_seconds Write transactions: from taking a batch to having answered it (fsync included).\n");
+        out.push_str("# TYPE kvs_commit_duration_seconds histogram\n");
+        self.commit_duration
+            .render(&mut out, "kvs_commit_duration_seconds", "");
         out.push_str("# HELP kvs_replication_lag_seconds Time from local commit to a peer's acknowledgement of the push.\n");
         out.push_str("# TYPE kvs_replication_lag_seconds histogram\n");
         self.replication_lag

@@ -258,9 +258,10 @@ pub fn run(mut config: Config) -> Result<i32, String> {
         Hooks {
             on_local: Box::new(move |v| rep.enqueue(v)),
             on_conflict: Box::new(move |c| cq.push(c)),
-            on_commit: Box::new(move |n| {
+            on_commit: Box::new(move |n, took| {
                 m1.commits.fetch_add(1, Ordering::Relaxed);
                 m1.committed_ops.fetch_add(n as u64, Ordering::Relaxed);
+                m1.commit_duration.observe(took);
             }),
         }
     };

@@ -63,7 +63,8 @@ fn write_all(dir: &str, versions: &[(String, Version)]) -> Result<(), String> {
             .put_version(&mut txn, key, old.as_ref(), v, &mut deltas)
             .map_err(|e| e.to_string())?;
     }
-    txn.commit()
+    store
+        .commit(txn, &deltas)
         .map_err(|e| format!("committing to {dir}: {e}"))?;
     Ok(())
 }

@@ -188,6 +188,7 @@ pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report,
             let local = node
                 .store
                 .tree_children(level, chunk)
+                .map_err(|e| PeerError::BadReply(format!("reading the local summary: {e}")))?
                 .ok_or_else(|| PeerError::BadReply("bad tree node".into()))?;
             if reply.children.len() != chunk.len() {
                 return Err(PeerError::BadReply("children count does not match".into()));

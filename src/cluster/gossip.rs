@@ -210,7 +210,6 @@ pub fn announce_leave(node: &Node) {
             Err(e) => log::debug!("telling {} that this node leaves: {e}", p.id),
         }
     }
-    if !peers.is_empty() {
-        log::info!("left the cluster: told {told} of {} peers", peers.len());
-    }
+    node.cluster.members.forget_peers();
+    log::info!("left the cluster: told {told} of {} peers", peers.len());
 }

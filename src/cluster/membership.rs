@@ -160,6 +160,11 @@ impl MemberTable {
         self.me.clone()
     }
 
+    /// Forgets every peer (this node has left and works alone).
+    pub fn forget_peers(&mut self) {
+        self.members.clear();
+    }
+
     /// Would a join from this entry be accepted? Refuses an id that is
     /// this node's own or that a live member uses at another address.
     pub fn check_join(&self, e: &MemberEntry) -> Result<(), JoinRefused> {

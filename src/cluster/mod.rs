@@ -143,6 +143,10 @@ impl Members {
         self.table().leave()
     }
 
+    pub fn forget_peers(&self) {
+        self.table().forget_peers()
+    }
+
     /// Merges entries and logs what changed.
     pub fn merge(&self, entries: &[MemberEntry]) {
         let changes = self

@@ -132,27 +132,40 @@ pub fn sync_loop(node: Arc<Node>) {
     let mut next_regular = now + cfg.sync_interval;
     let mut next_catchup = now;
     let mut next_purge = now + purge_every;
+    // Every task that comes due gets its next time before the loop turns,
+    // so the loop always waits between rounds.
     loop {
-        let now = Instant::now();
-        let mut wake = next_regular.min(next_purge);
-        if node.cluster.sync.is_behind() {
-            wake = wake.min(next_catchup);
-        }
-        if wake > now && stopper.wait(wake - now) {
+        if stopper.is_stopped() {
             return;
         }
-        if node.cluster.has_left() {
+        let now = Instant::now();
+        let behind = node.cluster.sync.is_behind();
+        let mut wake = next_regular.min(next_purge);
+        if behind {
+            wake = wake.min(next_catchup);
+        }
+        if wake > now {
+            if stopper.wait(wake - now) {
+                return;
+            }
             continue;
         }
-        let now = Instant::now();
-        if node.cluster.sync.is_behind() && now >= next_catchup {
-            next_catchup = match catch_up(&node) {
-                CatchUp::Done | CatchUp::Failed => now + cfg.catchup_interval,
-                CatchUp::NoPeer => now + NO_PEER_RETRY.min(cfg.catchup_interval),
+        // After leaving the cluster there is nobody to sync with.
+        let alone = node.cluster.has_left();
+        if behind && now >= next_catchup {
+            next_catchup = if alone {
+                now + cfg.catchup_interval
+            } else {
+                match catch_up(&node) {
+                    CatchUp::Done | CatchUp::Failed => now + cfg.catchup_interval,
+                    CatchUp::NoPeer => now + NO_PEER_RETRY.min(cfg.catchup_interval),
+                }
             };
         }
         if now >= next_regular {
-            regular_sync(&node);
+            if !alone {
+                regular_sync(&node);
+            }
             next_regular = Instant::now() + cfg.sync_interval;
         }
         if now >= next_purge {

@@ -236,7 +236,7 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
             }
             let children = node
                 .store
-                .tree_children(req.level, &req.nodes)
+                .tree_children(req.level, &req.nodes)?
                 .ok_or_else(|| ApiError::BadRequest("no such tree node".into()))?;
             Ok(Reply::json_value(
                 200,

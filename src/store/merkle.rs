@@ -2,12 +2,19 @@
 //!
 //! Keys fall into 65 536 leaf buckets by a hash of the key. A bucket's hash
 //! is the XOR of the hashes of the versions in it (key, timestamp, uuid,
-//! deleted), and every inner node of the 16-way tree above the buckets is
-//! the XOR of its children. XOR makes the summary independent of write
-//! order and lets a write update it in O(depth): XOR out the old version's
-//! hash and XOR in the new one along one path. Two stores holding the same
-//! versions have the same tree; one differing key changes exactly the nodes
-//! on the path to its bucket.
+//! deleted), and every node of the 16-way tree above the buckets is the XOR
+//! of its children. XOR makes the summary independent of write order and
+//! lets a write update it in O(depth): XOR out the old version's hash and
+//! XOR in the new one along one path. Two stores holding the same versions
+//! have the same tree; one differing key changes exactly the nodes on the
+//! path to its bucket.
+//!
+//! Levels 0 to 3 (1 + 16 + 256 + 4096 nodes) are kept in memory and, as
+//! one 32 KiB record, in LMDB; the 65 536 leaf hashes (level 4) are not
+//! stored: the leaves of one level-3 node are computed when asked for, from
+//! the `buckets` index, which lists each bucket's versions in order. So a
+//! commit rewrites one contiguous record instead of one random page per
+//! written key.
 //!
 //! The hash functions here are part of the wire protocol: every node must
 //! compute them alike, so they are written out rather than taken from std.
@@ -18,6 +25,10 @@ pub const FANOUT: usize = 16;
 pub const DEPTH: usize = 4;
 /// Number of leaf buckets (FANOUT ^ DEPTH).
 pub const LEAVES: usize = 1 << (4 * DEPTH);
+/// The deepest level kept in memory and on disk.
+pub const STORED: usize = DEPTH - 1;
+/// Nodes at the stored level.
+pub const STORED_NODES: usize = 1 << (4 * STORED);
 
 /// 64-bit FNV-1a over several byte strings, then a finalizer that spreads
 /// every input bit over the output (MurmurHash3's fmix64 constants).
@@ -45,14 +56,18 @@ pub fn leaf_of(key: &[u8]) -> u16 {
     (hash_parts(&[b"leaf", key]) >> 48) as u16
 }
 
+/// The level-3 node above a leaf bucket.
+pub fn stored_node_of(leaf: u16) -> usize {
+    leaf as usize / FANOUT
+}
+
 /// The hash of one version of a key, as summed into its bucket.
 pub fn version_hash(key: &[u8], stamp_bytes: &[u8; 25]) -> u64 {
     // Never zero, so a present version always changes its bucket.
     hash_parts(&[key, stamp_bytes]) | 1
 }
 
-/// The whole tree, in memory: `levels[0]` is the root, `levels[DEPTH]` the
-/// leaf buckets. About 560 KB.
+/// Levels 0 to 3 of the tree, in memory (about 35 KB).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tree {
     levels: Vec<Vec<u64>>,
@@ -68,27 +83,37 @@ impl Tree {
     /// The tree of an empty store.
     pub fn new() -> Tree {
         Tree {
-            levels: (0..=DEPTH)
+            levels: (0..=STORED)
                 .map(|l| vec![0u64; FANOUT.pow(l as u32)])
                 .collect(),
         }
     }
 
-    /// Builds the inner levels from leaf hashes.
-    pub fn from_leaves(leaves: &[u64]) -> Tree {
+    /// Builds the upper levels from the level-3 hashes.
+    pub fn from_stored(hashes: &[u64]) -> Tree {
         let mut tree = Tree::new();
-        for (i, &h) in leaves.iter().enumerate().take(LEAVES) {
+        for (i, &h) in hashes.iter().enumerate().take(STORED_NODES) {
             if h != 0 {
-                tree.apply(i as u16, h);
+                tree.apply_stored(i, h);
             }
         }
         tree
     }
 
-    /// XORs `delta` into a leaf and every node above it.
+    /// The level-3 hashes (what is stored on disk).
+    pub fn stored(&self) -> &[u64] {
+        &self.levels[STORED]
+    }
+
+    /// XORs `delta` (a change of leaf bucket `leaf`) into every stored node
+    /// above that leaf.
     pub fn apply(&mut self, leaf: u16, delta: u64) {
-        let mut index = leaf as usize;
-        for level in (0..=DEPTH).rev() {
+        self.apply_stored(stored_node_of(leaf), delta);
+    }
+
+    fn apply_stored(&mut self, node: usize, delta: u64) {
+        let mut index = node;
+        for level in (0..=STORED).rev() {
             self.levels[level][index] ^= delta;
             index /= FANOUT;
         }
@@ -98,15 +123,11 @@ impl Tree {
         self.levels[0][0]
     }
 
-    #[cfg(test)]
-    pub fn leaf(&self, leaf: u16) -> u64 {
-        self.levels[DEPTH][leaf as usize]
-    }
-
-    /// The hashes of the children of node `index` at `level` (< DEPTH), or
-    /// None when there is no such node.
+    /// The hashes of the children of node `index` at `level` (below
+    /// STORED), or None when there is no such node. Children of a level-3
+    /// node are leaves: see `Store::leaf_hashes`.
     pub fn children(&self, level: usize, index: usize) -> Option<[u64; FANOUT]> {
-        if level >= DEPTH || index >= self.levels[level].len() {
+        if level >= STORED || index >= self.levels[level].len() {
             return None;
         }
         let first = index * FANOUT;
@@ -114,6 +135,24 @@ impl Tree {
         out.copy_from_slice(&self.levels[level + 1][first..first + FANOUT]);
         Some(out)
     }
+}
+
+/// Encodes the level-3 hashes as one record (big-endian u64s).
+pub fn encode_stored(hashes: &[u64]) -> Vec<u8> {
+    hashes.iter().flat_map(|h| h.to_be_bytes()).collect()
+}
+
+/// Decodes the level-3 record; None when it has the wrong size.
+pub fn decode_stored(bytes: &[u8]) -> Option<Vec<u64>> {
+    if bytes.len() != STORED_NODES * 8 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+    )
 }
 
 /// Positions where two children lists differ, as child node indexes of the
@@ -187,16 +226,16 @@ mod tests {
         }
         let mut b = a.clone();
         add(&mut b, "extra", 9);
-        let leaf = leaf_of(b"extra") as usize;
-        for level in 0..=DEPTH {
-            let on_path = leaf / FANOUT.pow((DEPTH - level) as u32);
+        let node = stored_node_of(leaf_of(b"extra"));
+        for level in 0..=STORED {
+            let on_path = node / FANOUT.pow((STORED - level) as u32);
             for (i, (x, y)) in a.levels[level].iter().zip(&b.levels[level]).enumerate() {
                 assert_eq!(x != y, i == on_path, "level {level} node {i}");
             }
         }
-        // Descending by children finds exactly that leaf.
+        // Descending by children finds exactly that stored node.
         let mut frontier = vec![0usize];
-        for level in 0..DEPTH {
+        for level in 0..STORED {
             let mut next = Vec::new();
             for &n in &frontier {
                 let (ca, cb) = (a.children(level, n).unwrap(), b.children(level, n).unwrap());
@@ -204,18 +243,20 @@ mod tests {
             }
             frontier = next;
         }
-        assert_eq!(frontier, vec![leaf]);
+        assert_eq!(frontier, vec![node]);
     }
 
     #[test]
-    fn from_leaves_rebuilds_the_same_tree() {
+    fn the_stored_level_rebuilds_the_same_tree() {
         let mut a = Tree::new();
         for i in 0..300 {
             add(&mut a, &format!("z{i}"), i);
         }
-        let leaves: Vec<u64> = (0..LEAVES).map(|l| a.leaf(l as u16)).collect();
-        assert_eq!(Tree::from_leaves(&leaves), a);
-        assert!(a.children(DEPTH, 0).is_none());
+        let bytes = encode_stored(a.stored());
+        assert_eq!(bytes.len(), STORED_NODES * 8);
+        assert_eq!(Tree::from_stored(&decode_stored(&bytes).unwrap()), a);
+        assert!(decode_stored(&bytes[1..]).is_none());
+        assert!(a.children(STORED, 0).is_none());
         assert!(a.children(0, 1).is_none());
     }
 

@@ -9,14 +9,16 @@
 //!   reads only what it may delete.
 //! - `buckets`: leaf bucket (2 bytes) ‖ key → stamp. Lists the versions of one
 //!   anti-entropy bucket without touching their data.
-//! - `tree`: leaf bucket (2 bytes) → XOR of its version hashes (8 bytes).
+//! - `tree`: one record, the 4096 level-3 hashes of the summary tree
+//!   (`merkle`); the leaf hashes below are computed from `buckets` on demand.
 //! - `meta`: name → bytes: node identity, members, sync marks.
 //!
-//! Invariant: a version, its time index entry, its bucket entry and its
-//! bucket hash change together, in [`Store::put_version`] or
-//! [`Store::remove_version`], inside the caller's write transaction. Only the
-//! writer thread (`store::writer`) calls them. The in-memory copy of the
-//! summary tree follows after commit, from the deltas those functions return.
+//! Invariant: a version, its time index entry and its bucket entry change
+//! together in [`Store::put_version`] or [`Store::remove_version`], inside
+//! the caller's write transaction; the summary changes they imply are
+//! written by [`Store::commit`] in that same transaction, which then applies
+//! them to the in-memory tree. Only the writer thread (`store::writer`) and
+//! the offline tools write.
 
 pub mod merkle;
 pub mod version;
@@ -178,6 +180,10 @@ fn utf8(bytes: &[u8]) -> Result<String> {
 /// Meta name of the summary format; a missing entry means the tree must be
 /// rebuilt from the versions (a data directory from before the summary).
 const META_TREE_FORMAT: &str = "tree_format";
+/// The summary layout this build writes.
+const TREE_FORMAT: &[u8] = b"2";
+/// Key of the level-3 hashes in the `tree` table.
+const TREE_RECORD: &[u8] = b"level3";
 
 impl Store {
     /// Opens (creating if needed) the store in `dir`, locking it against a
@@ -265,27 +271,42 @@ impl Store {
             .meta
             .get(&rtxn, META_TREE_FORMAT.as_bytes())?
             .map(|v| v.to_vec());
+        let stored = self
+            .tree_db
+            .get(&rtxn, TREE_RECORD)?
+            .and_then(merkle::decode_stored);
         drop(rtxn);
-        if format.as_deref() != Some(b"1") {
-            let tree = self.rebuild_tree()?;
-            log::info!(
-                "rebuilt the anti-entropy summary from {} keys",
-                self.counts()?.0
-            );
-            *self.tree.write().unwrap_or_else(|e| e.into_inner()) = tree;
-            return Ok(());
-        }
-        let rtxn = self.read_txn()?;
-        let mut leaves = vec![0u64; merkle::LEAVES];
-        for item in self.tree_db.iter(&rtxn)? {
-            let (k, v) = item?;
-            if k.len() == 2 && v.len() == 8 {
-                let leaf = u16::from_be_bytes([k[0], k[1]]);
-                leaves[leaf as usize] = u64::from_be_bytes(v.try_into().unwrap_or([0; 8]));
+        let tree = match (format.as_deref(), stored) {
+            (Some(TREE_FORMAT), Some(hashes)) => Tree::from_stored(&hashes),
+            (Some(TREE_FORMAT), None) => Tree::new(),
+            _ => {
+                let tree = self.rebuild_tree()?;
+                let keys = self.counts()?.0;
+                if keys > 0 {
+                    log::info!("rebuilt the anti-entropy summary from {keys} keys");
+                }
+                tree
             }
-        }
-        *self.tree.write().unwrap_or_else(|e| e.into_inner()) = Tree::from_leaves(&leaves);
+        };
+        *self.tree.write().unwrap_or_else(|e| e.into_inner()) = tree;
         Ok(())
+    }
+
+    /// Recomputes the summary from the versions alone.
+    fn tree_from_versions(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<(Tree, Vec<u64>)> {
+        let mut tree = Tree::new();
+        let mut leaves = vec![0u64; merkle::LEAVES];
+        for item in self.versions.iter(txn)? {
+            let (k, v) = item?;
+            let stamp = version::decode_stamp(v).ok_or_else(|| {
+                StoreError::Corrupt(format!("version of {:?}", String::from_utf8_lossy(k)))
+            })?;
+            let leaf = merkle::leaf_of(k);
+            let h = merkle::version_hash(k, &stamp.encode());
+            tree.apply(leaf, h);
+            leaves[leaf as usize] ^= h;
+        }
+        Ok((tree, leaves))
     }
 
     /// Recomputes the bucket index and summary from the versions table and
@@ -294,45 +315,73 @@ impl Store {
         let mut wtxn = self.write_txn()?;
         self.buckets.clear(&mut wtxn)?;
         self.tree_db.clear(&mut wtxn)?;
-        let mut leaves = vec![0u64; merkle::LEAVES];
+        let (tree, _) = self.tree_from_versions(&wtxn)?;
         let mut entries = Vec::new();
         for item in self.versions.iter(&wtxn)? {
             let (k, v) = item?;
-            let stamp = version::decode_stamp(v).ok_or_else(|| {
-                StoreError::Corrupt(format!("version of {:?}", String::from_utf8_lossy(k)))
-            })?;
-            let leaf = merkle::leaf_of(k);
-            leaves[leaf as usize] ^= merkle::version_hash(k, &stamp.encode());
-            entries.push((bucket_key(leaf, k), stamp.encode()));
+            if let Some(stamp) = version::decode_stamp(v) {
+                entries.push((bucket_key(merkle::leaf_of(k), k), stamp.encode()));
+            }
         }
         for (k, v) in &entries {
             self.buckets.put(&mut wtxn, k, v)?;
         }
-        for (leaf, h) in leaves.iter().enumerate() {
-            if *h != 0 {
-                self.tree_db
-                    .put(&mut wtxn, &(leaf as u16).to_be_bytes(), &h.to_be_bytes())?;
-            }
-        }
+        self.tree_db.put(
+            &mut wtxn,
+            TREE_RECORD,
+            &merkle::encode_stored(tree.stored()),
+        )?;
         self.meta
-            .put(&mut wtxn, META_TREE_FORMAT.as_bytes(), b"1")?;
+            .put(&mut wtxn, META_TREE_FORMAT.as_bytes(), TREE_FORMAT)?;
         wtxn.commit()?;
-        Ok(Tree::from_leaves(&leaves))
+        Ok(tree)
     }
 
     /// Recomputes the summary from the versions and compares it with the
-    /// one kept up to date by writes. True when they agree.
+    /// one kept up to date by writes, and every leaf hash with the one the
+    /// bucket index gives. True when they all agree.
     pub fn verify_tree(&self) -> Result<bool> {
         let rtxn = self.read_txn()?;
-        let mut leaves = vec![0u64; merkle::LEAVES];
-        for item in self.versions.iter(&rtxn)? {
-            let (k, v) = item?;
-            if let Some(stamp) = version::decode_stamp(v) {
-                leaves[merkle::leaf_of(k) as usize] ^= merkle::version_hash(k, &stamp.encode());
+        let (fresh, leaves) = self.tree_from_versions(&rtxn)?;
+        drop(rtxn);
+        if fresh != *self.tree.read().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(false);
+        }
+        for node in 0..merkle::STORED_NODES {
+            let indexed = self.leaf_hashes(node)?;
+            if indexed[..] != leaves[node * merkle::FANOUT..(node + 1) * merkle::FANOUT] {
+                return Ok(false);
             }
         }
-        let fresh = Tree::from_leaves(&leaves);
-        Ok(fresh == *self.tree.read().unwrap_or_else(|e| e.into_inner()))
+        Ok(true)
+    }
+
+    /// The 16 leaf hashes below a level-3 node, from the bucket index.
+    pub fn leaf_hashes(&self, node: usize) -> Result<[u64; merkle::FANOUT]> {
+        let mut out = [0u64; merkle::FANOUT];
+        if node >= merkle::STORED_NODES {
+            return Ok(out);
+        }
+        let rtxn = self.read_txn()?;
+        let first = (node * merkle::FANOUT) as u16;
+        let start = first.to_be_bytes();
+        let end = ((node + 1) * merkle::FANOUT) as u32;
+        let end_key = (end as u16).to_be_bytes();
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = if end as usize >= merkle::LEAVES {
+            (Bound::Included(&start[..]), Bound::Unbounded)
+        } else {
+            (Bound::Included(&start[..]), Bound::Excluded(&end_key[..]))
+        };
+        for item in self.buckets.range(&rtxn, &bounds)? {
+            let (k, v) = item?;
+            if k.len() < 2 || v.len() < 25 {
+                return Err(StoreError::Corrupt("bucket entry".into()));
+            }
+            let leaf = u16::from_be_bytes([k[0], k[1]]);
+            let stamp: [u8; 25] = v[..25].try_into().expect("25 bytes");
+            out[leaf as usize - first as usize] ^= merkle::version_hash(&k[2..], &stamp);
+        }
+        Ok(out)
     }
 
     // ----- reads -----
@@ -514,9 +563,19 @@ impl Store {
         &self,
         level: usize,
         nodes: &[usize],
-    ) -> Option<Vec<[u64; merkle::FANOUT]>> {
+    ) -> Result<Option<Vec<[u64; merkle::FANOUT]>>> {
+        if level == merkle::STORED {
+            if nodes.iter().any(|&n| n >= merkle::STORED_NODES) {
+                return Ok(None);
+            }
+            return nodes
+                .iter()
+                .map(|&n| self.leaf_hashes(n))
+                .collect::<Result<Vec<_>>>()
+                .map(Some);
+        }
         let tree = self.tree.read().unwrap_or_else(|e| e.into_inner());
-        nodes.iter().map(|&n| tree.children(level, n)).collect()
+        Ok(nodes.iter().map(|&n| tree.children(level, n)).collect())
     }
 
     /// Keys under `prefix` in key order, after `after`, tombstones left out,
@@ -631,7 +690,6 @@ impl Store {
         }
         let leaf = merkle::leaf_of(k);
         self.buckets.put(txn, &bucket_key(leaf, k), &new_stamp)?;
-        self.xor_leaf(txn, leaf, delta)?;
         deltas.push((leaf, delta));
         Ok(())
     }
@@ -653,22 +711,32 @@ impl Store {
         let leaf = merkle::leaf_of(k);
         self.buckets.delete(txn, &bucket_key(leaf, k))?;
         let delta = merkle::version_hash(k, &old.encode());
-        self.xor_leaf(txn, leaf, delta)?;
         deltas.push((leaf, delta));
         Ok(())
     }
 
-    fn xor_leaf(&self, txn: &mut RwTxn<'_>, leaf: u16, delta: u64) -> Result<()> {
-        let lk = leaf.to_be_bytes();
-        let current = match self.tree_db.get(txn, &lk)? {
-            Some(v) if v.len() == 8 => u64::from_be_bytes(v.try_into().unwrap_or([0; 8])),
-            _ => 0,
-        };
-        let next = current ^ delta;
-        if next == 0 {
-            self.tree_db.delete(txn, &lk)?;
-        } else {
-            self.tree_db.put(txn, &lk, &next.to_be_bytes())?;
+    /// Writes the summary changes of a transaction into it, commits it, and
+    /// then applies them to the in-memory tree. Every write transaction that
+    /// called `put_version` or `remove_version` ends here.
+    pub fn commit(&self, mut txn: RwTxn<'_>, deltas: &[(u16, u64)]) -> Result<()> {
+        if !deltas.is_empty() {
+            let mut stored = match self.tree_db.get(&txn, TREE_RECORD)? {
+                Some(bytes) => merkle::decode_stored(bytes)
+                    .ok_or_else(|| StoreError::Corrupt("summary record".into()))?,
+                None => vec![0u64; merkle::STORED_NODES],
+            };
+            for &(leaf, delta) in deltas {
+                stored[merkle::stored_node_of(leaf)] ^= delta;
+            }
+            self.tree_db
+                .put(&mut txn, TREE_RECORD, &merkle::encode_stored(&stored))?;
+        }
+        txn.commit()?;
+        if !deltas.is_empty() {
+            let mut tree = self.tree.write().unwrap_or_else(|e| e.into_inner());
+            for &(leaf, delta) in deltas {
+                tree.apply(leaf, delta);
+            }
         }
         Ok(())
     }
@@ -693,17 +761,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// Applies committed bucket hash changes to the in-memory tree.
-    pub fn apply_tree_deltas(&self, deltas: &[(u16, u64)]) {
-        if deltas.is_empty() {
-            return;
-        }
-        let mut tree = self.tree.write().unwrap_or_else(|e| e.into_inner());
-        for &(leaf, delta) in deltas {
-            tree.apply(leaf, delta);
-        }
     }
 }
 

@@ -148,8 +148,9 @@ pub struct Hooks {
     pub on_local: Box<dyn Fn(&Versions) + Send>,
     /// Conflicts met while applying remote versions.
     pub on_conflict: Box<dyn Fn(Vec<ConflictFound>) + Send>,
-    /// Commit statistics: ops in the batch.
-    pub on_commit: Box<dyn Fn(usize) + Send>,
+    /// Commit statistics: ops in the batch, and the time from taking the
+    /// batch to having answered it.
+    pub on_commit: Box<dyn Fn(usize, std::time::Duration) + Send>,
 }
 
 /// Sends ops to the writer thread.
@@ -223,14 +224,55 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer thread. It ends when every handle is dropped.
+/// Threads that answer committed client writes, so that writing responses
+/// to sockets never delays the next commit.
+const RESPONDERS: usize = 2;
+
+/// Answers of one committed batch.
+type Answers = Vec<(ClientReply, std::result::Result<Written, WriteError>)>;
+
+/// Starts the writer thread (and its responders). It ends after
+/// [`WriterHandle::stop`], or when every handle is dropped, once every
+/// committed write has been answered.
 pub fn start(store: Arc<Store>, hooks: Hooks) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::sync_channel(QUEUE_OPS);
     let thread = std::thread::Builder::new()
         .name("writer".into())
-        .spawn(move || writer_loop(&store, &hooks, rx))
+        .spawn(move || {
+            let (answers_tx, answers_rx) = mpsc::channel::<Answers>();
+            let answers_rx = Arc::new(std::sync::Mutex::new(answers_rx));
+            let responders: Vec<JoinHandle<()>> = (0..RESPONDERS)
+                .map(|i| {
+                    let rx = answers_rx.clone();
+                    std::thread::Builder::new()
+                        .name(format!("respond-{i}"))
+                        .spawn(move || responder_loop(&rx))
+                        .expect("spawning a responder thread")
+                })
+                .collect();
+            writer_loop(&store, &hooks, rx, &answers_tx);
+            drop(answers_tx);
+            for r in responders {
+                let _ = r.join();
+            }
+        })
         .expect("spawning the writer thread");
     (WriterHandle { tx }, thread)
+}
+
+/// A responder: answer committed writes until the writer is gone.
+fn responder_loop(rx: &std::sync::Mutex<Receiver<Answers>>) {
+    loop {
+        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        match next {
+            Ok(answers) => {
+                for (reply, outcome) in answers {
+                    reply(outcome);
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// The result of one op inside a transaction, before it is answered.
@@ -250,7 +292,7 @@ struct Effects {
 }
 
 /// The writer thread: take what is waiting, commit it together, answer.
-fn writer_loop(store: &Store, hooks: &Hooks, rx: Receiver<Op>) {
+fn writer_loop(store: &Store, hooks: &Hooks, rx: Receiver<Op>, answers: &mpsc::Sender<Answers>) {
     let mut stopping = false;
     while let Ok(first) = rx.recv() {
         if matches!(first, Op::Stop) {
@@ -272,15 +314,16 @@ fn writer_loop(store: &Store, hooks: &Hooks, rx: Receiver<Op>) {
             }
         }
         let n = batch.len();
+        let started = std::time::Instant::now();
         match apply(store, &batch) {
-            Ok((outcomes, effects)) => finish(store, hooks, batch, outcomes, effects),
+            Ok((outcomes, effects)) => finish(hooks, answers, batch, outcomes, effects),
             Err(StoreError::MapFull) if n > 1 => {
                 // One by one, so that what fits is still written.
                 for op in batch {
                     let one = [op];
                     match apply(store, &one) {
                         Ok((outcomes, effects)) => {
-                            finish(store, hooks, Vec::from(one), outcomes, effects)
+                            finish(hooks, answers, Vec::from(one), outcomes, effects)
                         }
                         Err(e) => {
                             let [op] = one;
@@ -296,7 +339,7 @@ fn writer_loop(store: &Store, hooks: &Hooks, rx: Receiver<Op>) {
                 }
             }
         }
-        (hooks.on_commit)(n);
+        (hooks.on_commit)(n, started.elapsed());
         if stopping {
             break;
         }
@@ -305,17 +348,23 @@ fn writer_loop(store: &Store, hooks: &Hooks, rx: Receiver<Op>) {
 }
 
 /// Answers the ops of a committed transaction and tells the node.
-fn finish(store: &Store, hooks: &Hooks, batch: Vec<Op>, outcomes: Vec<Outcome>, effects: Effects) {
-    store.apply_tree_deltas(&effects.deltas);
+fn finish(
+    hooks: &Hooks,
+    answers: &mpsc::Sender<Answers>,
+    batch: Vec<Op>,
+    outcomes: Vec<Outcome>,
+    effects: Effects,
+) {
     if !effects.local.is_empty() {
         (hooks.on_local)(&effects.local);
     }
     if !effects.conflicts.is_empty() {
         (hooks.on_conflict)(effects.conflicts);
     }
+    let mut client_answers = Vec::new();
     for (op, outcome) in batch.into_iter().zip(outcomes) {
         match (op, outcome) {
-            (Op::Client { reply, .. }, Outcome::Client(r)) => reply(r),
+            (Op::Client { reply, .. }, Outcome::Client(r)) => client_answers.push((reply, r)),
             (Op::Remote { reply: Some(r), .. }, Outcome::Remote(report)) => {
                 let _ = r.send(Ok(report));
             }
@@ -326,6 +375,15 @@ fn finish(store: &Store, hooks: &Hooks, batch: Vec<Op>, outcomes: Vec<Outcome>, 
                 let _ = reply.send(Ok(n));
             }
             _ => {}
+        }
+    }
+    if !client_answers.is_empty() {
+        if let Err(mpsc::SendError(left)) = answers.send(client_answers) {
+            // No responder left (cannot happen while the writer runs):
+            // answer here rather than drop the requests.
+            for (reply, outcome) in left {
+                reply(outcome);
+            }
         }
     }
 }
@@ -432,6 +490,6 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
         };
         outcomes.push(outcome);
     }
-    txn.commit()?;
+    store.commit(txn, &effects.deltas)?;
     Ok((outcomes, effects))
 }

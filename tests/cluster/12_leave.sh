@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# POST /members/leave: the node tells its peers, which drop it at once; it
+# keeps serving its own data alone, stays idle (no busy loop), and still
+# stops cleanly on SIGTERM.
+source "$(dirname "$0")/lib.sh"
+
+start_node a "${FAST[@]}"
+wait_healthy a
+start_node b $(seeds a) "${FAST[@]}"
+start_node c $(seeds a) "${FAST[@]}"
+count_is() { [ "$(member_count "$1")" = "$2" ]; }
+for n in a b c; do wait_healthy "$n"; wait_until 10 "$n sees 3" count_is "$n" 3; done
+put a before/leave '"x"'
+wait_until 5 "replicated to c" has_value c before/leave '"x"'
+
+step "c leaves"
+out=$(curl -s --max-time 10 -X POST "$(url c /members/leave)")
+echo "$out" | grep -q '"left":true' || fail "leave reply: $out"
+for n in a b; do wait_until 2 "$n drops c" count_is "$n" 2; done
+count_is c 1 || fail "c still counts members after leaving"
+expect_eq "$(get c before/leave)" '"x"' "c serves its data after leaving"
+expect_status 200 PUT "$(url c /kv/alone)" --data-binary 1
+
+step "a node that left stays idle"
+cpu() { awk '{print $14 + $15}' "/proc/$(pid_of c)/stat"; }
+t0=$(cpu); sleep 2; t1=$(cpu)
+ticks=$((t1 - t0))
+[ "$ticks" -lt 60 ] || fail "c used $ticks CPU ticks in 2 s while idle (busy loop?)"
+step "and stops on SIGTERM"
+stop_node c
+pass
