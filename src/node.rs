@@ -43,12 +43,35 @@ pub struct Cluster {
     pub conflicts: Arc<ConflictQueue>,
     pub stopper: Arc<Stopper>,
     left: AtomicBool,
+    /// Back from an absence longer than bootstrap_max_age_hours: tombstones
+    /// of keys deleted meanwhile may be purged everywhere else, so this
+    /// node's old versions cannot be trusted until it has reconciled.
+    stale: AtomicBool,
+    /// bootstrap_max_age_hours in ms: tombstones older than this are purged.
+    purge_age_ms: u64,
 }
 
 impl Cluster {
     /// True once this node has left the cluster (it then works alone).
     pub fn has_left(&self) -> bool {
         self.left.load(Ordering::Relaxed)
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// While stale: the purge horizon, below which a key the peers lack
+    /// was deleted (anti-entropy drops it here instead of pushing it).
+    pub fn stale_horizon(&self) -> Option<u64> {
+        self.is_stale()
+            .then(|| clock::now_ms().saturating_sub(self.purge_age_ms))
+    }
+
+    /// Ends the stale state after a completed exchange.
+    pub fn reconciled(&self) {
+        self.stale.store(false, Ordering::Relaxed);
+        self.members.touch();
     }
 }
 
@@ -150,6 +173,24 @@ impl Node {
 const META_NODE_ID: &str = "node_id";
 const META_JOINED: &str = "joined_timestamp";
 const META_GENERATION: &str = "generation";
+/// Meta entry: the last time (ms) this node heard from a peer.
+pub const META_LAST_CONTACT: &str = "last_contact";
+
+/// Persists the last contact time, if it moved by more than a minute since
+/// `saved` (or `force`); returns what is now saved.
+pub fn save_last_contact(node: &Node, saved: u64, force: bool) -> u64 {
+    let last = node.cluster.members.last_contact();
+    if last > saved && (force || last - saved >= 60_000) {
+        if node
+            .store
+            .meta_put(META_LAST_CONTACT, last.to_string().as_bytes())
+            .is_ok()
+        {
+            return last;
+        }
+    }
+    saved
+}
 
 fn meta_u64(store: &Store, name: &str) -> Option<u64> {
     store
@@ -218,6 +259,18 @@ pub fn run(mut config: Config) -> Result<i32, String> {
         == Some(b"1");
     let bootstrapped = store.meta_get(META_BOOTSTRAPPED).ok().flatten().is_some();
     let syncing = !config.seed_nodes.is_empty() && ((versions == 0 && !bootstrapped) || pending);
+    let max_age_ms = config.bootstrap_max_age.as_millis() as u64;
+    let last_contact = meta_u64(&store, META_LAST_CONTACT);
+    let stale = !syncing
+        && versions > 0
+        && last_contact.is_some_and(|t| clock::real_now_ms().saturating_sub(t) > max_age_ms);
+    if stale {
+        log::warn!(
+            "this node has not heard from a peer since {} ms ago, longer than bootstrap_max_age_hours: \
+             its old keys are checked against a peer (keys deleted meanwhile are dropped) before it serves anti-entropy",
+            clock::real_now_ms().saturating_sub(last_contact.unwrap_or(0))
+        );
+    }
 
     let metrics = Arc::new(Metrics::new());
     let stopper = Arc::new(Stopper::new());
@@ -280,6 +333,8 @@ pub fn run(mut config: Config) -> Result<i32, String> {
             conflicts,
             stopper,
             left: AtomicBool::new(false),
+            stale: AtomicBool::new(stale),
+            purge_age_ms: max_age_ms,
         },
         mode: AtomicU8::new(if syncing { Mode::Syncing } else { Mode::Normal } as u8),
         stopping: AtomicBool::new(false),
@@ -337,6 +392,9 @@ pub fn run(mut config: Config) -> Result<i32, String> {
     node.cluster.replicator.stop();
     for t in threads {
         let _ = t.join();
+    }
+    if !node.cluster.is_stale() {
+        save_last_contact(&node, 0, true);
     }
     log::info!("stopping: cluster threads stopped");
     node.writer.stop();

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,8 @@ pub const CHILDREN_MAX_NODES: usize = 4096;
 pub const BUCKETS_PER_REQUEST: usize = 256;
 /// Stamps in one buckets reply, at most.
 pub const BUCKET_PAGE_ENTRIES: usize = 10_000;
+/// Wait between reconciliation attempts of a node back from a long absence.
+const STALE_RETRY: Duration = Duration::from_secs(1);
 
 /// `GET /internal/tree/root` reply.
 #[derive(Debug, Serialize, Deserialize)]
@@ -104,12 +106,20 @@ pub struct Report {
     pub leaves: usize,
     pub fetched: usize,
     pub pushed: usize,
+    /// Keys dropped as deleted while this node was away (long absence).
+    pub dropped: usize,
 }
 
-/// The anti-entropy thread.
+/// The anti-entropy thread. A node back from a long absence (stale)
+/// exchanges at once, every second, until one exchange has completed.
 pub fn antientropy_loop(node: Arc<Node>) {
     loop {
-        if node.cluster.stopper.wait(node.config.antientropy_interval) {
+        let wait = if node.cluster.is_stale() {
+            STALE_RETRY
+        } else {
+            node.config.antientropy_interval
+        };
+        if node.cluster.stopper.wait(wait) {
             return;
         }
         if node.cluster.has_left() || node.mode() == crate::node::Mode::Syncing {
@@ -135,19 +145,30 @@ pub fn antientropy_loop(node: Arc<Node>) {
             .antientropy_bytes
             .fetch_add(bytes, Ordering::Relaxed);
         match result {
-            Ok(r) if r.leaves == 0 => {
-                log::debug!("anti-entropy with {}: in sync ({bytes} bytes)", p.id)
-            }
             Ok(r) => {
+                if node.cluster.is_stale() {
+                    node.cluster.reconciled();
+                    log::info!(
+                        "reconciled with {} after a long absence: dropped {} keys deleted meanwhile, fetched {}",
+                        p.id,
+                        r.dropped,
+                        r.fetched
+                    );
+                }
+                if r.leaves == 0 {
+                    log::debug!("anti-entropy with {}: in sync ({bytes} bytes)", p.id);
+                    continue;
+                }
                 node.metrics
                     .antientropy_repaired
-                    .fetch_add((r.fetched + r.pushed) as u64, Ordering::Relaxed);
+                    .fetch_add((r.fetched + r.pushed + r.dropped) as u64, Ordering::Relaxed);
                 log::info!(
-                    "anti-entropy with {}: {} buckets differed; fetched {}, pushed {} ({requests} requests, {bytes} bytes, {:.2}s)",
+                    "anti-entropy with {}: {} buckets differed; fetched {}, pushed {}, dropped {} ({requests} requests, {bytes} bytes, {:.2}s)",
                     p.id,
                     r.leaves,
                     r.fetched,
                     r.pushed,
+                    r.dropped,
                     started.elapsed().as_secs_f64()
                 );
             }
@@ -212,12 +233,18 @@ pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report,
         ..Report::default()
     };
     for chunk in leaves.chunks(BUCKETS_PER_REQUEST) {
-        let (to_fetch, to_push) = compare_buckets(node, address, chunk, traffic)?;
-        if !to_fetch.is_empty() {
-            report.fetched += fetch_traced(node, address, to_fetch, traffic)?;
+        let plan = compare_buckets(node, address, chunk, traffic)?;
+        if !plan.fetch.is_empty() {
+            report.fetched += fetch_traced(node, address, plan.fetch, traffic)?;
         }
-        if !to_push.is_empty() {
-            report.pushed += push_keys(node, address, &to_push, traffic)?;
+        if !plan.push.is_empty() {
+            report.pushed += push_keys(node, address, &plan.push, traffic)?;
+        }
+        if !plan.drop.is_empty() {
+            report.dropped += node
+                .writer
+                .drop_versions(plan.drop)
+                .map_err(|e| PeerError::BadReply(format!("dropping deleted keys: {e}")))?;
         }
     }
     Ok(report)
@@ -230,12 +257,12 @@ fn compare_buckets(
     address: &str,
     leaves: &[u16],
     traffic: &Traffic,
-) -> Result<(Vec<String>, Vec<String>), PeerError> {
+) -> Result<Plan, PeerError> {
     let mut remote: HashMap<String, Stamp> = HashMap::new();
     let mut after: Option<BucketCursor> = None;
     loop {
         if node.cluster.stopper.wait(node.config.throttle_delay) {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(Plan::default());
         }
         let reply: BucketsReply = node.cluster.peer.post(
             address,
@@ -276,33 +303,53 @@ fn compare_buckets(
             None => break,
         }
     }
-    Ok(plan(&local, &remote))
+    Ok(plan(&local, &remote, node.cluster.stale_horizon()))
 }
 
-/// Which keys to fetch (the peer's version wins or conflicts) and which to
-/// push (ours wins, or the peer lacks the key). Sorted, for determinism.
+/// What an exchange does with the keys of the differing buckets.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The peer's version wins or conflicts: fetch it (merge rule applies).
+    pub fetch: Vec<String>,
+    /// Ours wins, or the peer lacks the key: push ours.
+    pub push: Vec<String>,
+    /// Only after a long absence: keys the peer lacks whose version here is
+    /// older than the tombstone purge horizon. They were deleted while this
+    /// node was away and the tombstones are gone: drop them here.
+    pub drop: Vec<(String, Stamp)>,
+}
+
+/// Compares the stamps of the same buckets on both sides. `drop_before` is
+/// the purge horizon when this node is back from an absence longer than
+/// `bootstrap_max_age_hours` (see `Cluster::stale`). Sorted, for determinism.
 pub fn plan(
     local: &HashMap<String, Stamp>,
     remote: &HashMap<String, Stamp>,
-) -> (Vec<String>, Vec<String>) {
-    let mut to_fetch: Vec<String> = remote
-        .iter()
-        .filter(|(k, r)| {
-            matches!(
-                merge(local.get(*k), r),
-                Merge::TakeIncoming | Merge::Conflict
-            )
-        })
-        .map(|(k, _)| k.clone())
-        .collect();
-    let mut to_push: Vec<String> = local
-        .iter()
-        .filter(|(k, l)| merge(remote.get(*k), l) == Merge::TakeIncoming)
-        .map(|(k, _)| k.clone())
-        .collect();
-    to_fetch.sort();
-    to_push.sort();
-    (to_fetch, to_push)
+    drop_before: Option<u64>,
+) -> Plan {
+    let mut out = Plan::default();
+    for (k, r) in remote {
+        if matches!(
+            merge(local.get(k), r),
+            Merge::TakeIncoming | Merge::Conflict
+        ) {
+            out.fetch.push(k.clone());
+        }
+    }
+    for (k, l) in local {
+        let theirs = remote.get(k);
+        match drop_before {
+            Some(horizon) if theirs.is_none() && l.timestamp < horizon => {
+                out.drop.push((k.clone(), *l))
+            }
+            _ if merge(theirs, l) == Merge::TakeIncoming => out.push.push(k.clone()),
+            _ => {}
+        }
+    }
+    out.fetch.sort();
+    out.push.sort();
+    out.drop.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 /// Fetches the peer's versions of `keys` through the merge rule, counting
@@ -428,9 +475,26 @@ mod tests {
             ("conflict".to_string(), s(4, 2)),
         ]
         .into();
-        let (fetch, push) = plan(&local, &remote);
-        assert_eq!(fetch, vec!["conflict", "only-theirs", "theirs-newer"]);
-        assert_eq!(push, vec!["only-ours", "ours-newer"]);
+        let p = plan(&local, &remote, None);
+        assert_eq!(p.fetch, vec!["conflict", "only-theirs", "theirs-newer"]);
+        assert_eq!(p.push, vec!["only-ours", "ours-newer"]);
+        assert!(p.drop.is_empty());
+    }
+
+    #[test]
+    fn after_a_long_absence_old_keys_the_peer_lacks_are_dropped() {
+        let local: HashMap<String, Stamp> = [
+            ("deleted-meanwhile".to_string(), s(5, 1)),
+            ("written-since".to_string(), s(50, 1)),
+            ("ours-newer".to_string(), s(6, 1)),
+        ]
+        .into();
+        let remote: HashMap<String, Stamp> = [("ours-newer".to_string(), s(4, 2))].into();
+        let p = plan(&local, &remote, Some(10));
+        assert_eq!(p.drop, vec![("deleted-meanwhile".to_string(), s(5, 1))]);
+        // Newer than the purge horizon: the peer may just not have it yet.
+        // Present on the peer: not a deletion, the merge rule decides.
+        assert_eq!(p.push, vec!["ours-newer", "written-since"]);
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub fn gossip_loop(node: Arc<Node>) {
     let mut round: u64 = 0;
     let mut warned_alone = false;
     let mut known_saved = cluster.members.known_addresses();
+    let mut contact_saved = 0u64;
     loop {
         if cluster.has_left() || cluster.stopper.is_stopped() {
             return;
@@ -105,6 +106,9 @@ pub fn gossip_loop(node: Arc<Node>) {
                 let _ = node.store.meta_put(META_KNOWN, &bytes);
             }
             known_saved = known;
+        }
+        if !cluster.is_stale() {
+            contact_saved = crate::node::save_last_contact(&node, contact_saved, false);
         }
         if cluster.stopper.wait(wait) {
             return;

@@ -83,6 +83,8 @@ pub struct Members {
     /// Every address ever seen (seeds, members), with the last time a call
     /// to it succeeded (ms): where to look for the cluster when alone.
     known: Mutex<BTreeMap<String, u64>>,
+    /// The last time (ms) this node heard from any peer.
+    last_contact: std::sync::atomic::AtomicU64,
 }
 
 impl Members {
@@ -96,6 +98,7 @@ impl Members {
         Members {
             table: Mutex::new(table),
             known: Mutex::new(known),
+            last_contact: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -184,11 +187,23 @@ impl Members {
             .collect()
     }
 
+    /// Records that a peer was heard from (a call to it or from it).
+    pub fn touch(&self) {
+        self.last_contact
+            .fetch_max(clock::real_now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last time (ms) a peer was heard from; 0 if never in this run.
+    pub fn last_contact(&self) -> u64 {
+        self.last_contact.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Records a successful call to an address.
     pub fn reached(&self, address: &str) {
         if self.table().me().address == address {
             return;
         }
+        self.touch();
         self.known
             .lock()
             .unwrap_or_else(|e| e.into_inner())

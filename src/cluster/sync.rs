@@ -379,6 +379,10 @@ fn bootstrap(node: &Node) -> bool {
         if node.cluster.stopper.is_stopped() {
             return false;
         }
+        if node.cluster.has_left() {
+            log::info!("bootstrap: abandoned, this node has left the cluster");
+            break;
+        }
         let Some(p) = random_peer(node) else {
             if !waiting_logged {
                 log::info!("bootstrap: waiting for a peer to fetch history from");

@@ -28,6 +28,8 @@ pub enum ApiError {
     Syncing,
     /// 503: the node is stopping.
     Stopping,
+    /// 503: back from a long absence, the node is reconciling with a peer.
+    Reconciling,
     /// 507: the LMDB map is full.
     StorageFull,
     /// 500: a failure on our side.
@@ -46,7 +48,7 @@ impl ApiError {
             ApiError::Conflict(_) => 409,
             ApiError::PreconditionFailed(_) => 412,
             ApiError::TooLarge(_) => 413,
-            ApiError::Syncing | ApiError::Stopping => 503,
+            ApiError::Syncing | ApiError::Stopping | ApiError::Reconciling => 503,
             ApiError::StorageFull => 507,
             ApiError::Internal(_) => 500,
         }
@@ -67,6 +69,9 @@ impl ApiError {
             ApiError::Timeout => "the request body did not arrive in time".into(),
             ApiError::TooLarge(limit) => format!("body is larger than the limit of {limit} bytes"),
             ApiError::Syncing => "this node is syncing with the cluster; retry shortly".into(),
+            ApiError::Reconciling => {
+                "this node is back from a long absence and reconciling with a peer".into()
+            }
             ApiError::Stopping => "this node is stopping".into(),
             ApiError::StorageFull => {
                 "storage is full: the write was not made (raise map_size_mb)".into()
@@ -84,7 +89,9 @@ impl ApiError {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             ApiError::MethodNotAllowed(allow) => vec![("Allow", allow.to_string())],
-            ApiError::Syncing | ApiError::Stopping => vec![("Retry-After", "1".to_string())],
+            ApiError::Syncing | ApiError::Stopping | ApiError::Reconciling => {
+                vec![("Retry-After", "1".to_string())]
+            }
             ApiError::Unauthorized => vec![("WWW-Authenticate", "Bearer".to_string())],
             _ => Vec::new(),
         }

@@ -111,6 +111,15 @@ pub fn leave(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
 /// `/internal/...`.
 pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply, ApiError> {
     check_cluster_auth(node, rq)?;
+    let hands_out_versions = matches!(
+        target.path,
+        "/internal/latest" | "/internal/since" | "/internal/fetch" | "/internal/version"
+    ) || target.path.starts_with("/internal/tree/");
+    if hands_out_versions && node.cluster.is_stale() {
+        // Back from a long absence, our old versions may be keys deleted
+        // meanwhile: hand none out until reconciled with a peer.
+        return Err(ApiError::Reconciling);
+    }
     match target.path {
         "/internal/gossip" => {
             allow(rq, "POST", &[Method::Post])?;
@@ -120,6 +129,7 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
             }
             if !node.cluster.has_left() {
                 node.cluster.members.merge(&list.members);
+                node.cluster.members.touch();
             }
             Ok(Reply::json_value(
                 200,

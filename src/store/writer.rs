@@ -103,6 +103,12 @@ pub enum Op {
         horizon_ms: u64,
         reply: SyncSender<Result<usize>>,
     },
+    /// Removes versions if they are still the current ones (keys found
+    /// deleted while this node was away; see `cluster::antientropy`).
+    Drop {
+        versions: Vec<(String, Stamp)>,
+        reply: SyncSender<Result<usize>>,
+    },
     /// Commit what came before, then end the writer thread.
     Stop,
 }
@@ -113,7 +119,7 @@ impl Op {
             Op::Client { data, .. } => data.as_ref().map_or(0, |d| d.len()),
             Op::Remote { versions, .. } => versions.iter().map(|(_, v)| v.data.len()).sum(),
             Op::Resolve { winner, .. } => winner.data.len(),
-            Op::Purge { .. } | Op::Stop => 0,
+            Op::Purge { .. } | Op::Drop { .. } | Op::Stop => 0,
         }
     }
 
@@ -131,7 +137,7 @@ impl Op {
             Op::Resolve { reply: Some(r), .. } => {
                 let _ = r.send(Err(copy()));
             }
-            Op::Purge { reply, .. } => {
+            Op::Purge { reply, .. } | Op::Drop { reply, .. } => {
                 let _ = reply.send(Err(copy()));
             }
             _ => {}
@@ -201,6 +207,18 @@ impl WriterHandle {
     /// Ends the writer once every op queued before this call is committed.
     pub fn stop(&self) {
         let _ = self.tx.send(Op::Stop);
+    }
+
+    /// Removes versions that are still current; returns how many.
+    pub fn drop_versions(&self, versions: Vec<(String, Stamp)>) -> Result<usize> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(Op::Drop {
+            versions,
+            reply: tx,
+        })
+        .map_err(|_| StoreError::Corrupt("the writer has stopped".into()))?;
+        rx.recv()
+            .unwrap_or_else(|_| Err(StoreError::Corrupt("the writer has stopped".into())))
     }
 
     /// Purges tombstones older than the horizon; returns how many.
@@ -371,7 +389,8 @@ fn finish(
             (Op::Resolve { reply: Some(r), .. }, Outcome::Resolve(changed)) => {
                 let _ = r.send(Ok(changed));
             }
-            (Op::Purge { reply, .. }, Outcome::Purge(n)) => {
+            (Op::Purge { reply, .. }, Outcome::Purge(n))
+            | (Op::Drop { reply, .. }, Outcome::Purge(n)) => {
                 let _ = reply.send(Ok(n));
             }
             _ => {}
@@ -474,6 +493,16 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 Outcome::Resolve(replace)
             }
             Op::Stop => Outcome::Purge(0),
+            Op::Drop { versions, .. } => {
+                let mut dropped = 0;
+                for (key, stamp) in versions {
+                    if store.stamp_in(&txn, key)? == Some(*stamp) {
+                        store.remove_version(&mut txn, key, stamp, &mut effects.deltas)?;
+                        dropped += 1;
+                    }
+                }
+                Outcome::Purge(dropped)
+            }
             Op::Purge { horizon_ms, .. } => {
                 let doomed = store.tombstones_before(&txn, *horizon_ms, PURGE_BATCH)?;
                 let mut purged = 0;

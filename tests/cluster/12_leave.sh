@@ -9,7 +9,7 @@ wait_healthy a
 start_node b $(seeds a) "${FAST[@]}"
 start_node c $(seeds a) "${FAST[@]}"
 count_is() { [ "$(member_count "$1")" = "$2" ]; }
-for n in a b c; do wait_healthy "$n"; wait_until 10 "$n sees 3" count_is "$n" 3; done
+for n in a b c; do wait_ready "$n"; wait_until 10 "$n sees 3" count_is "$n" 3; done
 put a before/leave '"x"'
 wait_until 5 "replicated to c" has_value c before/leave '"x"'
 

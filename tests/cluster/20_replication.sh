@@ -10,7 +10,7 @@ start_node n2 $(seeds n1) "${FAST[@]}"
 start_node n3 $(seeds n1 n2) "${FAST[@]}"
 start_node ro $(seeds n1) --read-only "${FAST[@]}"
 count_is() { [ "$(member_count "$1")" = "$2" ]; }
-for n in n1 n2 n3 ro; do wait_healthy "$n"; wait_until 10 "$n sees 4 members" count_is "$n" 4; done
+for n in n1 n2 n3 ro; do wait_ready "$n"; wait_until 10 "$n sees 4 members" count_is "$n" 4; done
 
 step "a write on n1 is readable on n2, n3 and the read-only node"
 put n1 users/john '{"name":"John"}'
@@ -26,7 +26,7 @@ put_many n1 batch/ 100
 for i in $(seq 101 200); do echo "PUT $(url n2 "/kv/batch/$i") $i"; done > "$WORK/n2.ops"
 [ "$(batch "$WORK/n2.ops" | grep -c '^200$')" -eq 100 ] || fail "writes on n2 failed"
 start_node n3 $(seeds n1 n2) "${FAST[@]}"
-wait_healthy n3
+wait_ready n3
 has_all() { [ "$(count_keys "$1" batch/)" -eq 200 ]; }
 wait_until 20 "n3 has all 200 keys" has_all n3
 for i in 1 100 200; do expect_eq "$(get n3 "batch/$i")" "$i" "batch/$i on n3"; done

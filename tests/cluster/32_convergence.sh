@@ -11,7 +11,7 @@ wait_healthy n1
 start_node n2 $(seeds n1) "${FAST[@]}"
 start_node n3 $(seeds n1 n2) "${FAST[@]}"
 count_is() { [ "$(member_count "$1")" = "$2" ]; }
-for n in n1 n2 n3; do wait_healthy "$n"; wait_until 10 "$n sees 3 members" count_is "$n" 3; done
+for n in n1 n2 n3; do wait_ready "$n"; wait_until 10 "$n sees 3 members" count_is "$n" 3; done
 unset KVS_TEST_CLOCK_MS
 
 client() { # client SEED: 60 random writes and deletes on random nodes

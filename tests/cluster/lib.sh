@@ -212,3 +212,12 @@ put_many() {
 count_keys() {
   curl -s --max-time 10 "$(url "$1" "/kv/$2?keys&limit=10000")" | grep -o "\"$2[^\"]*\"" | wc -l | tr -d ' '
 }
+
+# wait_ready NAME [SECONDS]: healthy and past bootstrap (mode not syncing),
+# so that client writes are accepted.
+wait_ready() {
+  local name=$1 limit=${2:-20}
+  wait_healthy "$name" "$limit"
+  _not_syncing() { [ "$(health_field "$1" mode)" != syncing ]; }
+  wait_until "$limit" "$name finishes bootstrapping" _not_syncing "$name"
+}
