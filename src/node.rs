@@ -180,14 +180,14 @@ pub const META_LAST_CONTACT: &str = "last_contact";
 /// `saved` (or `force`); returns what is now saved.
 pub fn save_last_contact(node: &Node, saved: u64, force: bool) -> u64 {
     let last = node.cluster.members.last_contact();
-    if last > saved && (force || last - saved >= 60_000) {
-        if node
+    let due = last > saved && (force || last - saved >= 60_000);
+    if due
+        && node
             .store
             .meta_put(META_LAST_CONTACT, last.to_string().as_bytes())
             .is_ok()
-        {
-            return last;
-        }
+    {
+        return last;
     }
     saved
 }
