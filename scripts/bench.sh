@@ -232,7 +232,11 @@ if want antientropy; then
   echo "== anti-entropy: 1, 100, 10 000 differences in 1 000 000 keys" >&2
   old=$(( $(date +%s) * 1000 - 7200 * 1000 ))
   "$BIN" load "$WORK/base" --count 1000000 --prefix k/ --timestamp "$old" --size 60 > /dev/null
-  cmd "$BIN load DIR --count 1000000 --prefix k/ --timestamp (2 h ago) --size 60; cp -r DIR DIR2; $BIN load DIR2 --count N --prefix diff/"
+  # One fresh key on both sides, so that the catch-up each node runs at
+  # start (from its newest version back one minute) sees none of the old
+  # keys: only anti-entropy can find the differences.
+  "$BIN" load "$WORK/base" --count 1 --prefix fresh/ > /dev/null
+  cmd "$BIN load DIR --count 1000000 --prefix k/ --timestamp (2 h ago) --size 60; $BIN load DIR --count 1 --prefix fresh/; cp -r DIR DIR2; $BIN load DIR2 --count N --prefix diff/ --timestamp (2 h ago)"
   SLOW=(--sync-interval 3600 --catchup-interval 3600 --gossip-interval-min 0.2 --gossip-interval-max 0.4
         --failure-timeout 5 --removal-timeout 10 --throttle-delay-ms 0 --fetch-delay-ms 0)
   metric() { curl -s "http://127.0.0.1:${PORT[$1]}/metrics" | awk -v m="$2" '$1 == m {print $2}'; }

@@ -34,6 +34,8 @@ pub const PUSH_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Wait after a failed push, doubled per failure up to the maximum.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a sender waits for more versions before a push.
+const PUSH_LINGER: Duration = Duration::from_millis(2);
 /// How often an idle sender thread checks that its peer is still a member.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
@@ -283,6 +285,16 @@ impl Replicator {
                 }
                 if s.closed {
                     return;
+                }
+                // Wait a moment for more versions, so that the peer commits
+                // them in one transaction rather than several: a little
+                // replication lag buys the peers (and the cores they share)
+                // a lot of work.
+                if !s.items.is_empty() && s.items.len() < PUSH_MAX_VERSIONS {
+                    s =
+                        q.cv.wait_timeout(s, PUSH_LINGER)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
                 }
                 let batch = {
                     let QueueState { items, bytes, .. } = &mut *s;
