@@ -248,7 +248,7 @@ impl Metrics {
             ),
             (
                 "kvs_sync_fetched_versions_total",
-                "Versions fetched by regular sync, catch-up and bootstrap.",
+                "Versions fetched by regular sync, catch-up, bootstrap and anti-entropy.",
                 &self.sync_fetched,
             ),
             (

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::replicate::{PushReply, PushRequest, PUSH_MAX_BYTES, PUSH_MAX_VERSIONS};
-use super::sync::FETCH_MAX_KEYS;
+use super::sync::fetch;
 use super::wire::WireVersion;
 use crate::node::Node;
 use crate::peer::{self, PeerError, Traffic};
@@ -235,7 +235,7 @@ pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report,
     for chunk in leaves.chunks(BUCKETS_PER_REQUEST) {
         let plan = compare_buckets(node, address, chunk, traffic)?;
         if !plan.fetch.is_empty() {
-            report.fetched += fetch_traced(node, address, plan.fetch, traffic)?;
+            report.fetched += fetch(node, address, plan.fetch, Some(traffic))?;
         }
         if !plan.push.is_empty() {
             report.pushed += push_keys(node, address, &plan.push, traffic)?;
@@ -350,47 +350,6 @@ pub fn plan(
     out.push.sort();
     out.drop.sort_by(|a, b| a.0.cmp(&b.0));
     out
-}
-
-/// Fetches the peer's versions of `keys` through the merge rule, counting
-/// the traffic.
-fn fetch_traced(
-    node: &Node,
-    address: &str,
-    keys: Vec<String>,
-    traffic: &Traffic,
-) -> Result<usize, PeerError> {
-    let mut total = 0;
-    for chunk in keys.chunks(FETCH_MAX_KEYS) {
-        let n = fetch_chunk(node, address, chunk.to_vec(), traffic)?;
-        total += n;
-    }
-    Ok(total)
-}
-
-fn fetch_chunk(
-    node: &Node,
-    address: &str,
-    keys: Vec<String>,
-    traffic: &Traffic,
-) -> Result<usize, PeerError> {
-    if node.cluster.stopper.wait(node.config.throttle_delay) {
-        return Ok(0);
-    }
-    let reply: super::sync::FetchReply = node.cluster.peer.post(
-        address,
-        "/internal/fetch",
-        &super::sync::FetchRequest { keys },
-        peer::LONG,
-        Some(traffic),
-    )?;
-    let versions = super::wire::decode_versions(reply.versions, node.config.max_value_bytes)
-        .map_err(PeerError::BadReply)?;
-    let n = versions.len();
-    node.writer
-        .apply_remote(versions)
-        .map_err(|e| PeerError::BadReply(format!("applying fetched versions: {e}")))?;
-    Ok(n)
 }
 
 /// Pushes the local versions of `keys` to the peer.

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::wire::{decode_versions, WireVersion};
 use crate::clock;
 use crate::node::{Mode, Node};
-use crate::peer::{self, PeerError};
+use crate::peer::{self, PeerError, Traffic};
 use crate::store::{merge, Merge};
 
 /// Versions compared by a regular sync (compatible).
@@ -223,7 +223,7 @@ pub fn regular_sync(node: &Node) {
     if node.cluster.stopper.wait(node.config.fetch_delay) {
         return;
     }
-    match fetch(node, &p.address, keys) {
+    match fetch(node, &p.address, keys, None) {
         Ok(n) => {
             log::info!("regular sync with {}: fetched {n} newer versions", p.id);
             // What was missing among the latest may be missing further back.
@@ -233,9 +233,15 @@ pub fn regular_sync(node: &Node) {
     }
 }
 
-/// Fetches versions of `keys` from a peer and applies them; returns how
-/// many were fetched.
-pub fn fetch(node: &Node, address: &str, keys: Vec<String>) -> Result<usize, PeerError> {
+/// Fetches versions of `keys` from a peer and applies them through the
+/// merge rule, `fetch_delay_ms` between requests; returns how many were
+/// fetched. `traffic` counts the bytes (anti-entropy reports its cost).
+pub fn fetch(
+    node: &Node,
+    address: &str,
+    keys: Vec<String>,
+    traffic: Option<&Traffic>,
+) -> Result<usize, PeerError> {
     let mut total = 0;
     for (i, chunk) in keys.chunks(FETCH_MAX_KEYS).enumerate() {
         if i > 0 && node.cluster.stopper.wait(node.config.fetch_delay) {
@@ -248,7 +254,7 @@ pub fn fetch(node: &Node, address: &str, keys: Vec<String>) -> Result<usize, Pee
                 keys: chunk.to_vec(),
             },
             peer::LONG,
-            None,
+            traffic,
         )?;
         let versions = decode_versions(reply.versions, node.config.max_value_bytes)
             .map_err(PeerError::BadReply)?;
