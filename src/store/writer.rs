@@ -522,3 +522,200 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
     store.commit(txn, &effects.deltas)?;
     Ok((outcomes, effects))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::version;
+    use std::sync::Mutex;
+
+    struct Harness {
+        writer: WriterHandle,
+        thread: Option<JoinHandle<()>>,
+        store: Arc<Store>,
+        local: Arc<Mutex<Vec<String>>>,
+        conflicts: Arc<Mutex<Vec<ConflictFound>>>,
+        commits: Arc<Mutex<usize>>,
+        dir: std::path::PathBuf,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let dir = std::env::temp_dir().join(format!(
+                "kvs-writer-test-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            let store = Arc::new(Store::open(&dir, 64).unwrap());
+            let local = Arc::new(Mutex::new(Vec::new()));
+            let conflicts = Arc::new(Mutex::new(Vec::new()));
+            let commits = Arc::new(Mutex::new(0));
+            let (l, c, n) = (local.clone(), conflicts.clone(), commits.clone());
+            let hooks = Hooks {
+                on_local: Box::new(move |v| {
+                    l.lock().unwrap().extend(v.iter().map(|(k, _)| k.clone()))
+                }),
+                on_conflict: Box::new(move |found| c.lock().unwrap().extend(found)),
+                on_commit: Box::new(move |_, _| *n.lock().unwrap() += 1),
+            };
+            let (writer, thread) = start(store.clone(), hooks);
+            Harness {
+                writer,
+                thread: Some(thread),
+                store,
+                local,
+                conflicts,
+                commits,
+                dir,
+            }
+        }
+
+        /// A client write, waiting for its answer.
+        fn client(
+            &self,
+            key: &str,
+            data: Option<&str>,
+            condition: Condition,
+        ) -> std::result::Result<Written, WriteError> {
+            let (tx, rx) = mpsc::channel();
+            self.writer
+                .submit(Op::Client {
+                    key: key.to_string(),
+                    data: data.map(|d| d.as_bytes().to_vec()),
+                    condition,
+                    reply: Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                })
+                .unwrap();
+            rx.recv().unwrap()
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.writer.stop();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn client_writes_commit_in_order_with_growing_timestamps() {
+        let h = Harness::new();
+        let a = h.client("k", Some("1"), Condition::None).unwrap();
+        let b = h.client("k", Some("2"), Condition::None).unwrap();
+        assert!(b.stamp.timestamp > a.stamp.timestamp);
+        assert_eq!(h.store.get("k").unwrap().unwrap().data, b"2");
+        let d = h.client("k", None, Condition::None).unwrap();
+        assert!(d.stamp.deleted && d.stamp.timestamp > b.stamp.timestamp);
+        assert_eq!(*h.local.lock().unwrap(), ["k", "k", "k"]);
+    }
+
+    #[test]
+    fn many_concurrent_writes_share_commits_and_all_land() {
+        let h = Harness::new();
+        let mut waits = Vec::new();
+        for i in 0..500 {
+            let (tx, rx) = mpsc::channel();
+            h.writer
+                .submit(Op::Client {
+                    key: format!("c/{i}"),
+                    data: Some(i.to_string().into_bytes()),
+                    condition: Condition::None,
+                    reply: Box::new(move |r| {
+                        let _ = tx.send(r.is_ok());
+                    }),
+                })
+                .unwrap();
+            waits.push(rx);
+        }
+        assert!(waits.into_iter().all(|rx| rx.recv().unwrap()));
+        assert_eq!(h.store.counts().unwrap().0, 500);
+        let commits = *h.commits.lock().unwrap();
+        assert!(commits < 500, "{commits} commits for 500 queued writes");
+        assert!(h.store.verify_tree().unwrap());
+    }
+
+    #[test]
+    fn conditions_are_checked_against_the_current_version() {
+        let h = Harness::new();
+        assert!(h.client("c", Some("1"), Condition::IfAbsent).is_ok());
+        assert!(matches!(
+            h.client("c", Some("2"), Condition::IfAbsent),
+            Err(WriteError::PreconditionFailed(Some(_)))
+        ));
+        let current = h.store.get("c").unwrap().unwrap().stamp.uuid;
+        assert!(h
+            .client("c", Some("3"), Condition::IfMatch(current))
+            .is_ok());
+        assert!(h
+            .client("c", Some("4"), Condition::IfMatch(current))
+            .is_err());
+        assert!(h.client("gone", Some("1"), Condition::IfExists).is_err());
+        assert_eq!(h.store.get("c").unwrap().unwrap().data, b"3");
+        assert!(h.store.get("gone").unwrap().is_none());
+    }
+
+    #[test]
+    fn remote_versions_go_through_the_merge_rule() {
+        let h = Harness::new();
+        let mine = h.client("r", Some("\"mine\""), Condition::None).unwrap();
+        let ts = mine.stamp.timestamp;
+        let report = h
+            .writer
+            .apply_remote(vec![
+                ("r".into(), version(ts - 5, Some("\"older\""))),
+                ("new".into(), version(7, Some("\"new\""))),
+            ])
+            .unwrap();
+        assert_eq!(
+            report,
+            RemoteReport {
+                applied: 1,
+                ignored: 1,
+                conflicts: 0
+            }
+        );
+        assert_eq!(h.store.get("r").unwrap().unwrap().data, b"\"mine\"");
+        let rival = version(ts, Some("\"rival\""));
+        let report = h
+            .writer
+            .apply_remote(vec![("r".into(), rival.clone())])
+            .unwrap();
+        assert_eq!(report.conflicts, 1);
+        assert_eq!(
+            h.store.get("r").unwrap().unwrap().data,
+            b"\"mine\"",
+            "kept until resolved"
+        );
+        let found = h.conflicts.lock().unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].incoming, rival);
+        drop(found);
+        // The winner replaces the local version at the same timestamp.
+        assert!(h.writer.resolve("r".into(), rival.clone()).unwrap());
+        assert_eq!(h.store.get("r").unwrap().unwrap(), rival);
+        // Remote versions are not pushed on.
+        assert_eq!(*h.local.lock().unwrap(), ["r"]);
+    }
+
+    #[test]
+    fn the_purge_removes_only_old_tombstones() {
+        let h = Harness::new();
+        h.writer
+            .apply_remote(vec![
+                ("t-old".into(), version(100, None)),
+                ("t-new".into(), version(10_000, None)),
+                ("v-old".into(), version(100, Some("1"))),
+            ])
+            .unwrap();
+        assert_eq!(h.writer.purge(5_000).unwrap(), 1);
+        assert!(h.store.get("t-old").unwrap().is_none());
+        assert!(h.store.get("t-new").unwrap().is_some());
+        assert!(h.store.get("v-old").unwrap().is_some());
+        assert!(h.store.verify_tree().unwrap());
+    }
+}
