@@ -32,7 +32,7 @@ step "a tombstone and a value with equal timestamps converge too"
 converged_tomb() { both_gone test/tomb || same_version test/tomb; }
 wait_until 20 "test/tomb converges" converged_tomb
 step "and stay converged"
-sleep 1
+wait_rounds n1 kvs_sync_runs_total 2
 converged_tomb || fail "test/tomb diverged again"
 same_version test/conflict || fail "test/conflict diverged again"
 curl -s "$(url n1 /metrics)" | grep -Eq '^kvs_conflicts_detected_total [1-9]' \

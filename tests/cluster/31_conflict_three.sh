@@ -10,7 +10,6 @@ uuid1=$(echo "$out" | grep "^${NODE_DIR[n1]}:" | awk '{print $3}')
 # n1 starts first, so it is the oldest member (earliest joined_timestamp).
 start_node n1 "${FAST[@]}"
 wait_healthy n1
-sleep 0.01
 start_node n2 $(seeds n1) "${FAST[@]}"
 start_node n3 $(seeds n1 n2) "${FAST[@]}"
 wait_healthy n2; wait_healthy n3
@@ -19,6 +18,6 @@ etag() { curl -s --max-time 2 -D - -o /dev/null "$(url "$1" /kv/three/way)" | tr
 all_same() { local a; a=$(etag n1); [ -n "$a" ] && [ "$a" = "$(etag n2)" ] && [ "$a" = "$(etag n3)" ]; }
 wait_until 30 "three nodes agree on three/way" all_same
 expect_eq "$(etag n1)" "$uuid1" "the winner (the oldest member's version)"
-sleep 1
+wait_rounds n1 kvs_sync_runs_total 2
 all_same || fail "the nodes diverged again"
 pass

@@ -44,6 +44,6 @@ wait_until 60 "all three nodes hold the same versions" converged
 conflicts=$(cat "${NODE_LOG[n1]}" "${NODE_LOG[n2]}" "${NODE_LOG[n3]}" | grep -c 'wins by' || true)
 step "converged; $conflicts conflicts were resolved on the way"
 [ "$conflicts" -gt 0 ] || fail "no conflict happened: the test did not force any"
-sleep 1
+wait_rounds n1 kvs_sync_runs_total 2
 converged || fail "the nodes diverged again after converging"
 pass

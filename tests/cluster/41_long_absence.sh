@@ -30,7 +30,8 @@ grep -q 'has not heard from a peer' "${NODE_LOG[b]}" || fail "b did not notice i
 wait_until 20 "b drops the key deleted while it was away" lacks_key b doomed/key
 grep -q 'reconciled with a' "${NODE_LOG[b]}" || fail "b did not log its reconciliation"
 step "the key stays deleted on both, through more anti-entropy rounds"
-sleep 3
+wait_rounds a kvs_antientropy_rounds_total 2
+wait_rounds b kvs_antientropy_rounds_total 2
 lacks_key a doomed/key || fail "doomed/key came back on a"
 lacks_key b doomed/key || fail "doomed/key came back on b"
 expect_eq "$(get b kept/key)" '"stays"' "a key that was not deleted"

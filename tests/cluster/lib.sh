@@ -221,3 +221,17 @@ wait_ready() {
   _not_syncing() { [ "$(health_field "$1" mode)" != syncing ]; }
   wait_until "$limit" "$name finishes bootstrapping" _not_syncing "$name"
 }
+
+# metric NAME METRIC: a counter or gauge from NAME's /metrics (0 if absent).
+metric() {
+  curl -s --max-time 2 "$(url "$1" /metrics)" | awk -v m="$2" '$1 == m {v = $2} END {print v + 0}'
+}
+
+# wait_rounds NAME METRIC N [SECONDS]: wait until the counter METRIC of
+# NAME has grown by N, i.e. N more rounds of that background task ran.
+wait_rounds() {
+  local name=$1 m=$2 n=$3 limit=${4:-30}
+  local start; start=$(metric "$name" "$m")
+  _grown() { [ "$(metric "$1" "$2")" -ge "$3" ]; }
+  wait_until "$limit" "$n more $m on $name" _grown "$name" "$m" $((start + n))
+}
