@@ -47,6 +47,8 @@ pub struct Cluster {
     /// of keys deleted meanwhile may be purged everywhere else, so this
     /// node's old versions cannot be trusted until it has reconciled.
     stale: AtomicBool,
+    /// While stale: the last time (ms) this node had heard from a peer.
+    absent_since: u64,
     /// bootstrap_max_age_hours in ms: tombstones older than this are purged.
     purge_age_ms: u64,
 }
@@ -59,6 +61,11 @@ impl Cluster {
 
     pub fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Relaxed)
+    }
+
+    /// While stale: when this node last heard from a peer (ms).
+    pub fn absent_since(&self) -> u64 {
+        self.absent_since
     }
 
     /// While stale: the purge horizon, below which a key the peers lack
@@ -334,6 +341,7 @@ pub fn run(mut config: Config) -> Result<i32, String> {
             stopper,
             left: AtomicBool::new(false),
             stale: AtomicBool::new(stale),
+            absent_since: if stale { last_contact.unwrap_or(0) } else { 0 },
             purge_age_ms: max_age_ms,
         },
         mode: AtomicU8::new(if syncing { Mode::Syncing } else { Mode::Normal } as u8),

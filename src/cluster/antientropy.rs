@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::replicate::{PushReply, PushRequest, PUSH_MAX_BYTES, PUSH_MAX_VERSIONS};
 use super::sync::fetch;
 use super::wire::WireVersion;
+use crate::cluster::membership::Peer;
 use crate::node::Node;
 use crate::peer::{self, PeerError, Traffic};
 use crate::store::merkle::{differing_children, DEPTH, FANOUT};
@@ -113,6 +114,7 @@ pub struct Report {
 /// The anti-entropy thread. A node back from a long absence (stale)
 /// exchanges at once, every second, until one exchange has completed.
 pub fn antientropy_loop(node: Arc<Node>) {
+    let started_at = Instant::now();
     loop {
         let wait = if node.cluster.is_stale() {
             STALE_RETRY
@@ -125,7 +127,19 @@ pub fn antientropy_loop(node: Arc<Node>) {
         if node.cluster.has_left() || node.mode() == crate::node::Mode::Syncing {
             continue;
         }
-        let peers = node.cluster.members.healthy_peers();
+        let mut peers = node.cluster.members.healthy_peers();
+        if node.cluster.is_stale() {
+            peers = witnesses(peers, node.cluster.absent_since());
+            if peers.is_empty() {
+                if started_at.elapsed() >= node.config.removal_timeout {
+                    node.cluster.reconciled();
+                    log::warn!(
+                        "no member has been in the cluster since before this node's absence; keeping all its data"
+                    );
+                }
+                continue;
+            }
+        }
         if peers.is_empty() {
             continue;
         }
@@ -175,6 +189,18 @@ pub fn antientropy_loop(node: Arc<Node>) {
             Err(e) => log::debug!("anti-entropy with {} failed: {e}", p.id),
         }
     }
+}
+
+/// The peers a node back from a long absence may reconcile with: those
+/// that were members already before it went away (joined before its last
+/// contact), so that a key they lack was deleted, not never seen. A node
+/// restored from an old copy into a newer cluster finds none, and then
+/// keeps its data (after removal_timeout, in case one is just slow to show).
+pub fn witnesses(peers: Vec<Peer>, absent_since: u64) -> Vec<Peer> {
+    peers
+        .into_iter()
+        .filter(|p| p.joined_timestamp < absent_since)
+        .collect()
 }
 
 /// One exchange with the peer at `address`.
@@ -454,6 +480,19 @@ mod tests {
         // Newer than the purge horizon: the peer may just not have it yet.
         // Present on the peer: not a deletion, the merge rule decides.
         assert_eq!(p.push, vec!["ours-newer", "written-since"]);
+    }
+
+    #[test]
+    fn only_members_older_than_the_absence_vouch_for_deletes() {
+        let peer = |id: &str, joined| Peer {
+            id: id.into(),
+            address: "127.0.0.1:1".into(),
+            joined_timestamp: joined,
+        };
+        let peers = vec![peer("old", 100), peer("new", 900)];
+        let w = witnesses(peers.clone(), 500);
+        assert_eq!(w, vec![peer("old", 100)]);
+        assert!(witnesses(vec![peer("new", 900)], 500).is_empty());
     }
 
     #[test]
