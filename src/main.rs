@@ -37,7 +37,7 @@ Usage:
 
 Options (each overrides the same key of the config file):
   --port N            --bind ADDR          --data-dir DIR      --node-id ID
-  --seed HOST:PORT    (repeatable; adds to seed_nodes)         --read-only
+  --seed HOST:PORT    (repeatable; replaces seed_nodes)        --read-only
   --advertise HOST:PORT                    --log-level LEVEL
   --KEY VALUE         any config key, with '-' or '_' (e.g. --sync-interval 0.5,
                       --gossip-interval-min 0.2, --max-value-bytes 4096)
