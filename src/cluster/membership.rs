@@ -285,10 +285,20 @@ impl MemberTable {
 
     /// Alive peers (not this node).
     pub fn healthy_peers(&self) -> Vec<Peer> {
+        self.peers_in(Health::Alive)
+    }
+
+    /// Unhealthy peers, still worth an occasional gossip to notice recovery.
+    pub fn unhealthy_peers(&self) -> Vec<Peer> {
+        self.peers_in(Health::Unhealthy)
+    }
+
+    /// Peers in one state, sorted by id.
+    fn peers_in(&self, health: Health) -> Vec<Peer> {
         let mut peers: Vec<Peer> = self
             .members
             .values()
-            .filter(|m| m.health == Health::Alive)
+            .filter(|m| m.health == health)
             .map(|m| Peer {
                 id: m.entry.id.clone(),
                 address: m.entry.address.clone(),
@@ -299,17 +309,11 @@ impl MemberTable {
         peers
     }
 
-    /// Unhealthy peers, still worth an occasional gossip to notice recovery.
-    pub fn unhealthy_peers(&self) -> Vec<Peer> {
+    /// Whether a peer is a member and healthy.
+    pub fn is_healthy(&self, id: &str) -> bool {
         self.members
-            .values()
-            .filter(|m| m.health == Health::Unhealthy)
-            .map(|m| Peer {
-                id: m.entry.id.clone(),
-                address: m.entry.address.clone(),
-                joined_timestamp: m.entry.joined_timestamp,
-            })
-            .collect()
+            .get(id)
+            .is_some_and(|m| m.health == Health::Alive)
     }
 
     /// Healthy members including this node.

@@ -126,6 +126,10 @@ impl Members {
         self.table().is_member(id)
     }
 
+    pub fn is_healthy(&self, id: &str) -> bool {
+        self.table().is_healthy(id)
+    }
+
     pub fn entries(&self) -> Vec<MemberEntry> {
         self.table().entries()
     }

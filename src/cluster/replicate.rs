@@ -269,11 +269,7 @@ impl Replicator {
                 log::debug!("push thread for {} ends: no longer a member", q.peer_id);
                 return;
             }
-            let healthy = self
-                .members
-                .healthy_peers()
-                .iter()
-                .any(|p| p.id == q.peer_id);
+            let healthy = self.members.is_healthy(&q.peer_id);
             let address = q.address.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let (batch, resend) = {
                 let mut s = q.lock();
