@@ -27,10 +27,12 @@ fi
 export KVS_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/kvs"
 export KVS_STATIC_BIN="$KVS_BIN"
 
-echo "== cargo test"
+echo "== cargo test (kvs, then the vendored tiny_http's unit tests)"
 out=$(mktemp)
 cargo test 2>&1 | tee "$out"
 test_rc=${PIPESTATUS[0]}
+cargo test -p tiny_http --lib 2>&1 | tee -a "$out"
+[ "${PIPESTATUS[0]}" -eq 0 ] || test_rc=1
 # Count Rust tests one by one from cargo's summaries.
 while read -r ok bad; do
   passed=$((passed + ok)); failed=$((failed + bad))

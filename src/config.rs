@@ -55,6 +55,7 @@ pub struct RawConfig {
     pub max_value_bytes: Option<usize>,
     pub http_threads: Option<usize>,
     pub max_connections: Option<usize>,
+    pub header_timeout: Option<f64>,
     pub map_size_mb: Option<u64>,
     pub client_tokens: Option<Vec<String>>,
     pub cluster_secret: Option<String>,
@@ -157,6 +158,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "open client connections; more wait for a free slot",
     ),
     (
+        "header_timeout",
+        "10",
+        "seconds a client has to send a whole request head",
+    ),
+    (
         "map_size_mb",
         "1024",
         "LMDB map size in MiB (507 when full)",
@@ -220,6 +226,8 @@ pub struct Config {
     pub http_threads: usize,
     /// Open client connections. Default 512.
     pub max_connections: usize,
+    /// Time a client has to send a whole request head. Default 10 s.
+    pub header_timeout: Duration,
     /// LMDB map size in MiB. Default 1024.
     pub map_size_mb: u64,
     /// Bearer tokens accepted on client endpoints; empty means open.
@@ -291,6 +299,7 @@ impl RawConfig {
             max_value_bytes,
             http_threads,
             max_connections,
+            header_timeout,
             map_size_mb,
             client_tokens,
             cluster_secret
@@ -465,6 +474,7 @@ impl Config {
                 "max_connections: {max_connections} is not between 1 and 65536"
             ));
         }
+        let header_timeout = seconds("header_timeout", raw.header_timeout, 10.0)?;
         let map_size_mb = raw.map_size_mb.unwrap_or(1024);
         if map_size_mb == 0 || map_size_mb > 16 * 1024 * 1024 {
             return err(format!(
@@ -510,6 +520,7 @@ impl Config {
             max_value_bytes,
             http_threads,
             max_connections,
+            header_timeout,
             map_size_mb,
             client_tokens,
             cluster_secret,

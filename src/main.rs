@@ -12,6 +12,7 @@ mod metrics;
 mod node;
 mod peer;
 mod store;
+mod sys;
 mod tools;
 
 use std::path::PathBuf;

@@ -9,6 +9,8 @@ use crate::store::{check_key, Stamp, Store, Version, VersionId};
 
 /// Map size the tools open data directories with (MiB).
 const TOOL_MAP_SIZE_MB: u64 = 1024;
+/// `kvs verify` lists at most this many invalid values.
+const VERIFY_LIST_MAX: usize = 100;
 
 /// Options given as `--name value`.
 type Options = Vec<(String, String)>;
@@ -172,6 +174,24 @@ pub fn verify(args: &[String]) -> Result<(), String> {
     };
     let store = Store::open(&PathBuf::from(dir), TOOL_MAP_SIZE_MB).map_err(|e| e.to_string())?;
     let (versions, tombstones) = store.counts().map_err(|e| e.to_string())?;
+    let invalid = store
+        .invalid_values(VERIFY_LIST_MAX)
+        .map_err(|e| e.to_string())?;
+    if !invalid.is_empty() {
+        for key in &invalid {
+            println!("invalid value (not UTF-8 JSON): {key}");
+        }
+        return Err(format!(
+            "{} value(s) in {dir} are not valid UTF-8 JSON (listed above{}); \
+             they are not replicated: write those keys again",
+            invalid.len(),
+            if invalid.len() >= VERIFY_LIST_MAX {
+                ", first ones only"
+            } else {
+                ""
+            }
+        ));
+    }
     if store.verify_tree().map_err(|e| e.to_string())? {
         println!(
             "ok: {versions} versions ({tombstones} tombstones), summary root {:016x}",

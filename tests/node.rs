@@ -2,140 +2,15 @@
 //! (every keep-alive client answered, the connection bound), storage full,
 //! bad internal requests, and a clean stop on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Barrier, Mutex};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-/// A node started for one test; killed, and its directory removed, on drop.
-/// If the test fails, its log is printed.
-struct TestNode {
-    child: Option<Child>,
-    addr: String,
-    dir: PathBuf,
-    log: Arc<Mutex<String>>,
-}
-
-impl TestNode {
-    fn start(extra: &[&str]) -> TestNode {
-        let dir = std::env::temp_dir().join(format!(
-            "kvs-it-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kvs"))
-            .current_dir(&dir)
-            .args(["--port", "0", "--node-id", "it", "--data-dir", "data"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kvs");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("node did not start; log:\n{}", log.lock().unwrap()));
-        TestNode {
-            child: Some(child),
-            addr,
-            dir,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("----- node log -----\n{}", self.log());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A response: status, headers (lower-cased names), body.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length.
-fn read_reply(stream: &mut TcpStream) -> std::io::Result<Reply> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h)?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body)?;
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// One request on a fresh connection.
-fn call(addr: &str, method: &str, path: &str, body: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    read_reply(&mut s).unwrap()
-}
+use common::{call, read_reply, TestNode};
 
 #[test]
 fn sixty_four_keep_alive_clients_arriving_at_once_are_all_answered() {
@@ -172,20 +47,21 @@ fn sixty_four_keep_alive_clients_arriving_at_once_are_all_answered() {
 #[test]
 fn connections_beyond_the_bound_wait_for_a_free_slot() {
     let node = TestNode::start(&["--max-connections", "2"]);
-    let open: Vec<TcpStream> = (0..2)
-        .map(|_| {
+    // Two connections in the middle of a request (a body still to come)
+    // hold both slots.
+    let busy: Vec<TcpStream> = (0..2)
+        .map(|i| {
             let mut s = TcpStream::connect(&node.addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
-                .unwrap();
-            assert_eq!(read_reply(&mut s).unwrap().status, 200);
+            let head =
+                format!("PUT /kv/slow/{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n12");
+            s.write_all(head.as_bytes()).unwrap();
             s
         })
         .collect();
-    // A third client is not served while two connections are open...
+    // A third client is not served while they are open...
     let mut third = TcpStream::connect(&node.addr).unwrap();
     third
-        .set_read_timeout(Some(Duration::from_millis(500)))
+        .set_read_timeout(Some(Duration::from_millis(1500)))
         .unwrap();
     third
         .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -195,11 +71,50 @@ fn connections_beyond_the_bound_wait_for_a_free_slot() {
         "served beyond max_connections"
     );
     // ...and is served as soon as one closes.
-    drop(open);
+    drop(busy);
     third
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     assert_eq!(read_reply(&mut third).unwrap().status, 200);
+}
+
+#[test]
+fn idle_connections_make_room_for_new_clients() {
+    let node = TestNode::start(&["--max-connections", "2"]);
+    let mut idle: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(&node.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_reply(&mut s).unwrap().status, 200);
+            s
+        })
+        .collect();
+    // Both slots are held by kept-alive connections with nothing to say:
+    // the one idle the longest is closed, and the new client is served.
+    let mut third = TcpStream::connect(&node.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_reply(&mut third).unwrap().status, 200);
+    let mut buf = [0u8; 16];
+    let closed = idle
+        .iter_mut()
+        .map(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            match s.read(&mut buf) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
+        })
+        .filter(|closed| *closed)
+        .count();
+    assert!(closed >= 1, "no idle connection was closed");
 }
 
 #[test]

@@ -393,7 +393,7 @@ fn push_keys(
             continue;
         };
         bytes += v.data.len();
-        batch.push(WireVersion::from_version(key, &v));
+        batch.extend(WireVersion::from_version(key, &v));
         if batch.len() >= PUSH_MAX_VERSIONS || bytes >= PUSH_MAX_BYTES {
             pushed += send_push(node, address, std::mem::take(&mut batch), traffic)?;
             bytes = 0;

@@ -345,7 +345,9 @@ fn resolve(node: &Node, c: ConflictFound) {
     // Tell the voters that hold another version.
     let push = PushRequest {
         from: me,
-        versions: vec![WireVersion::from_version(&key, &winner)],
+        versions: WireVersion::from_version(&key, &winner)
+            .into_iter()
+            .collect(),
     };
     for b in ballots
         .iter()

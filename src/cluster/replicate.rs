@@ -337,7 +337,7 @@ impl Replicator {
             from: self.me.clone(),
             versions: batch
                 .iter()
-                .map(|b| WireVersion::from_version(&b.key, &b.version))
+                .filter_map(|b| WireVersion::from_version(&b.key, &b.version))
                 .collect(),
         };
         match self.send(address, &request) {
@@ -403,7 +403,7 @@ impl Replicator {
                     versions: page
                         .versions
                         .iter()
-                        .map(|(k, v)| WireVersion::from_version(k, v))
+                        .filter_map(|(k, v)| WireVersion::from_version(k, v))
                         .collect(),
                 };
                 self.send(address, &request).map_err(|_| cursor.0)?;

@@ -28,19 +28,32 @@ pub struct WireVersion {
 }
 
 impl WireVersion {
-    pub fn from_version(key: &str, v: &Version) -> WireVersion {
-        WireVersion {
+    /// The version as it goes to a peer, byte for byte. `None` for a value
+    /// that is not UTF-8 (stored before values were checked for it): such
+    /// a value cannot travel unchanged, so it is not sent at all, rather
+    /// than sent altered under the same uuid (`kvs verify` lists them).
+    pub fn from_version(key: &str, v: &Version) -> Option<WireVersion> {
+        let data = if v.stamp.deleted {
+            None
+        } else {
+            match std::str::from_utf8(&v.data) {
+                Ok(text) => Some(text.to_string()),
+                Err(_) => {
+                    log::warn!(
+                        "{key:?} holds a value that is not valid UTF-8; it is not replicated \
+                         (write the key again to repair it)"
+                    );
+                    return None;
+                }
+            }
+        };
+        Some(WireVersion {
             key: key.to_string(),
             uuid: v.stamp.uuid.to_string(),
             timestamp: v.stamp.timestamp,
             deleted: v.stamp.deleted,
-            data: if v.stamp.deleted {
-                None
-            } else {
-                // Stored values were checked as JSON, hence UTF-8.
-                Some(String::from_utf8_lossy(&v.data).into_owned())
-            },
-        }
+            data,
+        })
     }
 
     pub fn from_stamp(key: &str, s: &Stamp) -> WireVersion {
@@ -127,9 +140,18 @@ mod tests {
         assert_eq!(k, "a/b");
         assert_eq!(v.data, b" {\"x\" : 1}\n");
         assert_eq!(
-            WireVersion::from_version(&k, &v).data.as_deref(),
+            WireVersion::from_version(&k, &v).unwrap().data.as_deref(),
             Some(" {\"x\" : 1}\n")
         );
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_never_sent_altered() {
+        let (k, mut v) = wire("a", Some("\"x\"")).into_version(100).unwrap();
+        v.data = b"\"\xff\"".to_vec();
+        assert!(WireVersion::from_version(&k, &v).is_none());
+        v.stamp.deleted = true;
+        assert!(WireVersion::from_version(&k, &v).is_some());
     }
 
     #[test]

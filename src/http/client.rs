@@ -137,10 +137,23 @@ fn prepare_write(
             "body is empty: send a JSON document".into(),
         ));
     }
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-        return Err(ApiError::BadRequest(format!("body is not valid JSON: {e}")));
-    }
+    check_json(&body)?;
     Ok((key, Some(body), cond))
+}
+
+/// Checks that a body is one JSON document (RFC 8259), UTF-8 throughout.
+/// UTF-8 is checked first: serde_json does not look inside the strings of
+/// a document it only validates.
+pub fn check_json(body: &[u8]) -> Result<(), ApiError> {
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(ApiError::BadRequest(format!(
+            "body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        )));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))
 }
 
 /// Hands a write to the writer; the writer answers after commit.
@@ -328,6 +341,17 @@ mod tests {
     use super::*;
 
     use crate::store::MAX_KEY_BYTES;
+
+    #[test]
+    fn bodies_must_be_utf8_json() {
+        assert!(check_json(b" {\"a\": [1, \"\xc3\xa9\"]}\n").is_ok());
+        // serde_json alone accepts this: the bad byte is inside a string
+        let err = check_json(b"{\"a\": \"\xff\"}").unwrap_err();
+        assert!(err.message().contains("UTF-8"), "{}", err.message());
+        assert!(check_json(b"\"\xed\xa0\x80\"").is_err()); // a surrogate
+        assert!(check_json(b"{\"a\":").is_err());
+        assert!(check_json(b"1 2").is_err());
+    }
 
     #[test]
     fn keys_are_decoded_and_checked() {

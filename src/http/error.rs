@@ -16,8 +16,6 @@ pub enum ApiError {
     NotFound(String),
     /// 405: the method is not served on this path.
     MethodNotAllowed(&'static str),
-    /// 408: the body did not arrive in time.
-    Timeout,
     /// 409: the request conflicts with the cluster's state.
     Conflict(String),
     /// 412: an If-Match / If-None-Match condition failed.
@@ -44,7 +42,6 @@ impl ApiError {
             ApiError::ReadOnly => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
-            ApiError::Timeout => 408,
             ApiError::Conflict(_) => 409,
             ApiError::PreconditionFailed(_) => 412,
             ApiError::TooLarge(_) => 413,
@@ -66,7 +63,6 @@ impl ApiError {
             ApiError::MethodNotAllowed(allow) => {
                 format!("method not allowed here; allowed: {allow}")
             }
-            ApiError::Timeout => "the request body did not arrive in time".into(),
             ApiError::TooLarge(limit) => format!("body is larger than the limit of {limit} bytes"),
             ApiError::Syncing => "this node is syncing with the cluster; retry shortly".into(),
             ApiError::Reconciling => {

@@ -22,7 +22,7 @@ use crate::store::merkle::DEPTH;
 
 /// Largest internal request body: a push of `PUSH_MAX_BYTES` of values,
 /// JSON-escaped, or one value at the limit.
-fn internal_body_limit(node: &Node) -> usize {
+pub fn internal_body_limit(node: &Node) -> usize {
     8 * node
         .config
         .max_value_bytes
@@ -190,7 +190,7 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
                     versions: page
                         .versions
                         .iter()
-                        .map(|(k, v)| WireVersion::from_version(k, v))
+                        .filter_map(|(k, v)| WireVersion::from_version(k, v))
                         .collect(),
                     next: page.next.map(|(timestamp, key)| Cursor { timestamp, key }),
                 },
@@ -209,7 +209,7 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
             let mut versions = Vec::with_capacity(req.keys.len());
             for key in &req.keys {
                 if let Some(v) = node.store.get_in(&rtxn, key)? {
-                    versions.push(WireVersion::from_version(key, &v));
+                    versions.extend(WireVersion::from_version(key, &v));
                 }
             }
             Ok(Reply::json_value(200, &FetchReply { versions }))
@@ -223,7 +223,7 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
             let version = node
                 .store
                 .get(&key)?
-                .map(|v| WireVersion::from_version(&key, &v));
+                .and_then(|v| WireVersion::from_version(&key, &v));
             Ok(Reply::json_value(200, &VersionReply { version }))
         }
         "/internal/tree/root" => {

@@ -1,8 +1,13 @@
 //! The HTTP server: worker threads over one tiny_http server, routing, and
 //! the helpers every endpoint shares (bodies, JSON replies, credentials).
 //!
-//! tiny_http gives each connection its own thread that parses requests; a
-//! pool of `http_threads` workers takes parsed requests and answers them.
+//! tiny_http (patched, see `vendor/README.md`) gives each connection its own
+//! thread, which reads a request whole before a worker sees it: the head
+//! within size bounds and `header_timeout`, then `admit` decides from the
+//! head alone (credentials, body limit for the endpoint) whether the body is
+//! read at all, then the body within `BODY_TIMEOUT` and a shared memory
+//! budget. A pool of `http_threads` workers takes complete requests and
+//! answers them, so a slow or hostile client never holds a worker.
 //! Client writes are handed to the writer thread together with the request,
 //! and the writer answers after its commit, so a worker never waits for a
 //! disk flush and many writes share one commit.
@@ -16,22 +21,37 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tiny_http::{ConnectionLimits, Header, Method, Request, Response, Server};
+use tiny_http::{ConnectionLimits, Header, Method, Refusal, Request, Response, Server};
 
 pub use error::ApiError;
 
 use crate::metrics::{Metrics, Route};
 use crate::node::Node;
 
-/// An idle keep-alive connection, or a client that stops sending, is closed
-/// after this long.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// A client that stops reading its response is dropped after this long.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// A chunked body must arrive within this time.
-const BODY_DEADLINE: Duration = Duration::from_secs(60);
-/// Bytes of an unwanted body read and discarded before closing instead.
+/// A kept-alive connection that sends no new request is closed after this.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A whole request body must arrive within this long (408 after).
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A client must take a whole response within this long, counted from its
+/// first byte; one that reads too slowly is dropped.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes of a refused request's body read and thrown away before closing.
 const DRAIN_LIMIT_BYTES: usize = 64 * 1024;
+/// Requests that carry no document (GET, DELETE, `/health`, leave, ...) may
+/// have a body this large; it is read and ignored. Larger is 413.
+const SMALL_BODY_BYTES: usize = 64 * 1024;
+/// Request bodies held in memory at once, all connections together: this
+/// much, or room for four of the largest if that is more. A body that does
+/// not fit waits up to `BODY_BUDGET_WAIT`, then gets 503.
+const BODY_MEMORY_BYTES: usize = 128 * 1024 * 1024;
+const BODY_BUDGET_WAIT: Duration = Duration::from_secs(5);
+/// Request line, one header line, header lines, and the whole head.
+const MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
+const MAX_HEADER_LINE_BYTES: usize = 8 * 1024;
+const MAX_HEADERS: usize = 100;
+const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// A chunk-size line with its extensions.
+const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
 
 /// The running server and its workers.
 pub struct HttpServer {
@@ -41,15 +61,26 @@ pub struct HttpServer {
 
 /// Starts the server on a bound listener with `http_threads` workers.
 pub fn start(node: Arc<Node>, listener: TcpListener) -> std::io::Result<HttpServer> {
+    let largest_body = internal::internal_body_limit(&node).max(node.config.max_value_bytes);
+    let admit_node = node.clone();
     let limits = ConnectionLimits {
-        max_connections: node.config.max_connections,
-        read_timeout: Some(READ_TIMEOUT),
-        write_timeout: Some(WRITE_TIMEOUT),
-        // Bodies up to the value limit (plus room for internal batches of
-        // the same size) are read by the connection's own thread, so a slow
-        // client never holds a worker.
-        eager_body_limit: node.config.max_value_bytes.max(64 * 1024),
+        max_connections: connections_that_fit(node.config.max_connections),
+        head_timeout: node.config.header_timeout,
+        idle_timeout: IDLE_TIMEOUT,
+        body_timeout: BODY_TIMEOUT,
+        response_timeout: RESPONSE_TIMEOUT,
+        max_request_line: MAX_REQUEST_LINE_BYTES,
+        max_header_line: MAX_HEADER_LINE_BYTES,
+        max_headers: MAX_HEADERS,
+        max_head_bytes: MAX_HEAD_BYTES,
+        max_chunk_line: MAX_CHUNK_LINE_BYTES,
+        body_memory: BODY_MEMORY_BYTES.max(largest_body.saturating_mul(4)),
+        budget_wait: BODY_BUDGET_WAIT,
+        default_body_limit: SMALL_BODY_BYTES,
         drain_limit: DRAIN_LIMIT_BYTES,
+        admission: Some(Arc::new(move |method, url, headers| {
+            admit(&admit_node, method, url, headers)
+        })),
     };
     let server = Server::from_listener_with_limits(listener, None, limits)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -97,6 +128,98 @@ impl HttpServer {
                 }
             });
     }
+}
+
+/// Raises the open-file limit and returns how many connections fit in it
+/// (one descriptor each, beside those kept for the rest of the node),
+/// warning when that is fewer than `max_connections`.
+fn connections_that_fit(max_connections: usize) -> usize {
+    let Some(limit) = crate::sys::raise_nofile_limit() else {
+        return max_connections;
+    };
+    let fit = limit
+        .saturating_sub(crate::sys::reserved_descriptors(limit))
+        .max(1);
+    if (max_connections as u64) > fit {
+        log::warn!(
+            "max_connections {max_connections} does not fit in the open-file limit ({limit}); \
+             serving at most {fit} connections at once (raise the limit with ulimit -n or LimitNOFILE)"
+        );
+        return fit as usize;
+    }
+    max_connections
+}
+
+/// Which credentials an endpoint takes.
+enum Credentials {
+    Open,
+    Client,
+    Cluster,
+    /// `/members/leave`: a client leaving its node, or a peer announcing
+    /// its own leave; the handler tells which once it has the body.
+    ClientOrCluster,
+}
+
+/// Decides from a request's head alone, before its body is read: the
+/// credentials the endpoint takes (a refused request's body is never
+/// read) and the largest body it accepts.
+fn admit(node: &Node, method: &Method, url: &str, headers: &[Header]) -> Result<usize, Refusal> {
+    let path = Target::parse(url).path;
+    let (credentials, limit, route) = if path == "/kv" || path.starts_with("/kv/") {
+        let limit = match method {
+            Method::Put => node.config.max_value_bytes,
+            _ => SMALL_BODY_BYTES,
+        };
+        (Credentials::Client, limit, Route::KvPut)
+    } else if path.starts_with("/internal/") || path == "/members/join" {
+        let route = if path == "/members/join" {
+            Route::Members
+        } else {
+            Route::Internal
+        };
+        (
+            Credentials::Cluster,
+            internal::internal_body_limit(node),
+            route,
+        )
+    } else if path == "/members/leave" {
+        (
+            Credentials::ClientOrCluster,
+            SMALL_BODY_BYTES,
+            Route::Members,
+        )
+    } else if matches!(path, "/members" | "/members/" | "/metrics") {
+        let route = if path == "/metrics" {
+            Route::Metrics
+        } else {
+            Route::Members
+        };
+        (Credentials::Client, SMALL_BODY_BYTES, route)
+    } else {
+        (Credentials::Open, SMALL_BODY_BYTES, Route::Other)
+    };
+    let allowed = match credentials {
+        Credentials::Open => true,
+        Credentials::Client => client_auth_ok(node, headers),
+        Credentials::Cluster => cluster_auth_ok(node, headers),
+        Credentials::ClientOrCluster => {
+            client_auth_ok(node, headers) || cluster_auth_ok(node, headers)
+        }
+    };
+    if allowed {
+        return Ok(limit);
+    }
+    let e = ApiError::Unauthorized;
+    node.metrics.observe(route, e.status(), Duration::ZERO);
+    Err(Refusal {
+        status: e.status(),
+        headers: e
+            .headers()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        body: e.body(),
+    })
 }
 
 /// One worker: take a request, answer it, repeat until unblocked.
@@ -300,7 +423,11 @@ pub fn send_error(node: &Node, rq: Request, e: ApiError, route: Route, started: 
 
 /// The value of a request header.
 pub fn header_value<'a>(rq: &'a Request, name: &str) -> Option<&'a str> {
-    rq.headers()
+    find_header(rq.headers(), name)
+}
+
+fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+    headers
         .iter()
         .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
         .map(|h| h.value.as_str())
@@ -316,11 +443,19 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Checks a client's bearer token when tokens are configured.
 pub fn check_client_auth(node: &Node, rq: &Request) -> Result<(), ApiError> {
+    if client_auth_ok(node, rq.headers()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn client_auth_ok(node: &Node, headers: &[Header]) -> bool {
     let tokens = &node.config.client_tokens;
     if tokens.is_empty() {
-        return Ok(());
+        return true;
     }
-    let given = header_value(rq, "Authorization")
+    let given = find_header(headers, "Authorization")
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
@@ -328,14 +463,9 @@ pub fn check_client_auth(node: &Node, rq: &Request) -> Result<(), ApiError> {
         .map(str::trim)
         .unwrap_or("");
     // Compare against every token so the time does not tell which matched.
-    let ok = tokens.iter().fold(false, |acc, t| {
+    tokens.iter().fold(false, |acc, t| {
         constant_time_eq(t.as_bytes(), given.as_bytes()) | acc
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    })
 }
 
 /// Header carrying the cluster secret on internal calls.
@@ -343,57 +473,30 @@ pub const SECRET_HEADER: &str = "X-Kvs-Cluster-Secret";
 
 /// Checks the cluster secret on internal endpoints when one is configured.
 pub fn check_cluster_auth(node: &Node, rq: &Request) -> Result<(), ApiError> {
-    let secret = &node.config.cluster_secret;
-    if secret.is_empty() {
-        return Ok(());
-    }
-    let given = header_value(rq, SECRET_HEADER).unwrap_or("");
-    if constant_time_eq(secret.as_bytes(), given.as_bytes()) {
+    if cluster_auth_ok(node, rq.headers()) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)
     }
 }
 
-/// Reads a request body of at most `limit` bytes. A declared length over
-/// the limit is refused before anything is read.
+fn cluster_auth_ok(node: &Node, headers: &[Header]) -> bool {
+    let secret = &node.config.cluster_secret;
+    let given = find_header(headers, SECRET_HEADER).unwrap_or("");
+    secret.is_empty() || constant_time_eq(secret.as_bytes(), given.as_bytes())
+}
+
+/// Takes a request's body, of at most `limit` bytes. The connection's
+/// thread has already read it whole, within the limit `admit` set.
 pub fn read_body(rq: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
-    if let Some(len) = rq.body_length() {
-        if len > limit {
-            return Err(ApiError::TooLarge(limit));
-        }
+    let len = rq.body_length().unwrap_or(0);
+    if len > limit {
+        return Err(ApiError::TooLarge(limit));
     }
-    let started = Instant::now();
-    let mut body = Vec::with_capacity(rq.body_length().unwrap_or(0).min(limit));
-    let reader: &mut dyn std::io::Read = rq.as_reader();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let n = match reader.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ApiError::Timeout)
-            }
-            Err(e) => {
-                return Err(ApiError::BadRequest(format!(
-                    "could not read the body: {e}"
-                )))
-            }
-        };
-        if body.len() + n > limit {
-            return Err(ApiError::TooLarge(limit));
-        }
-        body.extend_from_slice(&chunk[..n]);
-        if started.elapsed() > BODY_DEADLINE {
-            return Err(ApiError::Timeout);
-        }
-    }
+    let mut body = Vec::with_capacity(len);
+    rq.as_reader()
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::Internal(format!("could not take the body: {e}")))?;
     Ok(body)
 }
 

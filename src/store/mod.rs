@@ -499,6 +499,31 @@ impl Store {
     }
 
     /// Number of versions (values and tombstones) and of tombstones.
+    /// Keys whose value is not one valid UTF-8 JSON document (values written
+    /// before kvs checked UTF-8 inside strings), at most `max` of them.
+    pub fn invalid_values(&self, max: usize) -> Result<Vec<String>> {
+        let rtxn = self.read_txn()?;
+        let mut bad = Vec::new();
+        for item in self.versions.iter(&rtxn)? {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(k).into_owned();
+            let version = Version::decode(v)
+                .ok_or_else(|| StoreError::Corrupt(format!("version of {key:?}")))?;
+            if version.stamp.deleted {
+                continue;
+            }
+            let valid = std::str::from_utf8(&version.data)
+                .is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
+            if !valid {
+                bad.push(key);
+                if bad.len() >= max {
+                    break;
+                }
+            }
+        }
+        Ok(bad)
+    }
+
     pub fn counts(&self) -> Result<(u64, u64)> {
         let rtxn = self.read_txn()?;
         Ok((self.versions.len(&rtxn)?, self.tombs.len(&rtxn)?))
@@ -842,6 +867,25 @@ pub(crate) mod tests {
                 .unwrap();
         }
         store.commit(txn, &deltas).unwrap();
+    }
+
+    #[test]
+    fn values_that_are_not_utf8_json_are_listed() {
+        let t = TempStore::new();
+        let mut bad = version(1, Some("\"x\""));
+        bad.data = b"\"\xff\"".to_vec();
+        write(
+            t.store(),
+            &[
+                ("good", version(1, Some("{\"a\": 1}"))),
+                ("bad", bad),
+                ("gone", version(2, None)),
+            ],
+        );
+        assert_eq!(
+            t.store().invalid_values(10).unwrap(),
+            vec!["bad".to_string()]
+        );
     }
 
     #[test]

@@ -111,6 +111,7 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
+pub use guard::{Admission, ConnectionLimits, Refusal};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
@@ -119,6 +120,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod guard;
 mod request;
 mod response;
 mod ssl;
@@ -180,53 +182,6 @@ pub struct ServerConfig {
 }
 
 /// Configuration of the server for SSL.
-/// kvs patch: limits applied to every accepted connection.
-#[derive(Debug, Clone)]
-pub struct ConnectionLimits {
-    /// Connections open at once; the accept loop waits for a free slot
-    /// (further clients wait in the listen backlog).
-    pub max_connections: usize,
-    /// Socket read timeout: an idle keep-alive connection, or a client that
-    /// stops sending, is closed after this long.
-    pub read_timeout: Option<Duration>,
-    /// Socket write timeout: a client that stops reading is dropped.
-    pub write_timeout: Option<Duration>,
-    /// Bodies with a Content-Length up to this many bytes are read by the
-    /// connection's thread before the request is handed out.
-    pub eager_body_limit: usize,
-    /// Bytes of an unread body drained before a connection is closed instead.
-    pub drain_limit: usize,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        ConnectionLimits {
-            max_connections: usize::MAX,
-            read_timeout: None,
-            write_timeout: None,
-            eager_body_limit: 1024,
-            drain_limit: 64 * 1024,
-        }
-    }
-}
-
-/// kvs patch: counts open connections; the accept loop waits on it.
-struct ConnectionSlots {
-    open: Mutex<usize>,
-    freed: Condvar,
-}
-
-/// Gives its connection slot back when the connection ends.
-struct SlotGuard(Arc<ConnectionSlots>);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let mut open = self.0.open.lock().unwrap_or_else(|e| e.into_inner());
-        *open -= 1;
-        self.0.freed.notify_one();
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct SslConfig {
     /// Contains the public certificate to send to clients.
@@ -345,37 +300,31 @@ impl Server {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
 
-            let slots = Arc::new(ConnectionSlots {
-                open: Mutex::new(0),
-                freed: Condvar::new(),
-            });
+            // kvs patch: connection slots, the body memory budget
+            let slots = guard::Slots::new();
+            let budget = guard::BodyBudget::new(limits.body_memory);
+            let mut accept_errors = 0u64;
+            let mut last_accept_log: Option<std::time::Instant> = None;
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 // kvs patch: wait for a free connection slot before accepting
-                {
-                    let mut open = slots.open.lock().unwrap_or_else(|e| e.into_inner());
-                    while *open >= limits.max_connections && !inside_close_trigger.load(Relaxed) {
-                        open = slots
-                            .freed
-                            .wait_timeout(open, Duration::from_millis(100))
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    }
-                }
-                if inside_close_trigger.load(Relaxed) {
+                let stop = || inside_close_trigger.load(Relaxed);
+                if !slots.wait_for_room(limits.max_connections, &stop) {
                     break;
                 }
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
-                        if let Err(e) = sock.set_timeouts(limits.read_timeout, limits.write_timeout)
-                        {
-                            log::warn!("Could not set timeouts on a new connection: {}", e);
-                            continue;
-                        }
+                        use util::refined_tcp_stream::Deadline;
                         use util::RefinedTcpStream;
+                        let read_deadline = Deadline::new(Duration::ZERO);
+                        let write_deadline = Deadline::new(limits.response_timeout);
+                        let halves = (
+                            (read_deadline.clone(), limits.idle_timeout),
+                            (write_deadline.clone(), limits.response_timeout),
+                        );
                         let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
+                            None => RefinedTcpStream::new(sock, halves.0, halves.1),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
                                 // trying to apply SSL over the connection
@@ -385,16 +334,20 @@ impl Server {
                                     Err(_) => continue,
                                 };
 
-                                RefinedTcpStream::new(sock)
+                                RefinedTcpStream::new(sock, halves.0, halves.1)
                             }
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
                         };
+                        let slot = slots.take(read_closable.closer());
 
                         Ok(ClientConnection::new(
                             write_closable,
                             read_closable,
+                            (read_deadline, write_deadline),
                             limits.clone(),
+                            budget.clone(),
+                            slot,
                         ))
                     }
                     Err(e) => Err(e),
@@ -403,11 +356,8 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
-                        *slots.open.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                        let mut slot = Some(SlotGuard(slots.clone()));
                         let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            let _slot = slot.take();
+                        let spawned = tasks_pool.spawn(Box::new(move || {
                             if let Some(client) = client.take() {
                                 // kvs patch: every connection, not only HTTPS, waits
                                 // for a response before it reads the next request, so
@@ -422,12 +372,24 @@ impl Server {
                                 }
                             }
                         }));
+                        if let Err(e) = spawned {
+                            log::warn!("Could not start a thread for a new connection: {}", e);
+                        }
                     }
 
                     Err(e) => {
                         // kvs patch: a failed accept (out of file descriptors,
-                        // say) used to stop the server for good; wait and retry
-                        log::error!("Error accepting new client: {}", e);
+                        // say) used to stop the server for good; wait and retry,
+                        // and log once in a while, not at every retry
+                        accept_errors += 1;
+                        if last_accept_log.map_or(true, |t| t.elapsed() >= Duration::from_secs(10)) {
+                            log::error!(
+                                "Error accepting new clients ({} failures): {}",
+                                accept_errors,
+                                e
+                            );
+                            last_accept_log = Some(std::time::Instant::now());
+                        }
                         thread::sleep(Duration::from_millis(50));
                     }
                 }

@@ -5,13 +5,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::guard::Reservation;
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
 
 /// Represents an HTTP request made by a client.
 ///
@@ -77,49 +74,8 @@ pub struct Request {
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
 
-    // kvs patch: set when the rest of this request's body will not be read;
-    // the connection is then closed instead of parsing the body as requests
-    body_abandoned: Arc<AtomicBool>,
-}
-
-/// kvs patch: wraps a body that is read lazily. When the request is dropped
-/// before its body was read to the end, at most `drain_limit` more bytes are
-/// read and thrown away (in a fixed-size buffer); if the body is longer than
-/// that, or reading fails, the connection is marked as abandoned and closed.
-struct BodyGuard<R: Read> {
-    inner: R,
-    abandoned: Arc<AtomicBool>,
-    drain_limit: usize,
-}
-
-impl<R: Read> Read for BodyGuard<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
-    }
-}
-
-impl<R: Read> Drop for BodyGuard<R> {
-    fn drop(&mut self) {
-        if self.abandoned.load(Ordering::Acquire) {
-            return;
-        }
-        let mut buf = [0u8; 8192];
-        let mut drained = 0usize;
-        loop {
-            match self.inner.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    drained += n;
-                    if drained > self.drain_limit {
-                        break;
-                    }
-                }
-                Err(ref e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        self.abandoned.store(true, Ordering::Release);
-    }
+    // kvs patch: the body's share of the memory budget
+    _reservation: Option<Reservation>,
 }
 
 struct NotifyOnDrop<R> {
@@ -142,163 +98,33 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
-    }
-}
-
-/// Error that can happen when building a `Request` object.
-#[derive(Debug)]
-pub enum RequestCreationError {
-    /// The client sent an `Expect` header that was not recognized by tiny-http.
-    ExpectationFailed,
-
-    /// Error while reading data from the socket during the creation of the `Request`.
-    CreationIoError(IoError),
-}
-
-impl From<IoError> for RequestCreationError {
-    fn from(err: IoError) -> RequestCreationError {
-        RequestCreationError::CreationIoError(err)
+        let _ = self.sender.send(());
     }
 }
 
 /// Builds a new request.
 ///
-/// After the request line and headers have been read from the socket, a new `Request` object
-/// is built.
-///
-/// You must pass a `Read` that will allow the `Request` object to read from the incoming data.
-/// It is the responsibility of the `Request` to read only the data of the request and not further.
-///
-/// The `Write` object will be used by the `Request` to write the response.
+/// kvs patch: the head has been read and checked and the whole body read
+/// by the connection's thread; `reservation` holds the body's share of the
+/// memory budget until the request is dropped.
 #[allow(clippy::too_many_arguments)]
-pub fn new_request<R, W>(
+pub(crate) fn new_request<W>(
     secure: bool,
     method: Method,
     path: String,
     version: HTTPVersion,
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
-    mut source_data: R,
-    mut writer: W,
-    limits: &crate::ConnectionLimits,
-    body_abandoned: Arc<AtomicBool>,
-) -> Result<Request, RequestCreationError>
+    body: Vec<u8>,
+    writer: W,
+    reservation: Reservation,
+) -> Request
 where
-    R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length: Option<usize> = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
-
-    // true if the client sent a `Expect: 100-continue` header
-    let expects_continue = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Expect"))
-            .map(|h| h.value.as_str())
-        {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("100-continue") => true,
-            _ => return Err(RequestCreationError::ExpectationFailed),
-        }
-    };
-
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
-
-    // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
-    // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
-        if content_length == 0 {
-            Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= limits.eager_body_limit {
-            // kvs patch: bodies up to `eager_body_limit` are read here, by the
-            // connection's own thread, so a slow client holds only its own
-            // thread. The buffer grows with the data actually received.
-            if expects_continue {
-                let msg = Response::new_empty(StatusCode(100));
-                msg.raw_print(&mut writer, version.clone(), &headers, true, None)?;
-                writer.flush()?;
-            }
-            let mut buffer = Vec::with_capacity(content_length.min(64 * 1024));
-            (&mut source_data)
-                .take(content_length as u64)
-                .read_to_end(&mut buffer)?;
-            if buffer.len() != content_length {
-                // the socket returned EOF, but we were before the expected content-length
-                // aborting
-                let info = "Connection has been closed before we received enough data";
-                let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                return Err(RequestCreationError::CreationIoError(err));
-            }
-
-            return Ok(Request {
-                data_reader: Some(Box::new(Cursor::new(buffer))),
-                response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
-                remote_addr,
-                secure,
-                method,
-                path,
-                http_version: version,
-                headers,
-                body_length: Some(content_length),
-                must_send_continue: false,
-                notify_when_responded: None,
-                body_abandoned,
-            });
-        } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
-            Box::new(BodyGuard {
-                inner: FusedReader::new(data_reader),
-                abandoned: body_abandoned.clone(),
-                drain_limit: limits.drain_limit,
-            }) as Box<dyn Read + Send + 'static>
-        }
-    } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        Box::new(BodyGuard {
-            inner: FusedReader::new(Decoder::new(source_data)),
-            abandoned: body_abandoned.clone(),
-            drain_limit: limits.drain_limit,
-        }) as Box<dyn Read + Send + 'static>
-    } else {
-        // if we have neither a Content-Length nor a Transfer-Encoding,
-        // assuming that we have no data
-        // TODO: could also be multipart/byteranges
-        Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-    };
-
-    Ok(Request {
-        data_reader: Some(reader),
+    let body_length = body.len();
+    Request {
+        data_reader: Some(Box::new(Cursor::new(body))),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
@@ -306,11 +132,11 @@ where
         path,
         http_version: version,
         headers,
-        body_length: content_length,
-        must_send_continue: expects_continue,
+        body_length: Some(body_length),
+        must_send_continue: false,
         notify_when_responded: None,
-        body_abandoned,
-    })
+        _reservation: Some(reservation),
+    }
 }
 
 impl Request {
@@ -507,7 +333,7 @@ impl Request {
     {
         let res = self.respond_impl(response);
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            let _ = sender.send(());
         }
         res
     }
@@ -559,16 +385,11 @@ impl fmt::Debug for Request {
 
 impl Drop for Request {
     fn drop(&mut self) {
-        // kvs patch: the client waits for `100 Continue` before it sends the
-        // body, and it was never asked for: do not wait for it, close instead.
-        if self.must_send_continue {
-            self.body_abandoned.store(true, Ordering::Release);
-        }
         if self.response_writer.is_some() {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                let _ = sender.send(());
             }
         }
     }

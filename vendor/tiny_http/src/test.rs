@@ -71,12 +71,10 @@ impl From<TestRequest> for Request {
             mock.http_version,
             mock.headers,
             Some(mock.remote_addr),
-            mock.body.as_bytes(),
+            mock.body.as_bytes().to_vec(),
             std::io::sink(),
-            &crate::ConnectionLimits::default(),
-            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            crate::guard::BodyBudget::new(usize::MAX).empty(),
         )
-        .unwrap()
     }
 }
 

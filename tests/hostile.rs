@@ -1,0 +1,393 @@
+//! Hostile clients against the real binary, one test per attack that once
+//! stopped a node (README, "Hostile clients"). Each test checks that while
+//! or after the attack a fresh client is served, the data is unchanged, the
+//! memory stays bounded and the process is the one that was started.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{call, read_reply, TestNode};
+
+/// A fresh client must be answered within this long while an attack runs.
+const FRESH_CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Sends one request on a new connection and returns everything the node
+/// answers until it closes the connection (or `wait` passes).
+fn raw(addr: &str, request: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    // The node may close before taking all of a refused request.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status of the first response in `text` (0 if none).
+fn status_of(text: &str) -> u16 {
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Asserts that a fresh client gets `/health` within the deadline, and
+/// that the node is still the process that was started.
+fn assert_serving(node: &mut TestNode) {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(&node.addr).unwrap();
+    s.set_read_timeout(Some(FRESH_CLIENT_DEADLINE)).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let reply = read_reply(&mut s);
+    assert!(
+        matches!(reply, Ok(ref r) if r.status == 200),
+        "a fresh client was not served within {FRESH_CLIENT_DEADLINE:?} (waited {:?})",
+        started.elapsed()
+    );
+    assert!(node.alive(), "the node process is gone");
+}
+
+fn put(node: &TestNode, key: &str, value: &str) {
+    let r = call(&node.addr, "PUT", &format!("/kv/{key}"), value.as_bytes());
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+fn assert_value(node: &TestNode, key: &str, value: &str) {
+    let r = call(&node.addr, "GET", &format!("/kv/{key}"), b"");
+    assert_eq!(r.status, 200, "{key} is gone");
+    assert_eq!(String::from_utf8_lossy(&r.body), value, "{key} changed");
+}
+
+/// Attack threads that run until stopped.
+struct Attack {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Attack {
+    fn new() -> Attack {
+        Attack {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Runs `f` on a thread until `stop`; `f` gets the stop flag.
+    fn spawn(&mut self, f: impl FnOnce(&AtomicBool) + Send + 'static) {
+        let stop = self.stop.clone();
+        self.threads.push(std::thread::spawn(move || f(&stop)));
+    }
+}
+
+impl Drop for Attack {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `bytes` one small piece at a time, with a pause between pieces,
+/// until stopped or the node closes the connection.
+fn trickle(s: &mut TcpStream, bytes: &[u8], pause: Duration, stop: &AtomicBool) {
+    for piece in bytes.chunks(1) {
+        if stop.load(Ordering::Relaxed) || s.write_all(piece).is_err() {
+            return;
+        }
+        std::thread::sleep(pause);
+    }
+}
+
+#[test]
+fn unsupported_http_versions_get_505_and_never_stop_the_node() {
+    let mut node = TestNode::start(&["--max-connections", "20"]);
+    for _ in 0..25 {
+        let text = raw(
+            &node.addr,
+            b"GET /health HTTP/2.0\r\n\r\n",
+            Duration::from_secs(5),
+        );
+        assert_eq!(status_of(&text), 505, "{text}");
+        assert!(text.contains("{\"error\":"), "{text}");
+    }
+    // The HTTP/2 connection preface is refused the same way.
+    let text = raw(
+        &node.addr,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&text), 505, "{text}");
+    assert_serving(&mut node);
+}
+
+#[test]
+fn endless_lines_and_many_headers_are_cut_off_with_bounded_memory() {
+    let mut node = TestNode::start(&[]);
+    put(&node, "keep", "{\"a\":1}");
+    let junk = vec![b'a'; 20 * 1024 * 1024];
+    let cases: [(&[u8], u16); 4] = [
+        (b"GET /health HTTP/1.1\r\nX-Long: ", 431),
+        (b"GET /", 414),
+        (
+            b"PUT /kv/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;ext=",
+            400,
+        ),
+        (b"GET /health HTTP/1.1\r\n", 431),
+    ];
+    for (i, (start, want)) in cases.iter().enumerate() {
+        let mut request = start.to_vec();
+        if i == 3 {
+            // many small headers instead of one long line
+            for n in 0..200_000 {
+                request.extend_from_slice(format!("X-{n}: y\r\n").as_bytes());
+            }
+        } else {
+            request.extend_from_slice(&junk);
+        }
+        let text = raw(&node.addr, &request, Duration::from_secs(5));
+        assert_eq!(status_of(&text), *want, "case {i}: {text}");
+        assert!(text.contains("Connection: close"), "case {i}: {text}");
+    }
+    let rss = node.rss_mib();
+    assert!(rss < 100, "RSS grew to {rss} MiB");
+    assert_value(&node, "keep", "{\"a\":1}");
+    assert_serving(&mut node);
+}
+
+#[test]
+fn slow_and_endless_bodies_hold_no_worker() {
+    let mut node = TestNode::start(&[
+        "--http-threads",
+        "2",
+        "--client-tokens",
+        "[secret-token]",
+        "--cluster-secret",
+        "cluster-secret",
+    ]);
+    let auth = "Authorization: Bearer secret-token\r\n";
+    let addr = node.addr.clone();
+    let authed = |method: &str, path: &str, body: &[u8]| {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Connection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        read_reply(&mut s).unwrap()
+    };
+    assert_eq!(authed("PUT", "/kv/keep", b"{\"a\":1}").status, 200);
+
+    let mut attack = Attack::new();
+    let heads: Vec<String> = vec![
+        // slow bodies with credentials, to a key and to /health
+        format!("PUT /kv/slow HTTP/1.1\r\n{auth}Content-Length: 100000\r\n\r\n\"aaaaaaaa"),
+        "POST /health HTTP/1.1\r\nContent-Length: 60000\r\n\r\n".to_string(),
+        // an endless chunked body, and chunk extensions
+        format!("PUT /kv/slow HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\n"),
+        "POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;a=b;c=d;".to_string(),
+        // without credentials, to endpoints that refuse them
+        "PUT /kv/slow HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n".to_string(),
+        "POST /members/leave HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n".to_string(),
+        "POST /internal/push HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n".to_string(),
+    ];
+    for i in 0..14 {
+        let head = heads[i % heads.len()].clone();
+        let addr = node.addr.clone();
+        attack.spawn(move |stop| {
+            let Ok(mut s) = TcpStream::connect(&addr) else {
+                return;
+            };
+            if s.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let body: Vec<u8> = if head.contains("chunked") {
+                b"1\r\na\r\n".repeat(100_000)
+            } else {
+                vec![b'a'; 100_000]
+            };
+            trickle(&mut s, &body, Duration::from_millis(50), stop);
+        });
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        assert_serving(&mut node);
+        let r = authed("PUT", "/kv/fresh", b"{\"b\":2}");
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // Without credentials, a body is refused before it is read.
+    let text = raw(
+        &node.addr,
+        b"PUT /kv/keep HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status_of(&text), 401, "{text}");
+    drop(attack);
+    assert_eq!(
+        String::from_utf8_lossy(&authed("GET", "/kv/keep", b"").body),
+        "{\"a\":1}"
+    );
+    assert!(node.alive());
+}
+
+#[test]
+fn a_body_that_does_not_arrive_in_time_gets_408() {
+    let mut node = TestNode::start(&["--header-timeout", "1"]);
+    // A head that stops half-way is answered 408 once the head timeout
+    // passes, and the connection is closed.
+    let started = Instant::now();
+    let text = raw(
+        &node.addr,
+        b"GET /health HTTP/1.1\r\nHost: t",
+        Duration::from_secs(10),
+    );
+    assert_eq!(status_of(&text), 408, "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_serving(&mut node);
+}
+
+#[test]
+fn slowloris_does_not_lock_out_fresh_clients() {
+    // What keeps fresh clients served is not the head timeout (10 s) but
+    // that a connection still sending its head may be closed to make room.
+    let mut node = TestNode::start(&["--max-connections", "20"]);
+    put(&node, "keep", "{\"a\":1}");
+    let mut attack = Attack::new();
+    for _ in 0..60 {
+        let addr = node.addr.clone();
+        attack.spawn(move |stop| {
+            // Reconnect whenever the node closes the connection.
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    return;
+                };
+                let head = b"GET /health HTTP/1.1\r\nX-Slow: ".repeat(100);
+                trickle(&mut s, &head, Duration::from_millis(200), stop);
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..3 {
+        assert_serving(&mut node);
+    }
+    assert_value(&node, "keep", "{\"a\":1}");
+}
+
+#[test]
+fn a_flood_of_idle_connections_under_a_low_descriptor_limit() {
+    // With 128 descriptors, 512 connections cannot fit: the node says so
+    // and serves fewer. The flood holds far more connections than fit.
+    let mut node = TestNode::start_with(&["prlimit", "--nofile=128:128", "--"], &[]);
+    put(&node, "keep", "{\"a\":1}");
+    let idle: Vec<TcpStream> = (0..120)
+        .filter_map(|_| TcpStream::connect(&node.addr).ok())
+        .collect();
+    assert!(idle.len() >= 100, "only {} connections opened", idle.len());
+    std::thread::sleep(Duration::from_millis(800));
+    assert_serving(&mut node);
+    assert_value(&node, "keep", "{\"a\":1}");
+    drop(idle);
+    assert_serving(&mut node);
+    assert!(
+        node.log().contains("does not fit in the open-file limit"),
+        "no warning about the descriptor limit"
+    );
+}
+
+#[test]
+fn ambiguous_framing_is_refused_and_nothing_is_smuggled() {
+    let mut node = TestNode::start(&[]);
+    put(&node, "victim", "{\"a\":1}");
+    let hidden = "DELETE /kv/victim HTTP/1.1\r\nHost: t\r\n\r\n";
+    let cases = [
+        format!(
+            "PUT /kv/x HTTP/1.1\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}",
+            5 + hidden.len()
+        ),
+        format!(
+            "PUT /kv/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{hidden}"
+        ),
+        format!("PUT /kv/x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n\"a\"{hidden}"),
+        format!("PUT /kv/x HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n\"a\"{hidden}"),
+        format!("PUT /kv/x HTTP/1.1\r\nContent-Length: +3\r\n\r\n\"a\"{hidden}"),
+        format!("PUT /kv/x HTTP/1.1\r\nContent-Length : 3\r\n\r\n\"a\"{hidden}"),
+        format!("PUT /kv/x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n{hidden}"),
+        format!("PUT /kv/x HTTP/1.1\r\nX: a\r\n folded\r\nContent-Length: 3\r\n\r\n\"a\"{hidden}"),
+    ];
+    for case in &cases {
+        let text = raw(&node.addr, case.as_bytes(), Duration::from_secs(5));
+        let status = status_of(&text);
+        assert!(status == 400 || status == 501, "{case:?}: {text}");
+        assert_eq!(text.matches("HTTP/1.1").count(), 1, "{case:?}: {text}");
+    }
+    assert_value(&node, "victim", "{\"a\":1}");
+    assert_eq!(call(&node.addr, "GET", "/kv/x", b"").status, 404);
+    assert_serving(&mut node);
+}
+
+#[test]
+fn bodies_to_refused_requests_are_not_held() {
+    let mut node = TestNode::start(&[
+        "--client-tokens",
+        "[secret-token]",
+        "--cluster-secret",
+        "cluster-secret",
+    ]);
+    // 300 connections each announcing a 1 MiB body without credentials:
+    // each is answered 401 from its head alone.
+    let mut conns: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = TcpStream::connect(&node.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(b"PUT /kv/x HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let body = vec![b'a'; 256 * 1024];
+    for s in &mut conns {
+        let _ = s.write_all(&body);
+    }
+    for s in &mut conns {
+        assert_eq!(read_reply(s).map(|r| r.status).unwrap_or(0), 401);
+    }
+    let rss = node.rss_mib();
+    assert!(rss < 100, "RSS {rss} MiB");
+    drop(conns);
+    assert_serving(&mut node);
+}
+
+#[test]
+fn values_must_be_utf8_and_peers_cannot_store_otherwise() {
+    let mut node = TestNode::start(&[]);
+    let r = call(&node.addr, "PUT", "/kv/bad", b"{\"a\": \"\xff\xfe\"}");
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("UTF-8"));
+    assert_eq!(call(&node.addr, "GET", "/kv/bad", b"").status, 404);
+    // A push from a peer with the same bytes is refused too.
+    let push = format!(
+        "{{\"from\":\"x\",\"versions\":[{{\"key\":\"bad\",\"uuid\":\"{}\",\"timestamp\":5,\"data\":\"\\\"",
+        "6a1f9a2e-3f1c-4d3a-9b7e-2f4c8e9d0a11"
+    );
+    let mut body = push.into_bytes();
+    body.extend_from_slice(b"\xff\\\"\"}]}");
+    let r = call(&node.addr, "POST", "/internal/push", &body);
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(call(&node.addr, "GET", "/kv/bad", b"").status, 404);
+    assert_serving(&mut node);
+}
