@@ -78,6 +78,11 @@ impl Stopper {
 
 /// The member table behind its lock, with logging of every change and the
 /// addresses this node may rejoin through.
+///
+/// Lock order: `table` and `known` are never held at the same time. Every
+/// method takes one of them, copies what it needs and releases it before
+/// it takes the other, so no two callers (HTTP workers serving gossip and
+/// joins, the gossip thread, the writer) can wait on each other.
 pub struct Members {
     table: Mutex<MemberTable>,
     /// Every address ever seen (seeds, members), with the last time a call
@@ -156,9 +161,11 @@ impl Members {
 
     /// Merges entries and logs what changed.
     pub fn merge(&self, entries: &[MemberEntry]) {
-        let changes = self
-            .table()
-            .merge(entries, Instant::now(), clock::real_now_ms());
+        let (changes, me) = {
+            let mut table = self.table();
+            let changes = table.merge(entries, Instant::now(), clock::real_now_ms());
+            (changes, table.me().address.clone())
+        };
         if !changes.is_empty() {
             let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
             for e in entries {
@@ -166,7 +173,6 @@ impl Members {
                     known.insert(e.address.clone(), clock::real_now_ms());
                 }
             }
-            let me = self.table().me().address.clone();
             known.remove(&me);
         }
         log_changes(&changes, entries);
@@ -181,13 +187,17 @@ impl Members {
     /// Known addresses that are not current members: where to look for the
     /// cluster.
     pub fn rejoin_candidates(&self) -> Vec<String> {
-        let table = self.table();
-        self.known
+        let known: Vec<String> = self
+            .known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .keys()
-            .filter(|a| !table.has_address(a))
             .cloned()
+            .collect();
+        let table = self.table();
+        known
+            .into_iter()
+            .filter(|a| !table.has_address(a))
             .collect()
     }
 
@@ -204,7 +214,8 @@ impl Members {
 
     /// Records a successful call to an address.
     pub fn reached(&self, address: &str) {
-        if self.table().me().address == address {
+        let me = self.table().me().address.clone();
+        if me == address {
             return;
         }
         self.touch();
@@ -256,5 +267,65 @@ fn log_changes(changes: &[Change], entries: &[MemberEntry]) {
             }
             Change::Left(id) => log::info!("member {id} left the cluster"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn entry(id: &str, port: u16, heartbeat: u64, left: bool) -> MemberEntry {
+        MemberEntry {
+            id: id.into(),
+            address: format!("127.0.0.1:{port}"),
+            joined_timestamp: 1,
+            generation: 1,
+            heartbeat,
+            left,
+        }
+    }
+
+    /// Every entry point that takes the table or the known addresses, from
+    /// several threads at once: with the locks taken in opposite orders
+    /// this froze within seconds; now it must finish.
+    #[test]
+    fn concurrent_merges_ticks_and_rejoins_never_deadlock() {
+        let table = MemberTable::new(
+            entry("me", 1, 0, false),
+            Duration::from_millis(5),
+            Duration::from_millis(10),
+        );
+        let members = Arc::new(Members::new(table, &["127.0.0.1:9".into()], BTreeMap::new()));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let threads = 6;
+        for t in 0..threads {
+            let members = members.clone();
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                for i in 0..3000u64 {
+                    let port = 2 + (i % 50) as u16;
+                    match (t, i % 4) {
+                        (0, _) | (_, 0) => members.merge(&[entry(&format!("n{port}"), port, i, false)]),
+                        (1, _) | (_, 1) => members.merge(&[entry(&format!("n{port}"), port, i + 1, true)]),
+                        (2, _) | (_, 2) => {
+                            members.tick();
+                            members.reached(&format!("127.0.0.1:{port}"));
+                        }
+                        _ => {
+                            let _ = members.rejoin_candidates();
+                            let _ = members.entries();
+                        }
+                    }
+                }
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..threads {
+            done_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the member table deadlocked");
+        }
+        assert!(!members.rejoin_candidates().is_empty());
     }
 }
