@@ -5,10 +5,19 @@
 //!   nobody answers it retries, with a backoff up to `JOIN_BACKOFF_MAX`.
 //! - Gossip: every random interval in [gossip_interval_min, max] the node
 //!   bumps its heartbeat, applies the failure and removal timeouts, and
-//!   exchanges member lists with 1–3 random healthy peers
-//!   (`/internal/gossip`, push-pull). Now and then it also tries an
-//!   unhealthy peer (to notice recovery) and a known address that is not a
-//!   member (to heal a partition in which both sides dropped each other).
+//!   exchanges member lists with random healthy peers (`/internal/gossip`,
+//!   push-pull): 1–3 of them, and at least log2(N) in a cluster of N, so
+//!   that a member's newest heartbeat reaches everyone within a few rounds
+//!   however large the cluster (spreading takes about log N rounds).
+//!   Now and then it also tries an unhealthy peer (to notice recovery) and
+//!   a known address that is not a member (to heal a partition in which
+//!   both sides dropped each other).
+//! - A round's calls run in parallel, each bounded by `gossip_timeout` (a
+//!   quarter of `failure_timeout`, at most 2 s), so one frozen or dead peer
+//!   delays neither this node's next heartbeat nor news from the others.
+//!   A node answering a gossip or join also bumps its heartbeat first: a
+//!   reply always proves the node alive, even while its own gossip thread
+//!   waits on a frozen peer.
 //! - Leave: the node's entry, marked `left`, goes to every healthy peer
 //!   (`/members/leave`), which drop it at once.
 
@@ -87,12 +96,12 @@ pub fn gossip_loop(node: Arc<Node>) {
                 );
             }
         } else {
-            gossip_round(&node, &peers, round);
-            if round % 5 == 4 && !candidates.is_empty() {
-                // Look for members on the other side of a healed partition.
-                let a = &candidates[fastrand::usize(..candidates.len())];
-                let _ = join_one(&node, a);
-            }
+            let candidate = if round % 5 == 4 && !candidates.is_empty() {
+                Some(&candidates[fastrand::usize(..candidates.len())])
+            } else {
+                None
+            };
+            gossip_round(&node, &peers, round, candidate);
         }
         round += 1;
         if round.is_multiple_of(20) {
@@ -116,37 +125,80 @@ pub fn gossip_loop(node: Arc<Node>) {
     }
 }
 
-/// One gossip round with 1–3 random healthy peers (and sometimes one
-/// unhealthy one).
-fn gossip_round(node: &Node, peers: &[super::membership::Peer], round: u64) {
+/// How many peers a round gossips with in a cluster of `members`
+/// (this node included): 1–3 at random, and at least log2(members).
+pub fn fanout(members: usize) -> usize {
+    let log2 = (usize::BITS - members.max(1).leading_zeros()) as usize - 1;
+    (1 + fastrand::usize(..3)).max(log2)
+}
+
+/// How long one gossip call may take: well below `failure_timeout`, so a
+/// round with a frozen peer still ends in time for the next heartbeat.
+pub fn gossip_timeout(failure_timeout: Duration) -> Duration {
+    (failure_timeout / 4).clamp(Duration::from_millis(100), peer::QUICK)
+}
+
+/// One gossip round with `fanout` random healthy peers (and sometimes one
+/// unhealthy peer, and one known address that is not a member), all called
+/// at once.
+fn gossip_round(
+    node: &Node,
+    peers: &[super::membership::Peer],
+    round: u64,
+    candidate: Option<&String>,
+) {
     let mut targets: Vec<&super::membership::Peer> = peers.iter().collect();
     fastrand::shuffle(&mut targets);
-    let fanout = 1 + fastrand::usize(..3);
-    targets.truncate(fanout);
+    targets.truncate(fanout(peers.len() + 1));
     let unhealthy = node.cluster.members.unhealthy_peers();
     let extra = if round % 3 == 2 && !unhealthy.is_empty() {
         Some(unhealthy[fastrand::usize(..unhealthy.len())].clone())
     } else {
         None
     };
-    let body = MemberList {
+    let body = match serde_json::to_vec(&MemberList {
         members: node.cluster.members.entries(),
-    };
-    for p in targets.into_iter().chain(extra.as_ref()) {
-        match node.cluster.peer.post::<_, MemberList>(
-            &p.address,
-            "/internal/gossip",
-            &body,
-            peer::QUICK,
-            None,
-        ) {
-            Ok(reply) => {
-                node.cluster.members.reached(&p.address);
-                node.cluster.members.merge(&reply.members);
-            }
-            Err(e) => log::debug!("gossip with {} ({}): {e}", p.id, p.address),
+    }) {
+        Ok(body) => body,
+        Err(e) => {
+            log::error!("cannot encode the member list: {e}");
+            return;
         }
-    }
+    };
+    let timeout = gossip_timeout(node.config.failure_timeout);
+    std::thread::scope(|scope| {
+        for p in targets.into_iter().chain(extra.as_ref()) {
+            let body = body.clone();
+            let spawned = std::thread::Builder::new()
+                .name("gossip-call".into())
+                .spawn_scoped(scope, move || {
+                    match node.cluster.peer.post_bytes::<MemberList>(
+                        &p.address,
+                        "/internal/gossip",
+                        body,
+                        timeout,
+                        None,
+                    ) {
+                        Ok(reply) => {
+                            node.cluster.members.reached(&p.address);
+                            node.cluster.members.merge(&reply.members);
+                        }
+                        Err(e) => log::debug!("gossip with {} ({}): {e}", p.id, p.address),
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a gossip call: {e}");
+            }
+        }
+        if let Some(address) = candidate {
+            // Look for members on the other side of a healed partition.
+            let _ = std::thread::Builder::new()
+                .name("gossip-call".into())
+                .spawn_scoped(scope, move || {
+                    let _ = join_one(node, address, timeout);
+                });
+        }
+    });
     node.metrics.gossip_rounds.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -163,7 +215,7 @@ fn join_any(node: &Node, candidates: &[String]) -> Result<bool, String> {
             .unwrap_or(usize::MAX)
     });
     for address in order {
-        match join_one(node, address) {
+        match join_one(node, address, peer::QUICK) {
             Ok(()) => return Ok(true),
             Err(PeerError::Status(409, msg)) => return Err(format!("{address}: {msg}")),
             Err(e) => log::debug!("join via {address}: {e}"),
@@ -173,12 +225,12 @@ fn join_any(node: &Node, candidates: &[String]) -> Result<bool, String> {
 }
 
 /// Joins through one address.
-fn join_one(node: &Node, address: &str) -> Result<(), PeerError> {
+fn join_one(node: &Node, address: &str, timeout: Duration) -> Result<(), PeerError> {
     let me = node.cluster.members.me();
-    let reply: MemberList =
-        node.cluster
-            .peer
-            .post(address, "/members/join", &me, peer::QUICK, None)?;
+    let reply: MemberList = node
+        .cluster
+        .peer
+        .post(address, "/members/join", &me, timeout, None)?;
     if reply
         .members
         .first()
@@ -216,4 +268,33 @@ pub fn announce_leave(node: &Node) {
     }
     node.cluster.members.forget_peers();
     log::info!("left the cluster: told {told} of {} peers", peers.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fanout_grows_with_log_n() {
+        for _ in 0..50 {
+            let small = fanout(3);
+            assert!((1..=3).contains(&small), "{small}");
+            assert!(fanout(200) >= 7);
+            assert!(fanout(1000) >= 9);
+        }
+        assert!((1..=3).contains(&fanout(0)));
+    }
+
+    #[test]
+    fn gossip_calls_end_well_before_failure_timeout() {
+        assert_eq!(
+            gossip_timeout(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(gossip_timeout(Duration::from_secs(300)), peer::QUICK);
+        assert_eq!(
+            gossip_timeout(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+    }
 }

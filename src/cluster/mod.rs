@@ -296,7 +296,11 @@ mod tests {
             Duration::from_millis(5),
             Duration::from_millis(10),
         );
-        let members = Arc::new(Members::new(table, &["127.0.0.1:9".into()], BTreeMap::new()));
+        let members = Arc::new(Members::new(
+            table,
+            &["127.0.0.1:9".into()],
+            BTreeMap::new(),
+        ));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let threads = 6;
         for t in 0..threads {
@@ -306,8 +310,12 @@ mod tests {
                 for i in 0..3000u64 {
                     let port = 2 + (i % 50) as u16;
                     match (t, i % 4) {
-                        (0, _) | (_, 0) => members.merge(&[entry(&format!("n{port}"), port, i, false)]),
-                        (1, _) | (_, 1) => members.merge(&[entry(&format!("n{port}"), port, i + 1, true)]),
+                        (0, _) | (_, 0) => {
+                            members.merge(&[entry(&format!("n{port}"), port, i, false)])
+                        }
+                        (1, _) | (_, 1) => {
+                            members.merge(&[entry(&format!("n{port}"), port, i + 1, true)])
+                        }
                         (2, _) | (_, 2) => {
                             members.tick();
                             members.reached(&format!("127.0.0.1:{port}"));

@@ -73,6 +73,7 @@ pub fn join(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
     })?;
     node.cluster.members.merge(std::slice::from_ref(&entry));
     node.cluster.members.reached(&entry.address);
+    node.cluster.members.beat();
     Ok(Reply::json_value(
         200,
         &MemberList {
@@ -130,6 +131,9 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
             if !node.cluster.has_left() {
                 node.cluster.members.merge(&list.members);
                 node.cluster.members.touch();
+                // The reply proves this node alive: say so with a fresher
+                // heartbeat, whatever its own gossip thread is waiting on.
+                node.cluster.members.beat();
             }
             Ok(Reply::json_value(
                 200,
