@@ -56,6 +56,7 @@ pub struct RawConfig {
     pub http_threads: Option<usize>,
     pub max_connections: Option<usize>,
     pub header_timeout: Option<f64>,
+    pub max_members: Option<usize>,
     pub map_size_mb: Option<u64>,
     pub client_tokens: Option<Vec<String>>,
     pub cluster_secret: Option<String>,
@@ -163,6 +164,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "seconds a client has to send a whole request head",
     ),
     (
+        "max_members",
+        "1024",
+        "largest member table; entries beyond are refused and logged",
+    ),
+    (
         "map_size_mb",
         "1024",
         "LMDB map size in MiB (507 when full)",
@@ -228,6 +234,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Time a client has to send a whole request head. Default 10 s.
     pub header_timeout: Duration,
+    /// Members (this node included) the table holds at most. Default 1024.
+    pub max_members: usize,
     /// LMDB map size in MiB. Default 1024.
     pub map_size_mb: u64,
     /// Bearer tokens accepted on client endpoints; empty means open.
@@ -300,6 +308,7 @@ impl RawConfig {
             http_threads,
             max_connections,
             header_timeout,
+            max_members,
             map_size_mb,
             client_tokens,
             cluster_secret
@@ -475,6 +484,12 @@ impl Config {
             ));
         }
         let header_timeout = seconds("header_timeout", raw.header_timeout, 10.0)?;
+        let max_members = raw.max_members.unwrap_or(1024);
+        if !(2..=100_000).contains(&max_members) {
+            return err(format!(
+                "max_members: {max_members} is not between 2 and 100000"
+            ));
+        }
         let map_size_mb = raw.map_size_mb.unwrap_or(1024);
         if map_size_mb == 0 || map_size_mb > 16 * 1024 * 1024 {
             return err(format!(
@@ -521,6 +536,7 @@ impl Config {
             http_threads,
             max_connections,
             header_timeout,
+            max_members,
             map_size_mb,
             client_tokens,
             cluster_secret,

@@ -296,7 +296,12 @@ pub fn run(mut config: Config) -> Result<i32, String> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let members = Arc::new(Members::new(
-        MemberTable::new(me, config.failure_timeout, config.removal_timeout),
+        MemberTable::new(
+            me,
+            config.failure_timeout,
+            config.removal_timeout,
+            config.max_members,
+        ),
         &config.seed_nodes,
         known,
     ));
@@ -386,6 +391,13 @@ pub fn run(mut config: Config) -> Result<i32, String> {
         },
         cfg.seed_nodes.len()
     );
+    if cfg.cluster_secret.is_empty() && !local.ip().is_loopback() {
+        log::warn!(
+            "no cluster_secret while listening on {local}: anyone who can reach this port can \
+             read every value through the internal API and rewrite the member list; \
+             set cluster_secret unless this network is trusted"
+        );
+    }
 
     let code = exit_rx.recv().unwrap_or(1);
 

@@ -391,3 +391,71 @@ fn values_must_be_utf8_and_peers_cannot_store_otherwise() {
     assert_eq!(call(&node.addr, "GET", "/kv/bad", b"").status, 404);
     assert_serving(&mut node);
 }
+
+/// Threads of the node process, from /proc.
+fn threads_of(node: &TestNode) -> usize {
+    std::fs::read_to_string(format!("/proc/{}/status", node.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+fn fake_members(n: usize) -> Vec<u8> {
+    let members: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"fake{i}\",\"address\":\"127.0.0.1:{}\",\"joined_timestamp\":1,\"generation\":1,\"heartbeat\":1}}",
+                20000 + i
+            )
+        })
+        .collect();
+    format!("{{\"members\":[{}]}}", members.join(",")).into_bytes()
+}
+
+#[test]
+fn strangers_cannot_grow_the_member_table_without_bound() {
+    let mut node = TestNode::start(&["--max-members", "50"]);
+    let r = call(&node.addr, "POST", "/internal/gossip", &fake_members(1000));
+    assert_eq!(r.status, 200);
+    let members = call(&node.addr, "GET", "/members/", b"");
+    let listed = String::from_utf8_lossy(&members.body)
+        .matches("\"id\":")
+        .count();
+    assert!(listed <= 50, "{listed} members listed");
+    assert!(
+        node.log().contains("member table full"),
+        "no warning logged"
+    );
+    // Writes now push to every listed member: bounded threads and memory.
+    let value = format!("\"{}\"", "v".repeat(500_000));
+    for i in 0..3 {
+        put(&node, &format!("big/{i}"), &value);
+    }
+    let threads = threads_of(&node);
+    assert!(threads < 150, "{threads} threads");
+    let rss = node.rss_mib();
+    assert!(rss < 300, "RSS {rss} MiB");
+    assert_serving(&mut node);
+}
+
+#[test]
+fn with_a_cluster_secret_strangers_cannot_touch_membership() {
+    let mut node = TestNode::start(&["--cluster-secret", "s3cret"]);
+    let r = call(&node.addr, "POST", "/internal/gossip", &fake_members(10));
+    assert_eq!(r.status, 401);
+    let r = call(
+        &node.addr,
+        "POST",
+        "/members/join",
+        b"{\"id\":\"x\",\"address\":\"127.0.0.1:9\",\"joined_timestamp\":1,\"generation\":1,\"heartbeat\":1}",
+    );
+    assert_eq!(r.status, 401);
+    let members = call(&node.addr, "GET", "/members/", b"");
+    let listed = String::from_utf8_lossy(&members.body)
+        .matches("\"id\":")
+        .count();
+    assert_eq!(listed, 1, "only the node itself");
+    assert_serving(&mut node);
+}

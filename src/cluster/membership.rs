@@ -113,6 +113,8 @@ pub enum Change {
     Unhealthy(String),
     Removed(String),
     Left(String),
+    /// A new member refused: the table is full.
+    Refused(String),
 }
 
 /// Why a join was refused.
@@ -127,6 +129,8 @@ pub struct MemberTable {
     gone: HashMap<String, ((u64, u64), Instant)>,
     failure_timeout: Duration,
     removal_timeout: Duration,
+    /// Members, this node included, at most; as many tombstones again.
+    max_members: usize,
 }
 
 impl MemberTable {
@@ -134,6 +138,7 @@ impl MemberTable {
         me: MemberEntry,
         failure_timeout: Duration,
         removal_timeout: Duration,
+        max_members: usize,
     ) -> MemberTable {
         MemberTable {
             me,
@@ -141,6 +146,16 @@ impl MemberTable {
             gone: HashMap::new(),
             failure_timeout,
             removal_timeout,
+            max_members,
+        }
+    }
+
+    /// Remembers a dropped or left member, unless the tombstones are full
+    /// (then stale gossip about it may bring it back until the timeouts
+    /// drop it again: harmless, and bounded).
+    fn bury(&mut self, id: &str, freshness: (u64, u64), now: Instant) {
+        if self.gone.len() < self.max_members || self.gone.contains_key(id) {
+            self.gone.insert(id.to_string(), (freshness, now));
         }
     }
 
@@ -206,7 +221,7 @@ impl MemberTable {
             }
         }
         if e.left {
-            self.gone.insert(e.id.clone(), (e.freshness(), now));
+            self.bury(&e.id, e.freshness(), now);
             return self
                 .members
                 .remove(&e.id)
@@ -225,6 +240,9 @@ impl MemberTable {
             }
             Some(_) => None,
             None => {
+                if self.members.len() + 1 >= self.max_members {
+                    return Some(Change::Refused(e.id.clone()));
+                }
                 self.gone.remove(&e.id);
                 // One address, one node: an older id at the same address is
                 // a previous incarnation under another name.
@@ -258,7 +276,7 @@ impl MemberTable {
         }
         for id in removed {
             if let Some(m) = self.members.remove(&id) {
-                self.gone.insert(id.clone(), (m.entry.freshness(), now));
+                self.bury(&id, m.entry.freshness(), now);
                 changes.push(Change::Removed(id));
             }
         }
@@ -384,7 +402,42 @@ mod tests {
     }
 
     fn table() -> MemberTable {
-        MemberTable::new(entry("me", 1, 1, 0), FAIL, REMOVE)
+        MemberTable::new(entry("me", 1, 1, 0), FAIL, REMOVE, 16)
+    }
+
+    #[test]
+    fn the_table_and_its_tombstones_are_bounded() {
+        let t0 = Instant::now();
+        let mut t = table();
+        let flood: Vec<MemberEntry> = (0..1000)
+            .map(|i| entry(&format!("f{i}"), 100 + i, 1, 1))
+            .collect();
+        let changes = t.merge(&flood, t0, 0);
+        assert_eq!(t.views(0).len(), 16, "this node and 15 members");
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|c| matches!(c, Change::Refused(_)))
+                .count(),
+            1000 - 15
+        );
+        let leaves: Vec<MemberEntry> = (0..1000)
+            .map(|i| {
+                let mut e = entry(&format!("g{i}"), 3000 + i, 1, 1);
+                e.left = true;
+                e
+            })
+            .collect();
+        t.merge(&leaves, t0, 0);
+        assert!(t.gone.len() <= 16);
+        // A member that leaves frees its place for a newcomer.
+        let mut bye = entry("f0", 100, 1, 2);
+        bye.left = true;
+        t.merge(&[bye], t0, 0);
+        assert_eq!(
+            t.merge(&[entry("new", 99, 1, 1)], t0, 0),
+            vec![Change::Joined("new".into())]
+        );
     }
 
     #[test]

@@ -76,6 +76,9 @@ impl Stopper {
     }
 }
 
+/// Known addresses kept at most (seeds and members seen; persisted).
+const KNOWN_MAX: usize = 4096;
+
 /// The member table behind its lock, with logging of every change and the
 /// addresses this node may rejoin through.
 ///
@@ -166,10 +169,17 @@ impl Members {
             let changes = table.merge(entries, Instant::now(), clock::real_now_ms());
             (changes, table.me().address.clone())
         };
-        if !changes.is_empty() {
+        let joined: Vec<&str> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Joined(id) | Change::Recovered(id) => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !joined.is_empty() {
             let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
             for e in entries {
-                if !e.left && e.validate().is_ok() {
+                if joined.contains(&e.id.as_str()) && known.len() < KNOWN_MAX {
                     known.insert(e.address.clone(), clock::real_now_ms());
                 }
             }
@@ -248,6 +258,19 @@ impl Members {
 }
 
 fn log_changes(changes: &[Change], entries: &[MemberEntry]) {
+    let refused: Vec<&String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Refused(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    if let Some(first) = refused.first() {
+        log::warn!(
+            "member table full (max_members): refused {} new member(s), {first} first",
+            refused.len()
+        );
+    }
     for c in changes {
         match c {
             Change::Joined(id) => {
@@ -266,6 +289,7 @@ fn log_changes(changes: &[Change], entries: &[MemberEntry]) {
                 log::warn!("member {id} removed (not heard from within removal_timeout)")
             }
             Change::Left(id) => log::info!("member {id} left the cluster"),
+            Change::Refused(_) => {}
         }
     }
 }
@@ -295,6 +319,7 @@ mod tests {
             entry("me", 1, 0, false),
             Duration::from_millis(5),
             Duration::from_millis(10),
+            1024,
         );
         let members = Arc::new(Members::new(
             table,

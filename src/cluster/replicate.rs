@@ -6,11 +6,16 @@
 //! without waiting, and a queue that is full, or a push that fails, drops
 //! the versions and leaves a mark instead ("resend from timestamp T"). When
 //! the peer answers again, its thread pages through the local time index
-//! from T and pushes what it missed. Versions that reached this node from
-//! other peers are not pushed again: every node pushes its own writes to
-//! everyone (the member list is small), and the syncs cover the rest.
+//! from T and pushes what it missed. A version waiting for several peers is
+//! held once, shared by their queues, and all queues together are bounded
+//! too (`TOTAL_MAX_*`), so the memory push takes does not grow with the
+//! number of members (the member table is bounded by `max_members`, and so
+//! are the sender threads). Versions that reached this node from other
+//! peers are not pushed again: every node pushes its own writes to
+//! everyone, and the syncs cover the rest.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,6 +32,11 @@ use crate::store::{Store, Version};
 pub const QUEUE_MAX_VERSIONS: usize = 20_000;
 /// Data bytes waiting for one peer at most.
 pub const QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Versions waiting in all queues together at most (each queue counted).
+pub const TOTAL_MAX_VERSIONS: usize = 100_000;
+/// Data bytes waiting in all queues together at most (each queue counted,
+/// though a version waiting for several peers is held once).
+pub const TOTAL_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// Versions in one push request at most.
 pub const PUSH_MAX_VERSIONS: usize = 1000;
 /// Data bytes in one push request at most (one larger version still goes).
@@ -56,9 +66,43 @@ pub struct PushReply {
 }
 
 struct Queued {
-    key: String,
-    version: Version,
+    /// The key and version, shared by every queue it waits in.
+    item: Arc<(String, Version)>,
     committed: Instant,
+}
+
+impl Queued {
+    fn key(&self) -> &str {
+        &self.item.0
+    }
+
+    fn version(&self) -> &Version {
+        &self.item.1
+    }
+}
+
+/// What all queues hold together.
+#[derive(Default)]
+struct Totals {
+    versions: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Totals {
+    fn add(&self, versions: usize, bytes: usize) {
+        self.versions.fetch_add(versions, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&self, versions: usize, bytes: usize) {
+        self.versions.fetch_sub(versions, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn would_overflow(&self, versions: usize, bytes: usize) -> bool {
+        self.versions.load(Ordering::Relaxed) + versions > TOTAL_MAX_VERSIONS
+            || self.bytes.load(Ordering::Relaxed) + bytes > TOTAL_MAX_BYTES
+    }
 }
 
 #[derive(Default)]
@@ -102,7 +146,7 @@ fn take_batch(items: &mut VecDeque<Queued>, bytes: &mut usize) -> Vec<Queued> {
     let mut out = Vec::new();
     let mut size = 0;
     while let Some(front) = items.front() {
-        let len = front.version.data.len();
+        let len = front.version().data.len();
         if !out.is_empty() && (out.len() >= PUSH_MAX_VERSIONS || size + len > PUSH_MAX_BYTES) {
             break;
         }
@@ -117,6 +161,7 @@ fn take_batch(items: &mut VecDeque<Queued>, bytes: &mut usize) -> Vec<Queued> {
 pub struct Replicator {
     me: String,
     queues: Mutex<HashMap<String, Arc<PeerQueue>>>,
+    totals: Totals,
     threads: Mutex<Vec<JoinHandle<()>>>,
     members: Arc<Members>,
     store: Arc<Store>,
@@ -140,6 +185,7 @@ impl Replicator {
         Arc::new_cyclic(|this| Replicator {
             me,
             queues: Mutex::new(HashMap::new()),
+            totals: Totals::default(),
             threads: Mutex::new(Vec::new()),
             members,
             store,
@@ -164,6 +210,10 @@ impl Replicator {
             .map(|(_, v)| v.stamp.timestamp)
             .min()
             .unwrap_or(0);
+        let shared: Vec<Arc<(String, Version)>> = versions
+            .iter()
+            .map(|(k, v)| Arc::new((k.clone(), v.clone())))
+            .collect();
         let healthy = self.members.healthy_peers();
         let unhealthy = self.members.unhealthy_peers();
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
@@ -184,20 +234,22 @@ impl Replicator {
             };
             *q.address.lock().unwrap_or_else(|e| e.into_inner()) = p.address;
             let mut s = q.lock();
-            if overflows(s.items.len(), s.bytes, versions.len(), bytes) {
+            if overflows(s.items.len(), s.bytes, versions.len(), bytes)
+                || self.totals.would_overflow(versions.len(), bytes)
+            {
                 s.resend_from = Some(s.resend_from.map_or(oldest, |r| r.min(oldest)));
                 self.metrics
                     .push_dropped
                     .fetch_add(versions.len() as u64, std::sync::atomic::Ordering::Relaxed);
             } else {
-                for (key, version) in versions {
+                for item in &shared {
                     s.items.push_back(Queued {
-                        key: key.clone(),
-                        version: version.clone(),
+                        item: item.clone(),
                         committed: now,
                     });
                 }
                 s.bytes += bytes;
+                self.totals.add(versions.len(), bytes);
             }
             q.cv.notify_one();
         }
@@ -266,6 +318,10 @@ impl Replicator {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&q.peer_id);
+                let mut s = q.lock();
+                self.totals.sub(s.items.len(), s.bytes);
+                s.items.clear();
+                s.bytes = 0;
                 log::debug!("push thread for {} ends: no longer a member", q.peer_id);
                 return;
             }
@@ -294,7 +350,10 @@ impl Replicator {
                 }
                 let batch = {
                     let QueueState { items, bytes, .. } = &mut *s;
-                    take_batch(items, bytes)
+                    let before = *bytes;
+                    let batch = take_batch(items, bytes);
+                    self.totals.sub(batch.len(), before - *bytes);
+                    batch
                 };
                 let resend = if batch.is_empty() && healthy {
                     s.resend_from.take()
@@ -330,14 +389,14 @@ impl Replicator {
     fn push_batch(&self, address: &str, batch: &[Queued]) -> Result<(), u64> {
         let oldest = batch
             .iter()
-            .map(|b| b.version.stamp.timestamp)
+            .map(|b| b.version().stamp.timestamp)
             .min()
             .unwrap_or(0);
         let request = PushRequest {
             from: self.me.clone(),
             versions: batch
                 .iter()
-                .filter_map(|b| WireVersion::from_version(&b.key, &b.version))
+                .filter_map(|b| WireVersion::from_version(b.key(), b.version()))
                 .collect(),
         };
         match self.send(address, &request) {
@@ -429,15 +488,17 @@ mod tests {
 
     fn queued(ts: u64, size: usize) -> Queued {
         Queued {
-            key: format!("k{ts}"),
-            version: Version {
-                stamp: Stamp {
-                    timestamp: ts,
-                    uuid: VersionId::new_random(),
-                    deleted: false,
+            item: Arc::new((
+                format!("k{ts}"),
+                Version {
+                    stamp: Stamp {
+                        timestamp: ts,
+                        uuid: VersionId::new_random(),
+                        deleted: false,
+                    },
+                    data: vec![b'1'; size],
                 },
-                data: vec![b'1'; size],
-            },
+            )),
             committed: Instant::now(),
         }
     }
@@ -451,12 +512,24 @@ mod tests {
     }
 
     #[test]
+    fn all_queues_together_are_bounded() {
+        let totals = Totals::default();
+        assert!(!totals.would_overflow(10, 100));
+        totals.add(TOTAL_MAX_VERSIONS - 5, 0);
+        assert!(totals.would_overflow(10, 0));
+        totals.sub(TOTAL_MAX_VERSIONS - 5, 0);
+        totals.add(0, TOTAL_MAX_BYTES - 50);
+        assert!(totals.would_overflow(1, 100));
+        assert!(!totals.would_overflow(1, 50));
+    }
+
+    #[test]
     fn batches_respect_limits_but_always_take_one() {
         let mut items: VecDeque<Queued> = (0..2500).map(|i| queued(i, 10)).collect();
         let mut bytes = 25_000;
         let b = take_batch(&mut items, &mut bytes);
         assert_eq!(b.len(), PUSH_MAX_VERSIONS);
-        assert_eq!(b[0].version.stamp.timestamp, 0);
+        assert_eq!(b[0].version().stamp.timestamp, 0);
         assert_eq!(items.len(), 1500);
         assert_eq!(bytes, 15_000);
 
