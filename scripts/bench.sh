@@ -13,6 +13,12 @@
 #                 differences in 1 000 000 keys; cost of an exchange with no
 #                 difference
 #   size          binary sizes (release, static)
+#   scale         (only when named) N = $SCALE_NODES nodes (default "5 20 50")
+#                 with the default intervals scaled down 20x: time until every
+#                 /members/ is complete, false "unhealthy" events while idle
+#                 for $SCALE_IDLE s (default 180), gossip bytes/s per node,
+#                 threads and RSS after 1 000 writes, time until a write is on
+#                 all N, detection time after kill -9 of 10 % of the nodes
 #
 # Everything runs on 127.0.0.1 with the load generator on the same cores.
 # BENCH_SECONDS (default 5) sets the length of each wrk run.
@@ -271,6 +277,137 @@ if want antientropy; then
     fi
     stop ae1; stop ae2
   done
+fi
+
+# --------------------------------------------------------------- scale
+if want scale; then
+  SCALED=(--gossip-interval-min 3 --gossip-interval-max 6 --failure-timeout 15 --removal-timeout 30
+          --sync-interval 15 --catchup-interval 6 --antientropy-interval 30)
+  IDLE=${SCALE_IDLE:-180}
+  cat > "$WORK/scale.py" << 'PY'
+# Measurements over many nodes, polled with keep-alive connections.
+#   agree P1 P2 ...          waits until every node counts all; prints ms
+#   spread P1 P2 ...         20 writes on random nodes; prints p50 and max ms
+#                            until each is readable on every node
+#   detect DEAD_IDS -- P...  waits until every listed node shows each dead id
+#                            as unhealthy or gone; prints ms
+#   writes P N               N PUTs on one node
+import http.client, json, random, sys, time
+
+def conn(p):
+    return http.client.HTTPConnection("127.0.0.1", int(p), timeout=5)
+
+def get(c, path):
+    c.request("GET", path)
+    r = c.getresponse()
+    return r.status, r.read()
+
+DEADLINE_S = 300
+
+def check(t0):
+    if time.time() - t0 > DEADLINE_S:
+        print("timeout")
+        sys.exit(0)
+
+cmd, args = sys.argv[1], sys.argv[2:]
+if cmd == "agree":
+    conns = {p: conn(p) for p in args}
+    t0 = time.time()
+    pending = set(args)
+    while pending:
+        check(t0)
+        for p in list(pending):
+            try:
+                _, body = get(conns[p], "/health")
+                if json.loads(body)["member_count"] == len(args):
+                    pending.discard(p)
+            except Exception:
+                conns[p] = conn(p)
+        time.sleep(0.05)
+    print(int((time.time() - t0) * 1000))
+elif cmd == "spread":
+    conns = {p: conn(p) for p in args}
+    lags = []
+    for i in range(20):
+        key = f"spread/{random.random()}"
+        w = random.choice(args)
+        conns[w].request("PUT", "/kv/" + key, body=b'{"v":1}')
+        r = conns[w].getresponse()
+        r.read()
+        if r.status != 200:
+            print(f"PUT on {w} answered {r.status}")
+            sys.exit(0)
+        t0 = time.time()
+        pending = set(args) - {w}
+        while pending:
+            check(t0)
+            for p in list(pending):
+                try:
+                    if get(conns[p], "/kv/" + key)[0] == 200:
+                        pending.discard(p)
+                except Exception:
+                    conns[p] = conn(p)
+        lags.append((time.time() - t0) * 1000)
+    lags.sort()
+    print(f"{lags[len(lags) // 2]:.0f} {lags[-1]:.0f}")
+elif cmd == "detect":
+    sep = args.index("--")
+    dead, ports = args[:sep], args[sep + 1:]
+    conns = {p: conn(p) for p in ports}
+    t0 = time.time()
+    pending = set(ports)
+    while pending:
+        check(t0)
+        for p in list(pending):
+            try:
+                _, body = get(conns[p], "/members/")
+                states = {m["id"]: m["state"] for m in json.loads(body)}
+                if all(states.get(d, "gone") != "alive" for d in dead):
+                    pending.discard(p)
+            except Exception:
+                conns[p] = conn(p)
+        time.sleep(0.05)
+    print(int((time.time() - t0) * 1000))
+elif cmd == "writes":
+    c = conn(args[0])
+    for i in range(int(args[1])):
+        c.request("PUT", f"/kv/scale/{i}", body=b'{"payload":"' + b"x" * 180 + b'"}')
+        c.getresponse().read()
+PY
+  for n in ${SCALE_NODES:-5 20 50}; do
+    echo "== scale: $n nodes, intervals scaled down 20x, idle ${IDLE}s" >&2
+    names=(); for i in $(seq 1 "$n"); do names+=("z$n-$i"); done
+    node "${names[0]}" "${SCALED[@]}"
+    up "${names[0]}"
+    seed="127.0.0.1:${PORT[${names[0]}]}"
+    for name in "${names[@]:1}"; do node "$name" --seed "$seed" "${SCALED[@]}"; done
+    for name in "${names[@]:1}"; do up "$name"; done
+    ports=(); for name in "${names[@]}"; do ports+=("${PORT[$name]}"); done
+    agree=$(python3 "$WORK/scale.py" agree "${ports[@]}")
+    row "$n nodes: every /members/ complete, after all answer" "$agree ms"
+    unhealthy() { cat "$WORK"/z"$n"-*.log | grep -c "is unhealthy" || true; }
+    gossip_bytes() { local t=0 name; for name in "${names[@]}"; do t=$((t + $(metric_of "$name" kvs_gossip_bytes_total))); done; echo "$t"; }
+    metric_of() { curl -s --max-time 2 "http://127.0.0.1:${PORT[$1]}/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+    u0=$(unhealthy); b0=$(gossip_bytes); t0=$(now_ms)
+    sleep "$IDLE"
+    u1=$(unhealthy); b1=$(gossip_bytes); t1=$(now_ms)
+    row "$n nodes: false \"unhealthy\" events, ${IDLE}s idle" "$((u1 - u0))" "target 0"
+    row "$n nodes: gossip bytes/s per node, idle" "$(( (b1 - b0) * 1000 / (t1 - t0) / n ))" "request + reply bodies of the node's own calls"
+    python3 "$WORK/scale.py" writes "${ports[0]}" 1000
+    pid=${PID[${names[0]}]}
+    row "$n nodes: threads and RSS of the writer after 1000 writes" "$(awk '/^Threads/ {print $2}' "/proc/$pid/status") threads" "$(( $(rss_kb "$pid") / 1024 )) MB RSS"
+    read -r p50 max < <(python3 "$WORK/scale.py" spread "${ports[@]}")
+    row "$n nodes: a write readable on all nodes" "p50 $p50 ms, max $max ms" "20 writes on random nodes"
+    kill_n=$(( (n + 9) / 10 )); dead=(); alive_ports=()
+    for i in $(seq 0 $((n - 1))); do
+      if [ "$i" -ge $((n - kill_n)) ]; then kill -KILL "${PID[${names[$i]}]}"; dead+=("${names[$i]}"); else alive_ports+=("${PORT[${names[$i]}]}"); fi
+    done
+    det=$(python3 "$WORK/scale.py" detect "${dead[@]}" -- "${alive_ports[@]}")
+    row "$n nodes: kill -9 of $kill_n, unhealthy on all others" "$det ms" "failure_timeout 15 s"
+    for name in "${names[@]}"; do kill -TERM "${PID[$name]}" 2> /dev/null || true; done
+    for name in "${names[@]}"; do wait "${PID[$name]}" 2> /dev/null || true; done
+  done
+  cmd "SCALE_NODES='${SCALE_NODES:-5 20 50}' SCALE_IDLE=$IDLE scripts/bench.sh scale   # nodes: $BIN --seed FIRST ${SCALED[*]}"
 fi
 
 # ---------------------------------------------------------------- size

@@ -116,6 +116,7 @@ pub struct Metrics {
     pub antientropy_repaired: AtomicU64,
     pub tombstones_purged: AtomicU64,
     pub gossip_rounds: AtomicU64,
+    pub gossip_bytes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -158,6 +159,7 @@ impl Metrics {
             antientropy_repaired: AtomicU64::new(0),
             tombstones_purged: AtomicU64::new(0),
             gossip_rounds: AtomicU64::new(0),
+            gossip_bytes: AtomicU64::new(0),
         }
     }
 
@@ -204,11 +206,16 @@ impl Metrics {
                 &format!("route=\"{rname}\""),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 18] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
             (
                 "kvs_gossip_rounds_total",
                 "Gossip rounds run.",
                 &self.gossip_rounds,
+            ),
+            (
+                "kvs_gossip_bytes_total",
+                "Body bytes sent and received by this node's gossip calls.",
+                &self.gossip_bytes,
             ),
             (
                 "kvs_commits_total",

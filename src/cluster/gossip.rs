@@ -166,6 +166,8 @@ fn gossip_round(
         }
     };
     let timeout = gossip_timeout(node.config.failure_timeout);
+    let traffic = peer::Traffic::default();
+    let traffic = &traffic;
     std::thread::scope(|scope| {
         for p in targets.into_iter().chain(extra.as_ref()) {
             let body = body.clone();
@@ -177,7 +179,7 @@ fn gossip_round(
                         "/internal/gossip",
                         body,
                         timeout,
-                        None,
+                        Some(traffic),
                     ) {
                         Ok(reply) => {
                             node.cluster.members.reached(&p.address);
@@ -200,6 +202,9 @@ fn gossip_round(
         }
     });
     node.metrics.gossip_rounds.fetch_add(1, Ordering::Relaxed);
+    node.metrics
+        .gossip_bytes
+        .fetch_add(traffic.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
 /// Tries every candidate address until one accepts the join. Ok(false):
