@@ -387,7 +387,7 @@ PY
     row "$n nodes: every /members/ complete, after all answer" "$agree ms"
     unhealthy() { cat "$WORK"/z"$n"-*.log | grep -c "is unhealthy" || true; }
     gossip_bytes() { local t=0 name; for name in "${names[@]}"; do t=$((t + $(metric_of "$name" kvs_gossip_bytes_total))); done; echo "$t"; }
-    metric_of() { curl -s --max-time 2 "http://127.0.0.1:${PORT[$1]}/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+    metric_of() { curl -s --max-time 2 "http://127.0.0.1:${PORT[$1]}/metrics" | awk -v m="$2" '$1 == m {v = $2} END {print v + 0}'; }
     u0=$(unhealthy); b0=$(gossip_bytes); t0=$(now_ms)
     sleep "$IDLE"
     u1=$(unhealthy); b1=$(gossip_bytes); t1=$(now_ms)
