@@ -416,25 +416,27 @@ fn fake_members(n: usize) -> Vec<u8> {
 
 #[test]
 fn strangers_cannot_grow_the_member_table_without_bound() {
-    let mut node = TestNode::start(&["--max-members", "50"]);
+    let mut node = TestNode::start(&["--max-members", "300"]);
     let r = call(&node.addr, "POST", "/internal/gossip", &fake_members(1000));
     assert_eq!(r.status, 200);
     let members = call(&node.addr, "GET", "/members/", b"");
     let listed = String::from_utf8_lossy(&members.body)
         .matches("\"id\":")
         .count();
-    assert!(listed <= 50, "{listed} members listed");
+    assert!(listed <= 300, "{listed} members listed");
+    assert!(listed > 100, "only {listed} members listed");
     assert!(
         node.log().contains("member table full"),
         "no warning logged"
     );
-    // Writes now push to every listed member: bounded threads and memory.
+    // Writes now push to every listed member: the push threads are a small
+    // pool whatever the number of members, and memory stays bounded.
     let value = format!("\"{}\"", "v".repeat(500_000));
     for i in 0..3 {
         put(&node, &format!("big/{i}"), &value);
     }
     let threads = threads_of(&node);
-    assert!(threads < 150, "{threads} threads");
+    assert!(threads < 80, "{threads} threads for {listed} members");
     let rss = node.rss_mib();
     assert!(rss < 300, "RSS {rss} MiB");
     assert_serving(&mut node);

@@ -1,16 +1,17 @@
 //! Push on write: after each commit, new local versions go to every healthy
 //! peer within milliseconds.
 //!
-//! Each peer has its own bounded queue and its own sender thread, so a slow
-//! or dead peer only ever delays itself: the writer hands versions over
-//! without waiting, and a queue that is full, or a push that fails, drops
-//! the versions and leaves a mark instead ("resend from timestamp T"). When
-//! the peer answers again, its thread pages through the local time index
-//! from T and pushes what it missed. A version waiting for several peers is
+//! Each peer has its own bounded queue; a small pool of sender threads
+//! (`SENDERS_MAX`, started as needed) serves the peers whose queues have
+//! work, one peer per sender at a time, so a peer's versions arrive in
+//! order. The writer hands versions over without waiting, and a queue that
+//! is full, or a push that fails, drops the versions and leaves a mark
+//! instead ("resend from timestamp T"); a peer that fails backs off without
+//! holding a sender. When the peer answers again, senders page through the
+//! local time index from T, one page per turn, and push what it missed. A version waiting for several peers is
 //! held once, shared by their queues, and all queues together are bounded
 //! too (`TOTAL_MAX_*`), so the memory push takes does not grow with the
-//! number of members (the member table is bounded by `max_members`, and so
-//! are the sender threads). Versions that reached this node from other
+//! number of members; neither does the number of sender threads. Versions that reached this node from other
 //! peers are not pushed again: every node pushes its own writes to
 //! everyone, and the syncs cover the rest.
 
@@ -46,8 +47,11 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long a sender waits for more versions before a push.
 const PUSH_LINGER: Duration = Duration::from_millis(2);
-/// How often an idle sender thread checks that its peer is still a member.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Sender threads at most, shared by all peers (a frozen peer holds one
+/// for at most a push timeout, then backs off).
+pub const SENDERS_MAX: usize = 16;
+/// How often senders look for peers that wait for a resend or a retry.
+const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// `POST /internal/push`: versions written on the sender.
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,7 +115,26 @@ struct QueueState {
     bytes: usize,
     /// Versions from this timestamp on may be missing on the peer.
     resend_from: Option<u64>,
+    /// Within `resend_from`'s timestamp, the last key already resent.
+    resend_after: Option<String>,
+    /// Listed for a sender, or being served by one: no second sender may
+    /// take the peer, so its versions arrive in order.
+    scheduled: bool,
+    /// Pushes failed in a row, and no retry before this.
+    failures: u32,
+    not_before: Option<Instant>,
     closed: bool,
+}
+
+impl QueueState {
+    /// Claims the peer for a sender unless one has it or it backs off.
+    fn claim(&mut self, now: Instant) -> bool {
+        if self.scheduled || self.closed || self.not_before.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.scheduled = true;
+        true
+    }
 }
 
 /// One peer's queue.
@@ -125,12 +148,6 @@ struct PeerQueue {
 impl PeerQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn mark_resend(&self, from: u64) {
-        let mut s = self.lock();
-        s.resend_from = Some(s.resend_from.map_or(from, |r| r.min(from)));
-        self.cv.notify_one();
     }
 }
 
@@ -157,11 +174,38 @@ fn take_batch(items: &mut VecDeque<Queued>, bytes: &mut usize) -> Vec<Queued> {
     out
 }
 
+/// The peers with work waiting, each listed at most once, and the sender
+/// threads that take them.
+#[derive(Default)]
+struct Ready {
+    peers: VecDeque<Arc<PeerQueue>>,
+    /// Sender threads started, and those waiting for a peer.
+    senders: usize,
+    idle: usize,
+    /// When a sender last scanned the queues (one scan per interval for
+    /// all senders together).
+    last_scan: Option<Instant>,
+}
+
+/// What a sender did with a peer it took.
+enum Turn {
+    /// Nothing left to do for now.
+    Done,
+    /// More to push: list the peer again.
+    More,
+    /// The peer did not answer: back off, then resend from there.
+    Failed(u64),
+    /// The peer is no longer a member: its queue is gone.
+    Gone,
+}
+
 /// The push side of replication.
 pub struct Replicator {
     me: String,
     queues: Mutex<HashMap<String, Arc<PeerQueue>>>,
     totals: Totals,
+    ready: Mutex<Ready>,
+    ready_cv: Condvar,
     threads: Mutex<Vec<JoinHandle<()>>>,
     members: Arc<Members>,
     store: Arc<Store>,
@@ -186,6 +230,8 @@ impl Replicator {
             me,
             queues: Mutex::new(HashMap::new()),
             totals: Totals::default(),
+            ready: Mutex::new(Ready::default()),
+            ready_cv: Condvar::new(),
             threads: Mutex::new(Vec::new()),
             members,
             store,
@@ -216,77 +262,105 @@ impl Replicator {
             .collect();
         let healthy = self.members.healthy_peers();
         let unhealthy = self.members.unhealthy_peers();
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        for p in healthy {
-            let q = match queues.get(&p.id) {
-                Some(q) => q.clone(),
-                None => {
-                    let q = Arc::new(PeerQueue {
-                        peer_id: p.id.clone(),
-                        address: Mutex::new(p.address.clone()),
-                        state: Mutex::new(QueueState::default()),
-                        cv: Condvar::new(),
-                    });
-                    self.spawn_sender(q.clone());
-                    queues.insert(p.id.clone(), q.clone());
-                    q
+        let mut to_schedule = Vec::new();
+        {
+            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            for p in healthy {
+                let q = queues
+                    .entry(p.id.clone())
+                    .or_insert_with(|| {
+                        Arc::new(PeerQueue {
+                            peer_id: p.id.clone(),
+                            address: Mutex::new(p.address.clone()),
+                            state: Mutex::new(QueueState::default()),
+                            cv: Condvar::new(),
+                        })
+                    })
+                    .clone();
+                *q.address.lock().unwrap_or_else(|e| e.into_inner()) = p.address;
+                let mut s = q.lock();
+                if overflows(s.items.len(), s.bytes, versions.len(), bytes)
+                    || self.totals.would_overflow(versions.len(), bytes)
+                {
+                    s.resend_from = Some(s.resend_from.map_or(oldest, |r| r.min(oldest)));
+                    self.metrics
+                        .push_dropped
+                        .fetch_add(versions.len() as u64, Ordering::Relaxed);
+                } else {
+                    for item in &shared {
+                        s.items.push_back(Queued {
+                            item: item.clone(),
+                            committed: now,
+                        });
+                    }
+                    s.bytes += bytes;
+                    self.totals.add(versions.len(), bytes);
                 }
-            };
-            *q.address.lock().unwrap_or_else(|e| e.into_inner()) = p.address;
-            let mut s = q.lock();
-            if overflows(s.items.len(), s.bytes, versions.len(), bytes)
-                || self.totals.would_overflow(versions.len(), bytes)
-            {
-                s.resend_from = Some(s.resend_from.map_or(oldest, |r| r.min(oldest)));
-                self.metrics
-                    .push_dropped
-                    .fetch_add(versions.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            } else {
-                for item in &shared {
-                    s.items.push_back(Queued {
-                        item: item.clone(),
-                        committed: now,
-                    });
+                q.cv.notify_one();
+                if s.claim(now) {
+                    to_schedule.push(q.clone());
                 }
-                s.bytes += bytes;
-                self.totals.add(versions.len(), bytes);
             }
-            q.cv.notify_one();
+            // An unhealthy peer gets nothing now, and everything once it is
+            // back (the senders' scan lists it again).
+            for p in unhealthy {
+                if let Some(q) = queues.get(&p.id) {
+                    let mut s = q.lock();
+                    s.resend_from = Some(s.resend_from.map_or(oldest, |r| r.min(oldest)));
+                }
+            }
         }
-        // An unhealthy peer gets nothing now, and everything once it is back.
-        for p in unhealthy {
-            if let Some(q) = queues.get(&p.id) {
-                q.mark_resend(oldest);
-            }
+        for q in to_schedule {
+            self.schedule(q);
         }
     }
 
     /// Versions waiting in all queues (for /metrics).
     pub fn queue_depth(&self) -> usize {
-        let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        queues.values().map(|q| q.lock().items.len()).sum()
+        self.totals.versions.load(Ordering::Relaxed)
     }
 
-    fn spawn_sender(&self, q: Arc<PeerQueue>) {
+    /// Lists a peer (already claimed) for a sender, starting one if none
+    /// is idle and fewer than `SENDERS_MAX` run.
+    fn schedule(&self, q: Arc<PeerQueue>) {
+        let start = {
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            ready.peers.push_back(q);
+            let start = ready.idle == 0 && ready.senders < SENDERS_MAX;
+            if start {
+                ready.senders += 1;
+            }
+            start
+        };
+        self.ready_cv.notify_one();
+        if start {
+            self.spawn_sender();
+        }
+    }
+
+    fn spawn_sender(&self) {
         let Some(this) = self.this.upgrade() else {
             return;
         };
-        let name = format!("push-{}", q.peer_id);
         match std::thread::Builder::new()
-            .name(name)
-            .spawn(move || this.sender_loop(&q))
+            .name("push".into())
+            .spawn(move || this.sender_loop())
         {
             Ok(handle) => {
                 let mut threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
                 threads.retain(|t| !t.is_finished());
                 threads.push(handle);
             }
-            Err(e) => log::error!("cannot start a push thread: {e}"),
+            Err(e) => {
+                self.ready.lock().unwrap_or_else(|e| e.into_inner()).senders -= 1;
+                log::error!("cannot start a push thread: {e}");
+            }
         }
     }
 
     /// Wakes every sender thread and waits for them (at shutdown).
     pub fn stop(&self) {
+        self.ready_cv.notify_all();
         let queues: Vec<Arc<PeerQueue>> = self
             .queues
             .lock()
@@ -305,81 +379,173 @@ impl Replicator {
         }
     }
 
-    /// One peer's sender thread: push batches as they come, resend what
-    /// was dropped once the peer answers, back off while it does not.
-    fn sender_loop(&self, q: &PeerQueue) {
-        let mut failures: u32 = 0;
+    /// Lists again the peers that wait for nothing but time: a resend once
+    /// they are healthy, a retry once their backoff is over. Drops the
+    /// queues of peers that are no longer members.
+    fn scan(&self) {
+        let now = Instant::now();
+        let queues: Vec<Arc<PeerQueue>> = self
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for q in queues {
+            if !self.members.is_member(&q.peer_id) {
+                self.drop_queue(&q);
+                continue;
+            }
+            let healthy = self.members.is_healthy(&q.peer_id);
+            let due = {
+                let mut s = q.lock();
+                let work = !s.items.is_empty() || (healthy && s.resend_from.is_some());
+                work && s.claim(now)
+            };
+            if due {
+                self.schedule(q);
+            }
+        }
+    }
+
+    fn drop_queue(&self, q: &PeerQueue) {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&q.peer_id);
+        let mut s = q.lock();
+        self.totals.sub(s.items.len(), s.bytes);
+        s.items.clear();
+        s.bytes = 0;
+        log::debug!("push queue for {} dropped: no longer a member", q.peer_id);
+    }
+
+    /// One sender thread: take a listed peer, give it one turn (a batch or
+    /// a page of a resend), list it again if it has more; every
+    /// `SCAN_INTERVAL` look for peers that wait for nothing but time.
+    fn sender_loop(&self) {
         loop {
             if self.stopper.is_stopped() {
                 return;
             }
-            if !self.members.is_member(&q.peer_id) {
-                self.queues
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&q.peer_id);
-                let mut s = q.lock();
-                self.totals.sub(s.items.len(), s.bytes);
-                s.items.clear();
-                s.bytes = 0;
-                log::debug!("push thread for {} ends: no longer a member", q.peer_id);
-                return;
+            let scan_due = {
+                let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+                let due = ready.last_scan.is_none_or(|t| t.elapsed() >= SCAN_INTERVAL);
+                if due {
+                    ready.last_scan = Some(Instant::now());
+                }
+                due
+            };
+            if scan_due {
+                self.scan();
             }
-            let healthy = self.members.is_healthy(&q.peer_id);
-            let address = q.address.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let (batch, resend) = {
-                let mut s = q.lock();
-                if s.items.is_empty() && (s.resend_from.is_none() || !healthy) && !s.closed {
-                    s =
-                        q.cv.wait_timeout(s, IDLE_CHECK)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                }
-                if s.closed {
-                    return;
-                }
-                // Wait a moment for more versions, so that the peer commits
-                // them in one transaction rather than several: a little
-                // replication lag buys the peers (and the cores they share)
-                // a lot of work.
-                if !s.items.is_empty() && s.items.len() < PUSH_MAX_VERSIONS {
-                    s =
-                        q.cv.wait_timeout(s, PUSH_LINGER)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                }
-                let batch = {
-                    let QueueState { items, bytes, .. } = &mut *s;
-                    let before = *bytes;
-                    let batch = take_batch(items, bytes);
-                    self.totals.sub(batch.len(), before - *bytes);
-                    batch
-                };
-                let resend = if batch.is_empty() && healthy {
-                    s.resend_from.take()
-                } else {
-                    None
-                };
-                (batch, resend)
-            };
-            let result = if !batch.is_empty() {
-                self.push_batch(&address, &batch)
-            } else if let Some(from) = resend {
-                self.resend(&address, q, from)
-            } else {
-                continue;
-            };
-            match result {
-                Ok(()) => failures = 0,
-                Err(from) => {
-                    q.mark_resend(from);
-                    failures = failures.saturating_add(1);
-                    let wait = RETRY_MIN
-                        .saturating_mul(1 << failures.min(6))
-                        .min(RETRY_MAX);
-                    if self.stopper.wait(wait) {
-                        return;
+            let q = {
+                let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+                match ready.peers.pop_front() {
+                    Some(q) => q,
+                    None => {
+                        ready.idle += 1;
+                        let (mut ready, _) = self
+                            .ready_cv
+                            .wait_timeout(ready, SCAN_INTERVAL)
+                            .unwrap_or_else(|e| e.into_inner());
+                        ready.idle -= 1;
+                        match ready.peers.pop_front() {
+                            Some(q) => q,
+                            None => continue,
+                        }
                     }
+                }
+            };
+            match self.turn(&q) {
+                Turn::More => self.schedule(q),
+                Turn::Done | Turn::Gone => q.lock().scheduled = false,
+                Turn::Failed(from) => {
+                    let mut s = q.lock();
+                    s.resend_from = Some(s.resend_from.map_or(from, |r| r.min(from)));
+                    s.failures = s.failures.saturating_add(1);
+                    let wait = RETRY_MIN
+                        .saturating_mul(1 << s.failures.min(6))
+                        .min(RETRY_MAX);
+                    s.not_before = Some(Instant::now() + wait);
+                    s.scheduled = false;
+                }
+            }
+        }
+    }
+
+    /// One turn for one peer: a batch of queued versions, or one page of a
+    /// resend from the local time index.
+    fn turn(&self, q: &PeerQueue) -> Turn {
+        if !self.members.is_member(&q.peer_id) {
+            self.drop_queue(q);
+            return Turn::Gone;
+        }
+        let healthy = self.members.is_healthy(&q.peer_id);
+        let address = q.address.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (batch, resend) = {
+            let mut s = q.lock();
+            if s.closed {
+                return Turn::Done;
+            }
+            // Versions committed a moment ago may be followed by more: wait
+            // for them, so that the peer commits them in one transaction
+            // rather than several (a little replication lag buys the peers,
+            // and the cores they share, a lot of work). Versions that
+            // already waited for a sender go at once.
+            let newest = s.items.back().map(|b| b.committed.elapsed());
+            if let Some(age) = newest.filter(|age| *age < PUSH_LINGER) {
+                if s.items.len() < PUSH_MAX_VERSIONS {
+                    s =
+                        q.cv.wait_timeout(s, PUSH_LINGER - age)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                }
+            }
+            let batch = {
+                let QueueState { items, bytes, .. } = &mut *s;
+                let before = *bytes;
+                let batch = take_batch(items, bytes);
+                self.totals.sub(batch.len(), before - *bytes);
+                batch
+            };
+            let resend = if batch.is_empty() && healthy {
+                s.resend_from
+                    .take()
+                    .map(|from| (from, s.resend_after.take()))
+            } else {
+                None
+            };
+            (batch, resend)
+        };
+        let result = if !batch.is_empty() {
+            self.push_batch(&address, &batch).map(|()| None)
+        } else if let Some((from, after_key)) = resend {
+            self.resend_page(&address, q, from, after_key)
+        } else {
+            return Turn::Done;
+        };
+        match result {
+            Err(from) => Turn::Failed(from),
+            Ok(next) => {
+                let mut s = q.lock();
+                s.failures = 0;
+                if let Some((ts, key)) = next {
+                    // The resend goes on from here, unless something older
+                    // was dropped meanwhile.
+                    match s.resend_from {
+                        Some(r) if r < ts => {}
+                        _ => {
+                            s.resend_from = Some(ts);
+                            s.resend_after = Some(key);
+                        }
+                    }
+                }
+                let more = !s.items.is_empty() || (healthy && s.resend_from.is_some());
+                if more {
+                    Turn::More
+                } else {
+                    Turn::Done
                 }
             }
         }
@@ -409,13 +575,13 @@ impl Replicator {
                 }
                 self.metrics
                     .pushed_versions
-                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 Ok(())
             }
             Err(()) => {
                 self.metrics
                     .push_dropped
-                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 Err(oldest)
             }
         }
@@ -428,56 +594,56 @@ impl Replicator {
         {
             Ok(_) => Ok(()),
             Err(e) => {
-                self.metrics
-                    .push_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.push_failures.fetch_add(1, Ordering::Relaxed);
                 log::debug!("push to {address} failed: {e}");
                 Err(())
             }
         }
     }
 
-    /// Pushes everything in the local time index from `from` on, page by
-    /// page, pausing `throttle_delay_ms` between pages.
-    fn resend(&self, address: &str, q: &PeerQueue, from: u64) -> Result<(), u64> {
-        log::info!("resending versions since {from} to {}", q.peer_id);
-        let mut cursor: (u64, Option<String>) = (from, None);
-        let mut sent = 0usize;
-        loop {
-            let page = self
-                .store
-                .since(
-                    cursor.0,
-                    cursor.1.as_deref(),
-                    PUSH_MAX_VERSIONS,
-                    PUSH_MAX_BYTES,
-                )
-                .map_err(|e| {
-                    log::error!("reading versions to resend: {e}");
-                    cursor.0
-                })?;
-            if !page.versions.is_empty() {
-                let request = PushRequest {
-                    from: self.me.clone(),
-                    versions: page
-                        .versions
-                        .iter()
-                        .filter_map(|(k, v)| WireVersion::from_version(k, v))
-                        .collect(),
-                };
-                self.send(address, &request).map_err(|_| cursor.0)?;
-                sent += page.versions.len();
-            }
-            match page.next {
-                Some((ts, key)) => cursor = (ts, Some(key)),
-                None => break,
-            }
-            if self.stopper.wait(self.throttle) {
-                return Ok(());
-            }
+    /// Pushes one page of the local time index from `(from, after_key)` on
+    /// (after pausing `throttle_delay_ms` if it is not the first page).
+    /// Returns where the next page starts, `None` when the resend is done,
+    /// or the timestamp to resend from on failure.
+    fn resend_page(
+        &self,
+        address: &str,
+        q: &PeerQueue,
+        from: u64,
+        after_key: Option<String>,
+    ) -> Result<Option<(u64, String)>, u64> {
+        if after_key.is_none() {
+            log::info!("resending versions since {from} to {}", q.peer_id);
+        } else if self.stopper.wait(self.throttle) {
+            return Ok(None);
         }
-        log::info!("resent {sent} versions to {}", q.peer_id);
-        Ok(())
+        let page = self
+            .store
+            .since(
+                from,
+                after_key.as_deref(),
+                PUSH_MAX_VERSIONS,
+                PUSH_MAX_BYTES,
+            )
+            .map_err(|e| {
+                log::error!("reading versions to resend: {e}");
+                from
+            })?;
+        if !page.versions.is_empty() {
+            let request = PushRequest {
+                from: self.me.clone(),
+                versions: page
+                    .versions
+                    .iter()
+                    .filter_map(|(k, v)| WireVersion::from_version(k, v))
+                    .collect(),
+            };
+            self.send(address, &request).map_err(|_| from)?;
+        }
+        if page.next.is_none() {
+            log::info!("resend to {} done", q.peer_id);
+        }
+        Ok(page.next)
     }
 }
 
