@@ -40,6 +40,45 @@ pub fn raise_nofile_limit() -> Option<u64> {
     Some(lim.cur)
 }
 
+/// `struct statvfs` on Linux x86_64 (glibc).
+#[repr(C)]
+struct StatVfs {
+    f_bsize: u64,
+    f_frsize: u64,
+    f_blocks: u64,
+    f_bfree: u64,
+    f_bavail: u64,
+    f_files: u64,
+    f_ffree: u64,
+    f_favail: u64,
+    f_fsid: u64,
+    f_flag: u64,
+    f_namemax: u64,
+    f_spare: [i32; 6],
+}
+
+extern "C" {
+    fn statvfs(path: *const std::ffi::c_char, buf: *mut StatVfs) -> i32;
+}
+
+/// Bytes free for an unprivileged writer on the file system holding
+/// `path`, or `None` if it cannot be read.
+pub fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = std::mem::MaybeUninit::<StatVfs>::zeroed();
+    // Safety: `c_path` is a NUL-terminated string that outlives the call,
+    // and `buf` points to writable memory the size of `struct statvfs`,
+    // which statvfs fills when it returns 0.
+    let stat = unsafe {
+        if statvfs(c_path.as_ptr(), buf.as_mut_ptr()) != 0 {
+            return None;
+        }
+        buf.assume_init()
+    };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// Descriptors kept for everything but client connections (the database,
 /// the listener, calls to peers, logs): a quarter of the limit, at least 64.
 pub fn reserved_descriptors(limit: u64) -> u64 {
@@ -57,5 +96,12 @@ mod tests {
         assert_eq!(raise_nofile_limit(), Some(first));
         assert_eq!(reserved_descriptors(1024), 256);
         assert_eq!(reserved_descriptors(100), 64);
+    }
+
+    #[test]
+    fn free_space_is_read() {
+        let free = free_bytes(std::path::Path::new("/")).expect("statvfs works");
+        assert!(free > 0);
+        assert!(free_bytes(std::path::Path::new("/no/such/dir")).is_none());
     }
 }

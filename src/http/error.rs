@@ -30,6 +30,8 @@ pub enum ApiError {
     Reconciling,
     /// 507: the LMDB map is full.
     StorageFull,
+    /// 507: the disk under the data directory is full.
+    NoSpace,
     /// 500: a failure on our side.
     Internal(String),
 }
@@ -46,7 +48,7 @@ impl ApiError {
             ApiError::PreconditionFailed(_) => 412,
             ApiError::TooLarge(_) => 413,
             ApiError::Syncing | ApiError::Stopping | ApiError::Reconciling => 503,
-            ApiError::StorageFull => 507,
+            ApiError::StorageFull | ApiError::NoSpace => 507,
             ApiError::Internal(_) => 500,
         }
     }
@@ -71,6 +73,9 @@ impl ApiError {
             ApiError::Stopping => "this node is stopping".into(),
             ApiError::StorageFull => {
                 "storage is full: the write was not made (raise map_size_mb)".into()
+            }
+            ApiError::NoSpace => {
+                "no space left on device: the write was not made (free disk space)".into()
             }
         }
     }
@@ -98,6 +103,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::MapFull => ApiError::StorageFull,
+            StoreError::NoSpace => ApiError::NoSpace,
+            StoreError::WriterStopped => ApiError::Stopping,
             other => {
                 log::error!("{other}");
                 ApiError::Internal(other.to_string())

@@ -20,6 +20,7 @@
 //! them to the in-memory tree. Only the writer thread (`store::writer`) and
 //! the offline tools write.
 
+pub mod datafile;
 pub mod merkle;
 pub mod version;
 pub mod writer;
@@ -72,37 +73,59 @@ pub fn check_key(key: &str, is_prefix: bool) -> std::result::Result<(), String> 
     Ok(())
 }
 
-/// A storage failure.
-#[derive(Debug)]
+/// Free space below which a failed write is taken for a full disk.
+const NO_SPACE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A storage failure. Only a record that does not decode is "corrupt";
+/// a full map, a full disk, an I/O failure and a stopped writer each say
+/// what they are.
+#[derive(Debug, Clone)]
 pub enum StoreError {
     /// The LMDB map is full (map_size_mb): the write was not made.
     MapFull,
+    /// The disk under the data directory is full: the write was not made.
+    NoSpace,
     /// The data directory cannot be used.
     DataDir(String),
-    /// Any other LMDB or I/O failure.
-    Lmdb(heed::Error),
+    /// The disk failed a read or write (other than being full).
+    Io(String),
+    /// Any other LMDB failure.
+    Lmdb(String),
     /// A stored record does not decode.
     Corrupt(String),
+    /// The writer thread has stopped: the node is stopping.
+    WriterStopped,
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreError::MapFull => write!(f, "storage is full (raise map_size_mb)"),
+            StoreError::NoSpace => write!(f, "no space left on device"),
             StoreError::DataDir(m) => write!(f, "{m}"),
-            StoreError::Lmdb(e) => write!(f, "storage error: {e}"),
+            StoreError::Io(m) => write!(f, "I/O error: {m}"),
+            StoreError::Lmdb(m) => write!(f, "storage error: {m}"),
             StoreError::Corrupt(m) => write!(f, "corrupt record: {m}"),
+            StoreError::WriterStopped => write!(f, "the writer has stopped"),
         }
     }
 }
 
 impl std::error::Error for StoreError {}
 
+/// errno values that mean the disk (or the user's quota) is full.
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
 impl From<heed::Error> for StoreError {
     fn from(e: heed::Error) -> Self {
         match e {
             heed::Error::Mdb(heed::MdbError::MapFull) => StoreError::MapFull,
-            other => StoreError::Lmdb(other),
+            heed::Error::Io(io) if matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT)) => {
+                StoreError::NoSpace
+            }
+            heed::Error::Io(io) => StoreError::Io(io.to_string()),
+            other => StoreError::Lmdb(other.to_string()),
         }
     }
 }
@@ -149,6 +172,8 @@ pub struct Store {
     tree: RwLock<Tree>,
     /// Held for the life of the store: one process per data directory.
     _lock: File,
+    /// The data directory (to tell a full disk from other I/O failures).
+    dir: std::path::PathBuf,
 }
 
 /// Key of the time index and tombstone tables.
@@ -207,6 +232,9 @@ impl Store {
                 dir.display()
             )));
         }
+        // Before LMDB maps the file: a truncated file would fault the map,
+        // an emptied one would open as an empty database.
+        datafile::check_before_open(dir).map_err(StoreError::DataDir)?;
         let map_size = (map_size_mb as usize) * 1024 * 1024;
         // SAFETY: the directory is locked above, so no other kvs process
         // maps it, and this process opens each directory once (heed refuses
@@ -250,8 +278,10 @@ impl Store {
             meta,
             tree: RwLock::new(Tree::new()),
             _lock: lock,
+            dir: dir.to_path_buf(),
         };
         store.load_tree()?;
+        datafile::mark(dir).map_err(StoreError::DataDir)?;
         Ok(store)
     }
 
@@ -740,6 +770,19 @@ impl Store {
         Ok(())
     }
 
+    /// A failed commit as a `StoreError`. LMDB reports a write that ran out
+    /// of disk as a plain I/O error (EIO) as often as ENOSPC, so an I/O
+    /// error on a disk with less than `NO_SPACE_BYTES` free is a full disk.
+    fn commit_error(&self, e: heed::Error) -> StoreError {
+        match StoreError::from(e) {
+            StoreError::Io(m) => match crate::sys::free_bytes(&self.dir) {
+                Some(free) if free < NO_SPACE_BYTES => StoreError::NoSpace,
+                _ => StoreError::Io(m),
+            },
+            other => other,
+        }
+    }
+
     /// Writes the summary changes of a transaction into it, commits it, and
     /// then applies them to the in-memory tree. Every write transaction that
     /// called `put_version` or `remove_version` ends here.
@@ -756,7 +799,7 @@ impl Store {
             self.tree_db
                 .put(&mut txn, TREE_RECORD, &merkle::encode_stored(&stored))?;
         }
-        txn.commit()?;
+        txn.commit().map_err(|e| self.commit_error(e))?;
         if !deltas.is_empty() {
             let mut tree = self.tree.write().unwrap_or_else(|e| e.into_inner());
             for &(leaf, delta) in deltas {

@@ -125,10 +125,7 @@ impl Op {
 
     /// Answers the op with a store error (used when its batch failed).
     fn fail(self, e: &StoreError) {
-        let copy = || match e {
-            StoreError::MapFull => StoreError::MapFull,
-            other => StoreError::Corrupt(other.to_string()),
-        };
+        let copy = || e.clone();
         match self {
             Op::Client { reply, .. } => reply(Err(WriteError::Store(copy()))),
             Op::Remote { reply: Some(r), .. } => {
@@ -185,9 +182,8 @@ impl WriterHandle {
             versions,
             reply: Some(tx),
         })
-        .map_err(|_| StoreError::Corrupt("the writer has stopped".into()))?;
-        rx.recv()
-            .unwrap_or_else(|_| Err(StoreError::Corrupt("the writer has stopped".into())))
+        .map_err(|_| StoreError::WriterStopped)?;
+        rx.recv().unwrap_or_else(|_| Err(StoreError::WriterStopped))
     }
 
     /// Stores a conflict winner and waits for the commit; true if it changed
@@ -199,9 +195,8 @@ impl WriterHandle {
             winner,
             reply: Some(tx),
         })
-        .map_err(|_| StoreError::Corrupt("the writer has stopped".into()))?;
-        rx.recv()
-            .unwrap_or_else(|_| Err(StoreError::Corrupt("the writer has stopped".into())))
+        .map_err(|_| StoreError::WriterStopped)?;
+        rx.recv().unwrap_or_else(|_| Err(StoreError::WriterStopped))
     }
 
     /// Ends the writer once every op queued before this call is committed.
@@ -216,9 +211,8 @@ impl WriterHandle {
             versions,
             reply: tx,
         })
-        .map_err(|_| StoreError::Corrupt("the writer has stopped".into()))?;
-        rx.recv()
-            .unwrap_or_else(|_| Err(StoreError::Corrupt("the writer has stopped".into())))
+        .map_err(|_| StoreError::WriterStopped)?;
+        rx.recv().unwrap_or_else(|_| Err(StoreError::WriterStopped))
     }
 
     /// Purges tombstones older than the horizon; returns how many.
@@ -230,10 +224,10 @@ impl WriterHandle {
                 horizon_ms,
                 reply: tx,
             })
-            .map_err(|_| StoreError::Corrupt("the writer has stopped".into()))?;
+            .map_err(|_| StoreError::WriterStopped)?;
             let n = rx
                 .recv()
-                .unwrap_or_else(|_| Err(StoreError::Corrupt("the writer has stopped".into())))?;
+                .unwrap_or_else(|_| Err(StoreError::WriterStopped))?;
             total += n;
             if n < PURGE_BATCH {
                 return Ok(total);

@@ -23,6 +23,9 @@ FAST=(--gossip-interval-min 0.2 --gossip-interval-max 0.4 --sync-interval 1
 
 [ -x "$KVS_BIN" ] || { echo "FAIL: $KVS_BIN is missing (cargo build --release)" >&2; exit 1; }
 
+# Commands a test adds to run first at exit (e.g. unmounting what it mounted).
+CLEANUP_FIRST=()
+
 _cleanup() {
   local rc=$?
   local name pid
@@ -36,6 +39,7 @@ _cleanup() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
+  for cmd in "${CLEANUP_FIRST[@]}"; do eval "$cmd" || true; done
   if [ "$rc" -ne 0 ]; then
     for name in "${!NODE_LOG[@]}"; do
       echo "----- log of $name (last 40 lines) -----" >&2
