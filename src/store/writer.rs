@@ -183,7 +183,7 @@ impl WriterHandle {
             reply: Some(tx),
         })
         .map_err(|_| StoreError::WriterStopped)?;
-        rx.recv().unwrap_or_else(|_| Err(StoreError::WriterStopped))
+        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
     }
 
     /// Stores a conflict winner and waits for the commit; true if it changed
@@ -196,7 +196,7 @@ impl WriterHandle {
             reply: Some(tx),
         })
         .map_err(|_| StoreError::WriterStopped)?;
-        rx.recv().unwrap_or_else(|_| Err(StoreError::WriterStopped))
+        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
     }
 
     /// Ends the writer once every op queued before this call is committed.
@@ -212,7 +212,7 @@ impl WriterHandle {
             reply: tx,
         })
         .map_err(|_| StoreError::WriterStopped)?;
-        rx.recv().unwrap_or_else(|_| Err(StoreError::WriterStopped))
+        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
     }
 
     /// Purges tombstones older than the horizon; returns how many.
@@ -225,9 +225,7 @@ impl WriterHandle {
                 reply: tx,
             })
             .map_err(|_| StoreError::WriterStopped)?;
-            let n = rx
-                .recv()
-                .unwrap_or_else(|_| Err(StoreError::WriterStopped))?;
+            let n = rx.recv().unwrap_or(Err(StoreError::WriterStopped))?;
             total += n;
             if n < PURGE_BATCH {
                 return Ok(total);
