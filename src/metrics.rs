@@ -206,7 +206,12 @@ impl Metrics {
                 &format!("route=\"{rname}\""),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
+            (
+                "kvs_damaged_versions_total",
+                "Stored versions found damaged (checksum mismatch) on a read; never served.",
+                &crate::store::CHECKSUM_FAILURES,
+            ),
             (
                 "kvs_gossip_rounds_total",
                 "Gossip rounds run.",

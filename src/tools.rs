@@ -174,22 +174,28 @@ pub fn verify(args: &[String]) -> Result<(), String> {
     };
     let store = Store::open(&PathBuf::from(dir), TOOL_MAP_SIZE_MB).map_err(|e| e.to_string())?;
     let (versions, tombstones) = store.counts().map_err(|e| e.to_string())?;
-    let invalid = store
-        .invalid_values(VERIFY_LIST_MAX)
+    let (damaged, unchecked) = store
+        .damaged_values(VERIFY_LIST_MAX)
         .map_err(|e| e.to_string())?;
-    if !invalid.is_empty() {
-        for key in &invalid {
-            println!("invalid value (not UTF-8 JSON): {key}");
+    if unchecked > 0 {
+        println!(
+            "{unchecked} version(s) were written before checksums and cannot be checked \
+             (they get one when next written)"
+        );
+    }
+    if !damaged.is_empty() {
+        for (key, reason) in &damaged {
+            println!("damaged: {key}: {reason}");
         }
+        let more = if damaged.len() >= VERIFY_LIST_MAX {
+            ", first ones only"
+        } else {
+            ""
+        };
         return Err(format!(
-            "{} value(s) in {dir} are not valid UTF-8 JSON (listed above{}); \
-             they are not replicated: write those keys again",
-            invalid.len(),
-            if invalid.len() >= VERIFY_LIST_MAX {
-                ", first ones only"
-            } else {
-                ""
-            }
+            "{} version(s) in {dir} cannot be served as stored (listed above{more}); \
+             a node does not serve them: write those keys again",
+            damaged.len()
         ));
     }
     if store.verify_tree().map_err(|e| e.to_string())? {

@@ -35,7 +35,7 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
 pub use merkle::Tree;
-pub use version::{merge, Merge, Stamp, Version, VersionId};
+pub use version::{merge, Damage, Merge, Stamp, Version, VersionId};
 
 /// Longest accepted key in bytes. LMDB keys are at most 511 bytes and the
 /// time index prefixes 8 bytes to the key.
@@ -71,6 +71,22 @@ pub fn check_key(key: &str, is_prefix: bool) -> std::result::Result<(), String> 
         }
     }
     Ok(())
+}
+
+/// Stored versions found damaged on a read since start (for /metrics).
+pub static CHECKSUM_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A damaged version of `key` in the versions table: logged (naming the
+/// key and the table), counted, and reported as corruption.
+fn damaged(key: &[u8], d: Damage) -> StoreError {
+    CHECKSUM_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let key = String::from_utf8_lossy(key);
+    let what = match d {
+        Damage::Checksum => "checksum mismatch",
+        Damage::Malformed => "record does not decode",
+    };
+    log::error!("damaged version of {key:?} in table versions: {what}; it is not served");
+    StoreError::Corrupt(format!("{what} in the stored version of {key:?}"))
 }
 
 /// Free space below which a failed write is taken for a full disk.
@@ -424,9 +440,9 @@ impl Store {
     pub fn get_in(&self, txn: &RoTxn<'_, WithoutTls>, key: &str) -> Result<Option<Version>> {
         match self.versions.get(txn, key.as_bytes())? {
             None => Ok(None),
-            Some(bytes) => Version::decode(bytes)
+            Some(bytes) => Version::decode(key.as_bytes(), bytes)
                 .map(Some)
-                .ok_or_else(|| StoreError::Corrupt(format!("version of {key:?}"))),
+                .map_err(|d| damaged(key.as_bytes(), d)),
         }
     }
 
@@ -452,10 +468,11 @@ impl Store {
             return Ok(None);
         };
         let stamp = version::decode_stamp(bytes)
-            .ok_or_else(|| StoreError::Corrupt(format!("version of {key:?}")))?;
+            .ok_or_else(|| damaged(key.as_bytes(), Damage::Malformed))?;
         if stamp.deleted {
             return Ok(None);
         }
+        version::verify(key.as_bytes(), bytes).map_err(|d| damaged(key.as_bytes(), d))?;
         Ok(Some(f(&stamp, version::encoded_data(bytes))))
     }
 
@@ -528,32 +545,43 @@ impl Store {
             .and_then(|(k, _)| split_time_key(k).map(|(ts, _)| ts)))
     }
 
-    /// Number of versions (values and tombstones) and of tombstones.
-    /// Keys whose value is not one valid UTF-8 JSON document (values written
-    /// before kvs checked UTF-8 inside strings), at most `max` of them.
-    pub fn invalid_values(&self, max: usize) -> Result<Vec<String>> {
+    /// Stored versions that cannot be served as they are, at most `max`,
+    /// each with the reason: a checksum that does not match, a record that
+    /// does not decode, or a value that is not one valid UTF-8 JSON document
+    /// (values written before kvs checked UTF-8 inside strings). Also counts
+    /// the versions written before checksums.
+    pub fn damaged_values(&self, max: usize) -> Result<(Vec<(String, String)>, u64)> {
         let rtxn = self.read_txn()?;
         let mut bad = Vec::new();
+        let mut unchecked = 0u64;
         for item in self.versions.iter(&rtxn)? {
             let (k, v) = item?;
             let key = String::from_utf8_lossy(k).into_owned();
-            let version = Version::decode(v)
-                .ok_or_else(|| StoreError::Corrupt(format!("version of {key:?}")))?;
-            if version.stamp.deleted {
-                continue;
+            if !version::has_checksum(v) {
+                unchecked += 1;
             }
-            let valid = std::str::from_utf8(&version.data)
-                .is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok());
-            if !valid {
-                bad.push(key);
+            let reason = match Version::decode(k, v) {
+                Err(Damage::Checksum) => Some("checksum mismatch"),
+                Err(Damage::Malformed) => Some("record does not decode"),
+                Ok(version) if version.stamp.deleted => None,
+                Ok(version) => {
+                    let valid = std::str::from_utf8(&version.data).is_ok_and(|text| {
+                        serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+                    });
+                    (!valid).then_some("not UTF-8 JSON")
+                }
+            };
+            if let Some(reason) = reason {
+                bad.push((key, reason.to_string()));
                 if bad.len() >= max {
                     break;
                 }
             }
         }
-        Ok(bad)
+        Ok((bad, unchecked))
     }
 
+    /// Number of versions (values and tombstones) and of tombstones.
     pub fn counts(&self) -> Result<(u64, u64)> {
         let rtxn = self.read_txn()?;
         Ok((self.versions.len(&rtxn)?, self.tombs.len(&rtxn)?))
@@ -684,6 +712,9 @@ impl Store {
                         break;
                     }
                 }
+                if with_values {
+                    version::verify(k, v).map_err(|d| damaged(k, d))?;
+                }
                 let value = with_values.then(|| Version {
                     stamp,
                     data: version::encoded_data(v).to_vec(),
@@ -737,7 +768,7 @@ impl Store {
             }
             delta ^= merkle::version_hash(k, &old.encode());
         }
-        self.versions.put(txn, k, &new.encode())?;
+        self.versions.put(txn, k, &new.encode(k))?;
         let tk = time_key(new.stamp.timestamp, k);
         self.by_time.put(txn, &tk, &[])?;
         if new.stamp.deleted {
@@ -913,7 +944,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn values_that_are_not_utf8_json_are_listed() {
+    fn damaged_values_are_never_served_and_are_listed() {
         let t = TempStore::new();
         let mut bad = version(1, Some("\"x\""));
         bad.data = b"\"\xff\"".to_vec();
@@ -923,12 +954,41 @@ pub(crate) mod tests {
                 ("good", version(1, Some("{\"a\": 1}"))),
                 ("bad", bad),
                 ("gone", version(2, None)),
+                ("flip", version(3, Some("\"abc\""))),
             ],
         );
+        let store = t.store();
+        // One bit flipped in the stored data of "flip": "abc" reads "abb".
+        let mut txn = store.write_txn().unwrap();
+        let mut raw = store.versions.get(&txn, b"flip").unwrap().unwrap().to_vec();
+        let at = raw.len() - 2;
+        raw[at] ^= 0x01;
+        store.versions.put(&mut txn, b"flip", &raw).unwrap();
+        txn.commit().unwrap();
+
+        let before = CHECKSUM_FAILURES.load(std::sync::atomic::Ordering::Relaxed);
+        let named = |r: Result<_>| matches!(r, Err(StoreError::Corrupt(m)) if m.contains("flip"));
+        assert!(named(store.get("flip").map(|_| ())));
+        assert!(named(
+            store.with_value("flip", |_, d| d.to_vec()).map(|_| ())
+        ));
+        assert!(named(store.list("", None, None, true, 100).map(|_| ())));
+        assert!(named(store.since(0, None, 100, 1 << 20).map(|_| ())));
+        // Listing keys reads stamps only, and still works.
+        assert_eq!(store.list("", None, None, false, 100).unwrap().0.len(), 3);
+        let after = CHECKSUM_FAILURES.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(after >= before + 4);
+
+        let (damaged, unchecked) = store.damaged_values(10).unwrap();
         assert_eq!(
-            t.store().invalid_values(10).unwrap(),
-            vec!["bad".to_string()]
+            damaged,
+            vec![
+                ("bad".to_string(), "not UTF-8 JSON".to_string()),
+                ("flip".to_string(), "checksum mismatch".to_string())
+            ]
         );
+        assert_eq!(unchecked, 0);
+        assert_eq!(store.get("good").unwrap().unwrap().data, b"{\"a\": 1}");
     }
 
     #[test]

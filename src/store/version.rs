@@ -62,10 +62,44 @@ pub struct Version {
     pub data: Vec<u8>,
 }
 
-/// Bytes of the fixed header of an encoded version.
-pub const HEADER_BYTES: usize = 1 + 8 + 16 + 1;
-/// Format tag of the encoding below.
+/// Format tags. Version 1 (before checksums): tag, stamp, data. Version 2,
+/// what this build writes: tag, stamp, CRC-32 of (key, stamp, data), data.
+/// Both are read; only version 2 can be checked.
 const FORMAT_V1: u8 = 1;
+const FORMAT_V2: u8 = 2;
+/// Bytes of the fixed header of each format.
+const HEADER_V1: usize = 1 + 25;
+const HEADER_V2: usize = 1 + 25 + 4;
+
+/// Why a stored version cannot be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// Too short, or an unknown format tag.
+    Malformed,
+    /// The checksum does not match the key, stamp and data.
+    Checksum,
+}
+
+/// The checksum of a version of `key`: over the key's length and bytes,
+/// the encoded stamp and the data, so that a value moved to another key,
+/// a changed timestamp or uuid, and a flipped data byte all show.
+fn checksum(key: &[u8], stamp: &[u8], data: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(key.len() as u32).to_le_bytes());
+    h.update(key);
+    h.update(stamp);
+    h.update(data);
+    h.finalize()
+}
+
+fn header_len(bytes: &[u8]) -> Option<usize> {
+    let len = match bytes.first()? {
+        &FORMAT_V1 => HEADER_V1,
+        &FORMAT_V2 => HEADER_V2,
+        _ => return None,
+    };
+    (bytes.len() >= len).then_some(len)
+}
 
 impl Stamp {
     /// Encoded: timestamp (8, big-endian), uuid (16), deleted flag (1).
@@ -90,35 +124,64 @@ impl Stamp {
 }
 
 impl Version {
-    /// Encoded as: format tag (1), stamp (25), data.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_BYTES + self.data.len());
-        out.push(FORMAT_V1);
-        out.extend_from_slice(&self.stamp.encode());
+    /// Encoded as: format tag (1), stamp (25), checksum (4, little-endian),
+    /// data.
+    pub fn encode(&self, key: &[u8]) -> Vec<u8> {
+        let stamp = self.stamp.encode();
+        let mut out = Vec::with_capacity(HEADER_V2 + self.data.len());
+        out.push(FORMAT_V2);
+        out.extend_from_slice(&stamp);
+        out.extend_from_slice(&checksum(key, &stamp, &self.data).to_le_bytes());
         out.extend_from_slice(&self.data);
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<Version> {
-        let stamp = decode_stamp(bytes)?;
-        Some(Version {
+    /// Decodes a stored version of `key`, checking its checksum.
+    pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Version, Damage> {
+        verify(key, bytes)?;
+        let stamp = decode_stamp(bytes).ok_or(Damage::Malformed)?;
+        Ok(Version {
             stamp,
-            data: bytes[HEADER_BYTES..].to_vec(),
+            data: encoded_data(bytes).to_vec(),
         })
     }
 }
 
-/// Reads only the stamp of an encoded version.
-pub fn decode_stamp(bytes: &[u8]) -> Option<Stamp> {
-    if bytes.len() < HEADER_BYTES || bytes[0] != FORMAT_V1 {
-        return None;
+/// Checks a stored version of `key` against its checksum (a version
+/// written before checksums passes unchecked).
+pub fn verify(key: &[u8], bytes: &[u8]) -> Result<(), Damage> {
+    match header_len(bytes) {
+        None => Err(Damage::Malformed),
+        Some(HEADER_V1) => Ok(()),
+        Some(_) => {
+            let stored = u32::from_le_bytes(bytes[26..30].try_into().expect("4 bytes"));
+            if checksum(key, &bytes[1..26], &bytes[HEADER_V2..]) == stored {
+                Ok(())
+            } else {
+                Err(Damage::Checksum)
+            }
+        }
     }
-    Stamp::decode(&bytes[1..HEADER_BYTES])
+}
+
+/// Whether a stored version carries a checksum.
+pub fn has_checksum(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&FORMAT_V2)
+}
+
+/// Reads only the stamp of an encoded version (not checked: the checksum
+/// covers the data too, and stamp-only readers do not read it).
+pub fn decode_stamp(bytes: &[u8]) -> Option<Stamp> {
+    header_len(bytes)?;
+    Stamp::decode(&bytes[1..26])
 }
 
 /// The data of an encoded version, borrowed.
 pub fn encoded_data(bytes: &[u8]) -> &[u8] {
-    &bytes[HEADER_BYTES.min(bytes.len())..]
+    match header_len(bytes) {
+        Some(len) => &bytes[len..],
+        None => &[],
+    }
 }
 
 /// What to do with an incoming version of a key, given the local one.
@@ -222,14 +285,60 @@ mod tests {
             },
             data: br#"{"a": [1, 2]}"#.to_vec(),
         };
-        let bytes = v.encode();
-        assert_eq!(Version::decode(&bytes), Some(v.clone()));
+        let bytes = v.encode(b"a/b");
+        assert_eq!(Version::decode(b"a/b", &bytes), Ok(v.clone()));
         assert_eq!(decode_stamp(&bytes), Some(v.stamp));
         assert_eq!(encoded_data(&bytes), v.data.as_slice());
-        assert_eq!(Version::decode(&bytes[..10]), None);
+        assert!(has_checksum(&bytes));
+        assert_eq!(
+            Version::decode(b"a/b", &bytes[..10]),
+            Err(Damage::Malformed)
+        );
         let text = v.stamp.uuid.to_string();
         assert_eq!(VersionId::parse(&text), Some(v.stamp.uuid));
         assert_eq!(uuid::Uuid::parse_str(&text).unwrap().get_version_num(), 4);
         assert_ne!(VersionId::new_random(), VersionId::new_random());
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let v = Version {
+            stamp: Stamp {
+                timestamp: 1_700_000_000_123,
+                uuid: VersionId::new_random(),
+                deleted: false,
+            },
+            data: br#"{"a": [1, 2]}"#.to_vec(),
+        };
+        let bytes = v.encode(b"key");
+        // A flipped bit anywhere after the format tag: in the timestamp,
+        // the uuid, the deleted flag, the checksum or the data.
+        for i in 1..bytes.len() {
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                damaged[i] ^= 1 << bit;
+                assert!(verify(b"key", &damaged).is_err(), "byte {i} bit {bit}");
+            }
+        }
+        // The same bytes under another key.
+        assert_eq!(verify(b"kez", &bytes), Err(Damage::Checksum));
+        assert_eq!(verify(b"key", &bytes), Ok(()));
+    }
+
+    #[test]
+    fn versions_written_before_checksums_still_read() {
+        let stamp = Stamp {
+            timestamp: 5,
+            uuid: VersionId::new_random(),
+            deleted: false,
+        };
+        let mut old = vec![FORMAT_V1];
+        old.extend_from_slice(&stamp.encode());
+        old.extend_from_slice(b"[1]");
+        let v = Version::decode(b"k", &old).unwrap();
+        assert_eq!(v.stamp, stamp);
+        assert_eq!(v.data, b"[1]");
+        assert!(!has_checksum(&old));
+        assert_eq!(verify(b"k", &[9, 1, 2]), Err(Damage::Malformed));
     }
 }

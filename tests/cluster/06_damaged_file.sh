@@ -3,7 +3,9 @@
 # data.mdb cut to half its size (which used to kill the node with SIGBUS at
 # start, printing nothing) and data.mdb emptied or deleted (which used to
 # start an empty node that answered 404 for every key it had). kvs verify
-# refuses them the same way. The undamaged copy still starts with every key.
+# refuses them the same way. A value with one flipped bit is listed by kvs
+# verify and answered 500 naming the key, never served. The undamaged copy
+# still starts with every key.
 source "$(dirname "$0")/lib.sh"
 
 start_node n1
@@ -37,6 +39,40 @@ step "data.mdb emptied"
 refused empty "is empty"
 step "data.mdb deleted"
 refused gone "is missing"
+
+step "a flipped bit in a stored value: found by kvs verify, never served"
+start_node n2
+wait_healthy n2
+marker="damage-me-$RANDOM$RANDOM"
+put n2 dmg/key "\"$marker\"" || fail "write failed"
+put_many n2 ok 20
+stop_node n2
+# Every copy of the value in the file (old page copies included), so that
+# the live one is damaged for sure.
+python3 - "${NODE_DIR[n2]}/data.mdb" "$marker" << 'PY'
+import sys
+path, marker = sys.argv[1], sys.argv[2].encode()
+data = bytearray(open(path, "rb").read())
+at, n = data.find(marker), 0
+while at >= 0:
+    data[at + 3] ^= 0x01
+    n += 1
+    at = data.find(marker, at + 1)
+assert n > 0, "marker not found"
+open(path, "wb").write(data)
+PY
+rc=0
+"$KVS_BIN" verify "${NODE_DIR[n2]}" > "$WORK/verify.out" 2>&1 || rc=$?
+[ "$rc" -ne 0 ] || fail "kvs verify did not notice the damaged value"
+grep -q "damaged: dmg/key: checksum mismatch" "$WORK/verify.out" || fail "kvs verify: $(cat "$WORK/verify.out")"
+start_node n2
+wait_healthy n2
+expect_eq "$(status GET "$(url n2 /kv/dmg/key)")" 500 "status of the damaged key"
+curl -s "$(url n2 /kv/dmg/key)" | grep -q 'dmg/key' || fail "the 500 does not name the key"
+expect_eq "$(status GET "$(url n2 '/kv/dmg/?recurse')")" 500 "status of a listing with the damaged value"
+has_value n2 ok1 1 || fail "an undamaged key is not served"
+[ "$(metric n2 kvs_damaged_versions_total)" -ge 1 ] || fail "the damage was not counted"
+grep -q 'damaged version of "dmg/key" in table versions' "${NODE_LOG[n2]}" || fail "the log does not name the key and table"
 
 step "the undamaged directory starts with all 300 keys"
 start_node n1
