@@ -93,9 +93,9 @@ fn checksum(key: &[u8], stamp: &[u8], data: &[u8]) -> u32 {
 }
 
 fn header_len(bytes: &[u8]) -> Option<usize> {
-    let len = match bytes.first()? {
-        &FORMAT_V1 => HEADER_V1,
-        &FORMAT_V2 => HEADER_V2,
+    let len = match *bytes.first()? {
+        FORMAT_V1 => HEADER_V1,
+        FORMAT_V2 => HEADER_V2,
         _ => return None,
     };
     (bytes.len() >= len).then_some(len)
