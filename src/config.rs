@@ -57,6 +57,7 @@ pub struct RawConfig {
     pub max_connections: Option<usize>,
     pub header_timeout: Option<f64>,
     pub max_members: Option<usize>,
+    pub scrub_interval: Option<f64>,
     pub map_size_mb: Option<u64>,
     pub client_tokens: Option<Vec<String>>,
     pub cluster_secret: Option<String>,
@@ -169,6 +170,11 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "largest member table; entries beyond are refused and logged",
     ),
     (
+        "scrub_interval",
+        "86400",
+        "seconds between background checks of every stored version",
+    ),
+    (
         "map_size_mb",
         "1024",
         "LMDB map size in MiB (507 when full)",
@@ -236,6 +242,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Members (this node included) the table holds at most. Default 1024.
     pub max_members: usize,
+    /// Time between scrub passes over every stored version. Default 1 day.
+    pub scrub_interval: Duration,
     /// LMDB map size in MiB. Default 1024.
     pub map_size_mb: u64,
     /// Bearer tokens accepted on client endpoints; empty means open.
@@ -309,6 +317,7 @@ impl RawConfig {
             max_connections,
             header_timeout,
             max_members,
+            scrub_interval,
             map_size_mb,
             client_tokens,
             cluster_secret
@@ -484,6 +493,7 @@ impl Config {
             ));
         }
         let header_timeout = seconds("header_timeout", raw.header_timeout, 10.0)?;
+        let scrub_interval = seconds("scrub_interval", raw.scrub_interval, 86_400.0)?;
         let max_members = raw.max_members.unwrap_or(1024);
         if !(2..=100_000).contains(&max_members) {
             return err(format!(
@@ -537,6 +547,7 @@ impl Config {
             max_connections,
             header_timeout,
             max_members,
+            scrub_interval,
             map_size_mb,
             client_tokens,
             cluster_secret,

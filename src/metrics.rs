@@ -117,6 +117,11 @@ pub struct Metrics {
     pub tombstones_purged: AtomicU64,
     pub gossip_rounds: AtomicU64,
     pub gossip_bytes: AtomicU64,
+    pub scrub_runs: AtomicU64,
+    pub scrub_checked: AtomicU64,
+    pub repaired: AtomicU64,
+    /// Damaged versions no peer could repair yet (a gauge).
+    pub unrepaired: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -160,6 +165,10 @@ impl Metrics {
             tombstones_purged: AtomicU64::new(0),
             gossip_rounds: AtomicU64::new(0),
             gossip_bytes: AtomicU64::new(0),
+            scrub_runs: AtomicU64::new(0),
+            scrub_checked: AtomicU64::new(0),
+            repaired: AtomicU64::new(0),
+            unrepaired: AtomicU64::new(0),
         }
     }
 
@@ -206,7 +215,22 @@ impl Metrics {
                 &format!("route=\"{rname}\""),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 20] = [
+        let counters: [(&str, &str, &AtomicU64); 23] = [
+            (
+                "kvs_scrub_runs_total",
+                "Scrub passes started (every stored version checked).",
+                &self.scrub_runs,
+            ),
+            (
+                "kvs_scrub_checked_total",
+                "Stored versions checked by the scrub.",
+                &self.scrub_checked,
+            ),
+            (
+                "kvs_repaired_total",
+                "Damaged versions replaced by a peer's copy.",
+                &self.repaired,
+            ),
             (
                 "kvs_damaged_versions_total",
                 "Stored versions found damaged (checksum mismatch) on a read; never served.",

@@ -19,7 +19,7 @@ use crate::cluster::conflict::ConflictQueue;
 use crate::cluster::membership::{MemberEntry, MemberTable};
 use crate::cluster::replicate::Replicator;
 use crate::cluster::sync::{SyncState, META_BOOTSTRAPPED, META_BOOTSTRAP_PENDING};
-use crate::cluster::{antientropy, conflict, gossip, sync, Members, Stopper};
+use crate::cluster::{antientropy, conflict, gossip, scrub, sync, Members, Stopper};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::peer::PeerClient;
@@ -146,6 +146,12 @@ impl Node {
                 "Deleted keys kept as tombstones.",
                 String::new(),
                 tombstones as f64,
+            ),
+            (
+                "kvs_unrepaired_versions",
+                "Damaged versions no peer could repair yet; not served.",
+                String::new(),
+                self.metrics.unrepaired.load(Ordering::Relaxed) as f64,
             ),
             (
                 "kvs_replication_queue_depth",
@@ -371,6 +377,7 @@ pub fn run(mut config: Config) -> Result<i32, String> {
     spawn("sync", sync::sync_loop, &mut threads)?;
     spawn("antientropy", antientropy::antientropy_loop, &mut threads)?;
     spawn("conflict", conflict::resolver_loop, &mut threads)?;
+    spawn("scrub", scrub::scrub_loop, &mut threads)?;
     watch_signals(node.exit.lock().unwrap_or_else(|e| e.into_inner()).clone())?;
 
     let cfg = &node.config;

@@ -6,6 +6,8 @@
 //! - `sync`: pull: regular sync, catch-up, bootstrap, tombstone purge.
 //! - `conflict`: settling equal-timestamp conflicts by vote or rule.
 //! - `antientropy`: Merkle summary exchange that finds every difference.
+//! - `scrub`: the background check of every stored version, and the
+//!   repair of damaged versions from a peer's copy.
 //! - `wire`: versions as they travel.
 //!
 //! Locks are never held across a network call: callers take a snapshot
@@ -16,6 +18,7 @@ pub mod conflict;
 pub mod gossip;
 pub mod membership;
 pub mod replicate;
+pub mod scrub;
 pub mod sync;
 pub mod wire;
 

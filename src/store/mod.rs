@@ -76,11 +76,30 @@ pub fn check_key(key: &str, is_prefix: bool) -> std::result::Result<(), String> 
 /// Stored versions found damaged on a read since start (for /metrics).
 pub static CHECKSUM_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Keys found damaged, waiting for a repair from a peer (at most
+/// `DAMAGED_QUEUE_MAX`; the scrub finds the others again).
+static DAMAGED_KEYS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+const DAMAGED_QUEUE_MAX: usize = 10_000;
+
+/// Takes the keys found damaged since the last call.
+pub fn take_damaged() -> Vec<String> {
+    let mut keys = DAMAGED_KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    std::mem::take(&mut *keys).into_iter().collect()
+}
+
 /// A damaged version of `key` in the versions table: logged (naming the
-/// key and the table), counted, and reported as corruption.
+/// key and the table), counted, queued for repair, and reported as
+/// corruption.
 fn damaged(key: &[u8], d: Damage) -> StoreError {
     CHECKSUM_FAILURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let key = String::from_utf8_lossy(key);
+    {
+        let mut keys = DAMAGED_KEYS.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.len() < DAMAGED_QUEUE_MAX {
+            keys.insert(key.to_string());
+        }
+    }
     let what = match d {
         Damage::Checksum => "checksum mismatch",
         Damage::Malformed => "record does not decode",
@@ -444,6 +463,46 @@ impl Store {
                 .map(Some)
                 .map_err(|d| damaged(key.as_bytes(), d)),
         }
+    }
+
+    /// Whether the stored version of `key` fails its checksum (or does not
+    /// decode).
+    pub fn is_damaged_in(&self, txn: &RoTxn<'_, WithoutTls>, key: &str) -> Result<bool> {
+        Ok(match self.versions.get(txn, key.as_bytes())? {
+            None => false,
+            Some(bytes) => version::verify(key.as_bytes(), bytes).is_err(),
+        })
+    }
+
+    /// Checks up to `limit` stored versions after `after` (all from the
+    /// start when `None`), in key order; damaged ones are logged, counted
+    /// and queued for repair like any found on a read. Returns how many
+    /// were checked, how many were damaged, and where to go on (`None`
+    /// at the end).
+    pub fn scrub_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(usize, usize, Option<String>)> {
+        let rtxn = self.read_txn()?;
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = match after {
+            Some(a) => (Bound::Excluded(a.as_bytes()), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        let (mut checked, mut bad, mut last) = (0, 0, None);
+        for item in self.versions.range(&rtxn, &bounds)? {
+            let (k, v) = item?;
+            if checked >= limit {
+                return Ok((checked, bad, last));
+            }
+            checked += 1;
+            if let Err(d) = version::verify(k, v) {
+                bad += 1;
+                let _ = damaged(k, d);
+            }
+            last = Some(String::from_utf8_lossy(k).into_owned());
+        }
+        Ok((checked, bad, None))
     }
 
     /// The stamp of the version of `key`, without copying its data.

@@ -98,6 +98,15 @@ pub enum Op {
         winner: Version,
         reply: Option<SyncSender<Result<bool>>>,
     },
+    /// A peer's copy of a version stored damaged here: replaces the local
+    /// version if it is still damaged and the copy is the same version or
+    /// a newer one; otherwise goes through the merge rule like any remote
+    /// version.
+    Repair {
+        key: String,
+        copy: Version,
+        reply: SyncSender<Result<bool>>,
+    },
     /// Removes tombstones older than the horizon (a bounded number per op).
     Purge {
         horizon_ms: u64,
@@ -119,6 +128,7 @@ impl Op {
             Op::Client { data, .. } => data.as_ref().map_or(0, |d| d.len()),
             Op::Remote { versions, .. } => versions.iter().map(|(_, v)| v.data.len()).sum(),
             Op::Resolve { winner, .. } => winner.data.len(),
+            Op::Repair { copy, .. } => copy.data.len(),
             Op::Purge { .. } | Op::Drop { .. } | Op::Stop => 0,
         }
     }
@@ -135,6 +145,9 @@ impl Op {
                 let _ = r.send(Err(copy()));
             }
             Op::Purge { reply, .. } | Op::Drop { reply, .. } => {
+                let _ = reply.send(Err(copy()));
+            }
+            Op::Repair { reply, .. } => {
                 let _ = reply.send(Err(copy()));
             }
             _ => {}
@@ -194,6 +207,19 @@ impl WriterHandle {
             key,
             winner,
             reply: Some(tx),
+        })
+        .map_err(|_| StoreError::WriterStopped)?;
+        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
+    }
+
+    /// Stores a peer's copy of a version found damaged here; true if it
+    /// replaced the local version.
+    pub fn repair(&self, key: String, copy: Version) -> Result<bool> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(Op::Repair {
+            key,
+            copy,
+            reply: tx,
         })
         .map_err(|_| StoreError::WriterStopped)?;
         rx.recv().unwrap_or(Err(StoreError::WriterStopped))
@@ -378,7 +404,8 @@ fn finish(
             (Op::Remote { reply: Some(r), .. }, Outcome::Remote(report)) => {
                 let _ = r.send(Ok(report));
             }
-            (Op::Resolve { reply: Some(r), .. }, Outcome::Resolve(changed)) => {
+            (Op::Resolve { reply: Some(r), .. }, Outcome::Resolve(changed))
+            | (Op::Repair { reply: r, .. }, Outcome::Resolve(changed)) => {
                 let _ = r.send(Ok(changed));
             }
             (Op::Purge { reply, .. }, Outcome::Purge(n))
@@ -481,6 +508,19 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 };
                 if replace {
                     store.put_version(&mut txn, key, old.as_ref(), winner, &mut effects.deltas)?;
+                }
+                Outcome::Resolve(replace)
+            }
+            Op::Repair { key, copy, .. } => {
+                let old = store.stamp_in(&txn, key)?;
+                let damaged = store.is_damaged_in(&txn, key)?;
+                let replace = match merge(old.as_ref(), &copy.stamp) {
+                    Merge::TakeIncoming => true,
+                    Merge::Same | Merge::Conflict => damaged,
+                    Merge::KeepLocal => false,
+                };
+                if replace {
+                    store.put_version(&mut txn, key, old.as_ref(), copy, &mut effects.deltas)?;
                 }
                 Outcome::Resolve(replace)
             }
