@@ -120,6 +120,7 @@ pub struct Metrics {
     pub scrub_runs: AtomicU64,
     pub scrub_checked: AtomicU64,
     pub repaired: AtomicU64,
+    pub summary_mismatches: AtomicU64,
     /// Damaged versions no peer could repair yet (a gauge).
     pub unrepaired: AtomicU64,
 }
@@ -168,6 +169,7 @@ impl Metrics {
             scrub_runs: AtomicU64::new(0),
             scrub_checked: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
+            summary_mismatches: AtomicU64::new(0),
             unrepaired: AtomicU64::new(0),
         }
     }
@@ -215,7 +217,12 @@ impl Metrics {
                 &format!("route=\"{rname}\""),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 23] = [
+        let counters: [(&str, &str, &AtomicU64); 24] = [
+            (
+                "kvs_scrub_summary_mismatches_total",
+                "Scrub passes that found the anti-entropy summary not matching the versions.",
+                &self.summary_mismatches,
+            ),
             (
                 "kvs_scrub_runs_total",
                 "Scrub passes started (every stored version checked).",

@@ -60,5 +60,6 @@ has_value node3 dmg/idle "\"$idle_marker\"" || fail "dmg/idle is not served righ
 grep -q 'repaired "dmg/idle"' "${NODE_LOG[node3]}" || fail "the repair of dmg/idle was not logged"
 [ "$(metric node3 kvs_damaged_versions_total)" -ge 2 ] || fail "the damage was not counted"
 expect_eq "$(metric node3 kvs_unrepaired_versions)" 0 "versions left unrepaired"
+wait_until 10 "a scrub pass finds the summary in order" grep -q "scrub: .* summary matches" "${NODE_LOG[node3]}"
 
 pass
