@@ -12,6 +12,9 @@
 #   antientropy   bytes and time to converge for 1, 100 and 10 000
 #                 differences in 1 000 000 keys; cost of an exchange with no
 #                 difference
+#   storage       scrub speed over 200 000 values at the default throttle and
+#                 unthrottled; durable PUT at 64 connections while a scrub
+#                 runs without pause vs with no scrub
 #   size          binary sizes (release, static)
 #   scale         (only when named) N = $SCALE_NODES nodes (default "5 20 50")
 #                 with the default intervals scaled down 20x: time until every
@@ -27,7 +30,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 SECS=${BENCH_SECONDS:-5}
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(http membership replication antientropy size)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(http membership replication antientropy storage size)
 want() { local s; for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 for tool in curl python3; do command -v "$tool" > /dev/null || { echo "bench.sh needs $tool" >&2; exit 1; }; done
@@ -408,6 +411,33 @@ PY
     for name in "${names[@]}"; do wait "${PID[$name]}" 2> /dev/null || true; done
   done
   cmd "SCALE_NODES='${SCALE_NODES:-5 20 50}' SCALE_IDLE=$IDLE scripts/bench.sh scale   # nodes: $BIN --seed FIRST ${SCALED[*]}"
+fi
+
+# ------------------------------------------------------------- storage
+if want storage; then
+  echo "== storage: scrub speed; PUT at 64 connections while a scrub runs" >&2
+  "$BIN" load "$WORK/sc" --count 200000 --prefix scrub/ --size 200 > /dev/null
+  cmd "$BIN load DIR --count 200000 --prefix scrub/ --size 200"
+  scrub_metric() { curl -s --max-time 2 "http://127.0.0.1:${PORT[sc]}/metrics" | awk -v m="$1" '$1 == m {v = $2} END {print v + 0}'; }
+  for throttle in 100 0; do
+    node sc --scrub-interval 0.5 --throttle-delay-ms "$throttle"
+    up sc
+    until [ "$(scrub_metric kvs_scrub_runs_total)" -ge 1 ]; do sleep 0.01; done
+    t0=$(now_ms)
+    until [ "$(scrub_metric kvs_scrub_checked_total)" -ge 200000 ]; do sleep 0.05; done
+    t1=$(now_ms)
+    row "scrub of 200 000 values, throttle_delay_ms $throttle" "$((200000 * 1000 / (t1 - t0))) values/s" "$((t1 - t0)) ms for the pass"
+    stop sc
+  done
+  for scrub in 100000 0.05; do
+    node sc --scrub-interval "$scrub" --throttle-delay-ms 0
+    up sc
+    read -r rps p50 p99 _ < <(wrk_run "scrub$scrub" 64 "$WORK/put.lua" "http://127.0.0.1:${PORT[sc]}")
+    label="no scrub"; [ "$scrub" = 0.05 ] && label="a scrub pass every 0.05 s, unthrottled ($(scrub_metric kvs_scrub_runs_total) passes in the run)"
+    row "durable PUT, 64 connections, $(echo "$label" | cut -c1-30)" "$rps req/s" "p50 $p50 ms, p99 $p99 ms; $label"
+    stop sc
+  done
+  cmd "$BIN --scrub-interval S --throttle-delay-ms T   # on the loaded directory"
 fi
 
 # ---------------------------------------------------------------- size
