@@ -156,6 +156,12 @@ impl From<heed::Error> for StoreError {
     fn from(e: heed::Error) -> Self {
         match e {
             heed::Error::Mdb(heed::MdbError::MapFull) => StoreError::MapFull,
+            // The B-tree itself is damaged: that is corruption too.
+            heed::Error::Mdb(
+                e @ (heed::MdbError::Corrupted
+                | heed::MdbError::PageNotFound
+                | heed::MdbError::Invalid),
+            ) => StoreError::Corrupt(format!("database structure: {e}")),
             heed::Error::Io(io) if matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT)) => {
                 StoreError::NoSpace
             }
