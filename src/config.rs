@@ -522,6 +522,14 @@ impl Config {
         if cluster_secret.chars().any(|c| c.is_control() || c == ' ') {
             return err("cluster_secret: must not contain spaces or control characters");
         }
+        if !client_tokens.is_empty() && cluster_secret.is_empty() {
+            // The internal API serves every value and takes any version:
+            // tokens on the client API alone would protect nothing.
+            return err(
+                "client_tokens is set but cluster_secret is empty: the internal API would serve \
+                 and accept every value without credentials; set cluster_secret too",
+            );
+        }
 
         Ok(Config {
             node_id,
@@ -552,6 +560,47 @@ impl Config {
             client_tokens,
             cluster_secret,
         })
+    }
+
+    /// The keys whose values differ between two configurations, by the names
+    /// they have in the file.
+    pub fn changed_keys(&self, other: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        macro_rules! cmp {
+            ($($field:ident => $key:literal),* $(,)?) => {
+                $( if self.$field != other.$field { out.push($key); } )*
+            };
+        }
+        cmp!(
+            node_id => "node_id",
+            bind_address => "bind_address",
+            port => "port",
+            data_dir => "data_dir",
+            seed_nodes => "seed_nodes",
+            read_only => "read_only",
+            log_level => "log_level",
+            gossip_interval_min => "gossip_interval_min",
+            gossip_interval_max => "gossip_interval_max",
+            sync_interval => "sync_interval",
+            catchup_interval => "catchup_interval",
+            bootstrap_max_age => "bootstrap_max_age_hours",
+            throttle_delay => "throttle_delay_ms",
+            fetch_delay => "fetch_delay_ms",
+            failure_timeout => "failure_timeout",
+            removal_timeout => "removal_timeout",
+            antientropy_interval => "antientropy_interval",
+            advertise_address => "advertise_address",
+            max_value_bytes => "max_value_bytes",
+            http_threads => "http_threads",
+            max_connections => "max_connections",
+            header_timeout => "header_timeout",
+            max_members => "max_members",
+            scrub_interval => "scrub_interval",
+            map_size_mb => "map_size_mb",
+            client_tokens => "client_tokens",
+            cluster_secret => "cluster_secret",
+        );
+        out
     }
 
     /// A random wait between the gossip bounds.
@@ -645,6 +694,7 @@ mod tests {
             ("throttle_delay_ms: 1.5", "throttle_delay_ms"),
             ("node_id: \"a b\"", "node_id"),
             ("client_tokens: [\"\"]", "client_tokens"),
+            ("client_tokens: [\"t\"]", "cluster_secret"),
             (
                 "bind_address: 0.0.0.0\nseed_nodes: [\"10.0.0.1:8080\"]",
                 "advertise_address",

@@ -68,7 +68,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_level);
-    match node::run(config) {
+    // SIGHUP reads the file and the options again, the same way.
+    let reload = Box::new(move || load_config(&args));
+    match node::run(config, reload) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
@@ -166,7 +168,9 @@ fn load_config(args: &[String]) -> Result<Config, String> {
     Config::from_raw(raw).map_err(|e| e.0)
 }
 
-/// Logs go to stderr, one line per event.
+/// Logs go to stderr, one line per event. The logger itself lets every
+/// level through and `log::set_max_level` decides, so that SIGHUP can
+/// change the level of a running node.
 fn init_logging(level: log::LevelFilter) {
     let config = simplelog::ConfigBuilder::new()
         .set_time_format_rfc3339()
@@ -176,5 +180,6 @@ fn init_logging(level: log::LevelFilter) {
         .add_filter_ignore_str("ureq")
         .add_filter_ignore_str("tiny_http")
         .build();
-    let _ = simplelog::WriteLogger::init(level, config, std::io::stderr());
+    let _ = simplelog::WriteLogger::init(log::LevelFilter::Trace, config, std::io::stderr());
+    log::set_max_level(level);
 }

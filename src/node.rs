@@ -215,7 +215,11 @@ fn meta_u64(store: &Store, name: &str) -> Option<u64> {
 }
 
 /// Runs a node until a signal or a fatal error; returns the exit code.
-pub fn run(mut config: Config) -> Result<i32, String> {
+/// Builds the configuration again (file and options), for SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send>;
+
+pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
+    let loaded = config.clone();
     let listener = TcpListener::bind((config.bind_address, config.port)).map_err(|e| {
         format!(
             "port: cannot listen on {}:{}: {e}",
@@ -378,7 +382,11 @@ pub fn run(mut config: Config) -> Result<i32, String> {
     spawn("antientropy", antientropy::antientropy_loop, &mut threads)?;
     spawn("conflict", conflict::resolver_loop, &mut threads)?;
     spawn("scrub", scrub::scrub_loop, &mut threads)?;
-    watch_signals(node.exit.lock().unwrap_or_else(|e| e.into_inner()).clone())?;
+    watch_signals(
+        node.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        loaded,
+        reload,
+    )?;
 
     let cfg = &node.config;
     log::info!(
@@ -438,19 +446,60 @@ pub fn run(mut config: Config) -> Result<i32, String> {
 }
 
 /// SIGTERM and SIGINT ask the node to stop, with exit code 0.
-fn watch_signals(exit: mpsc::Sender<i32>) -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+fn watch_signals(exit: mpsc::Sender<i32>, loaded: Config, reload: Reload) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot watch signals: {e}"))?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            let mut current = loaded;
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    current = reload_config(current, &reload);
+                    continue;
+                }
                 let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
                 log::info!("{name} received");
                 let _ = exit.send(0);
+                return;
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     Ok(())
+}
+
+/// SIGHUP: reads the configuration again. `log_level` takes effect at
+/// once; other changed keys are logged as waiting for a restart. A
+/// configuration that does not load is logged and changes nothing.
+fn reload_config(mut current: Config, reload: &Reload) -> Config {
+    let new = match reload() {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("SIGHUP: the configuration was not reloaded: {e}");
+            return current;
+        }
+    };
+    let changed = current.changed_keys(&new);
+    if changed.is_empty() {
+        log::info!("SIGHUP: configuration reloaded, nothing changed");
+        return current;
+    }
+    if new.log_level != current.log_level {
+        log::set_max_level(new.log_level);
+        current.log_level = new.log_level;
+        log::info!(
+            "SIGHUP: log_level is now {}",
+            new.log_level.as_str().to_lowercase()
+        );
+    }
+    let later: Vec<&str> = changed.into_iter().filter(|k| *k != "log_level").collect();
+    if !later.is_empty() {
+        log::warn!(
+            "SIGHUP: {} changed; taking effect at the next restart",
+            later.join(", ")
+        );
+    }
+    // The running configuration, with what changed live.
+    current
 }

@@ -123,6 +123,9 @@ fn prepare_write(
     if node.config.read_only {
         return Err(ApiError::ReadOnly);
     }
+    if node.cluster.has_left() {
+        return Err(ApiError::Left);
+    }
     if node.mode() == Mode::Syncing {
         return Err(ApiError::Syncing);
     }

@@ -26,6 +26,8 @@ pub enum ApiError {
     Syncing,
     /// 503: the node is stopping.
     Stopping,
+    /// 503: the node left the cluster; writes wait for a restart.
+    Left,
     /// 503: back from a long absence, the node is reconciling with a peer.
     Reconciling,
     /// 507: the LMDB map is full.
@@ -47,7 +49,7 @@ impl ApiError {
             ApiError::Conflict(_) => 409,
             ApiError::PreconditionFailed(_) => 412,
             ApiError::TooLarge(_) => 413,
-            ApiError::Syncing | ApiError::Stopping | ApiError::Reconciling => 503,
+            ApiError::Syncing | ApiError::Stopping | ApiError::Reconciling | ApiError::Left => 503,
             ApiError::StorageFull | ApiError::NoSpace => 507,
             ApiError::Internal(_) => 500,
         }
@@ -71,6 +73,9 @@ impl ApiError {
                 "this node is back from a long absence and reconciling with a peer".into()
             }
             ApiError::Stopping => "this node is stopping".into(),
+            ApiError::Left => {
+                "this node left the cluster: client writes are refused until it is restarted".into()
+            }
             ApiError::StorageFull => {
                 "storage is full: the write was not made (raise map_size_mb)".into()
             }

@@ -18,7 +18,8 @@ wait_healthy fresh
 for key in node_id bind_address port data_dir seed_nodes read_only log_level gossip_interval_min \
     gossip_interval_max sync_interval catchup_interval bootstrap_max_age_hours throttle_delay_ms \
     fetch_delay_ms failure_timeout removal_timeout antientropy_interval advertise_address \
-    max_value_bytes http_threads max_connections map_size_mb client_tokens cluster_secret; do
+    max_value_bytes http_threads max_connections header_timeout max_members scrub_interval \
+    map_size_mb client_tokens cluster_secret; do
   grep -q "^#$key: " "$WORK/fresh/config.yaml" || fail "default config lacks $key"
 done
 stop_node fresh
@@ -63,6 +64,15 @@ bad seed_nodes 'seed_nodes: "127.0.0.1:1"'
 bad failure_timeout $'failure_timeout: 10\nremoval_timeout: 5'
 bad max_connections 'max_connections: 0'
 bad port $'port: 0\nseed_nodes: ["127.0.0.1:9"]'
+bad max_members 'max_members: 1'
+bad header_timeout 'header_timeout: 0'
+# Tokens without a secret protect nothing (the internal API serves every
+# value): refused as a bad configuration, exit 2, naming both keys.
+bad client_tokens 'client_tokens: ["t"]'
+grep -q cluster_secret "$WORK/err" || fail "tokens without a secret: $(cat "$WORK/err")"
+rc=0
+(cd "$WORK" && timeout 10 "$KVS_BIN" --client-tokens '[t]' --data-dir "$WORK/baddata" > /dev/null 2>&1) || rc=$?
+expect_eq "$rc" 2 "exit status for client_tokens without cluster_secret"
 check_refused "does not exist" "$WORK/missing.yaml"
 check_refused "port" --port nope --data-dir "$WORK/baddata"
 check_refused "--colour" --colour red --data-dir "$WORK/baddata"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # POST /members/leave: the node tells its peers, which drop it at once; it
-# keeps serving its own data alone, stays idle (no busy loop), and still
-# stops cleanly on SIGTERM.
+# keeps serving reads of its own data alone, refuses client writes (503),
+# stays idle (no busy loop), and still stops cleanly on SIGTERM.
 source "$(dirname "$0")/lib.sh"
 
 start_node a "${FAST[@]}"
@@ -19,7 +19,9 @@ echo "$out" | grep -q '"left":true' || fail "leave reply: $out"
 for n in a b; do wait_until 2 "$n drops c" count_is "$n" 2; done
 count_is c 1 || fail "c still counts members after leaving"
 expect_eq "$(get c before/leave)" '"x"' "c serves its data after leaving"
-expect_status 200 PUT "$(url c /kv/alone)" --data-binary 1
+expect_status 503 PUT "$(url c /kv/alone)" --data-binary 1
+curl -s -X PUT --data-binary 1 "$(url c /kv/alone)" | grep -q 'left the cluster' || fail "the 503 does not say why"
+expect_status 404 GET "$(url c /kv/alone)"
 
 step "a node that left stays idle"
 cpu() { awk '{print $14 + $15}' "/proc/$(pid_of c)/stat"; }
