@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -74,6 +74,8 @@ fn assert_value(node: &TestNode, key: &str, value: &str) {
 /// Attack threads that run until stopped.
 struct Attack {
     stop: Arc<AtomicBool>,
+    /// Attackers that have connected and sent their first bytes.
+    started: Arc<AtomicUsize>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -81,14 +83,26 @@ impl Attack {
     fn new() -> Attack {
         Attack {
             stop: Arc::new(AtomicBool::new(false)),
+            started: Arc::new(AtomicUsize::new(0)),
             threads: Vec::new(),
         }
     }
 
-    /// Runs `f` on a thread until `stop`; `f` gets the stop flag.
-    fn spawn(&mut self, f: impl FnOnce(&AtomicBool) + Send + 'static) {
-        let stop = self.stop.clone();
-        self.threads.push(std::thread::spawn(move || f(&stop)));
+    /// Runs `f` on a thread until `stop`; `f` gets the stop flag and a
+    /// counter to bump once it has started attacking.
+    fn spawn(&mut self, f: impl FnOnce(&AtomicBool, &AtomicUsize) + Send + 'static) {
+        let (stop, started) = (self.stop.clone(), self.started.clone());
+        self.threads
+            .push(std::thread::spawn(move || f(&stop, &started)));
+    }
+
+    /// Waits until every attacker has started (at most 10 s).
+    fn wait_started(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.started.load(Ordering::Relaxed) < self.threads.len() {
+            assert!(Instant::now() < deadline, "the attack did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -209,13 +223,14 @@ fn slow_and_endless_bodies_hold_no_worker() {
     for i in 0..14 {
         let head = heads[i % heads.len()].clone();
         let addr = node.addr.clone();
-        attack.spawn(move |stop| {
+        attack.spawn(move |stop, started| {
             let Ok(mut s) = TcpStream::connect(&addr) else {
                 return;
             };
             if s.write_all(head.as_bytes()).is_err() {
                 return;
             }
+            started.fetch_add(1, Ordering::Relaxed);
             let body: Vec<u8> = if head.contains("chunked") {
                 b"1\r\na\r\n".repeat(100_000)
             } else {
@@ -224,7 +239,7 @@ fn slow_and_endless_bodies_hold_no_worker() {
             trickle(&mut s, &body, Duration::from_millis(50), stop);
         });
     }
-    std::thread::sleep(Duration::from_millis(300));
+    attack.wait_started();
     for _ in 0..3 {
         assert_serving(&mut node);
         let r = authed("PUT", "/kv/fresh", b"{\"b\":2}");
@@ -270,18 +285,26 @@ fn slowloris_does_not_lock_out_fresh_clients() {
     let mut attack = Attack::new();
     for _ in 0..60 {
         let addr = node.addr.clone();
-        attack.spawn(move |stop| {
+        attack.spawn(move |stop, started| {
             // Reconnect whenever the node closes the connection.
+            let mut first = true;
             while !stop.load(Ordering::Relaxed) {
                 let Ok(mut s) = TcpStream::connect(&addr) else {
                     return;
                 };
-                let head = b"GET /health HTTP/1.1\r\nX-Slow: ".repeat(100);
+                if s.write_all(b"G").is_err() {
+                    continue;
+                }
+                if first {
+                    started.fetch_add(1, Ordering::Relaxed);
+                    first = false;
+                }
+                let head = b"ET /health HTTP/1.1\r\nX-Slow: ".repeat(100);
                 trickle(&mut s, &head, Duration::from_millis(200), stop);
             }
         });
     }
-    std::thread::sleep(Duration::from_secs(2));
+    attack.wait_started();
     for _ in 0..3 {
         assert_serving(&mut node);
     }
@@ -298,7 +321,6 @@ fn a_flood_of_idle_connections_under_a_low_descriptor_limit() {
         .filter_map(|_| TcpStream::connect(&node.addr).ok())
         .collect();
     assert!(idle.len() >= 100, "only {} connections opened", idle.len());
-    std::thread::sleep(Duration::from_millis(800));
     assert_serving(&mut node);
     assert_value(&node, "keep", "{\"a\":1}");
     drop(idle);
