@@ -358,16 +358,20 @@ impl Replicator {
         }
     }
 
-    /// Wakes every sender thread and waits for them (at shutdown).
-    pub fn stop(&self) {
-        self.ready_cv.notify_all();
-        let queues: Vec<Arc<PeerQueue>> = self
-            .queues
+    /// Every peer queue, copied out of the lock.
+    fn queue_snapshot(&self) -> Vec<Arc<PeerQueue>> {
+        self.queues
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Wakes every sender thread and waits for them (at shutdown).
+    pub fn stop(&self) {
+        self.ready_cv.notify_all();
+        let queues = self.queue_snapshot();
         for q in queues {
             q.lock().closed = true;
             q.cv.notify_all();
@@ -384,13 +388,7 @@ impl Replicator {
     /// queues of peers that are no longer members.
     fn scan(&self) {
         let now = Instant::now();
-        let queues: Vec<Arc<PeerQueue>> = self
-            .queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let queues = self.queue_snapshot();
         for q in queues {
             if !self.members.is_member(&q.peer_id) {
                 self.drop_queue(&q);

@@ -47,20 +47,7 @@ marker="damage-me-$RANDOM$RANDOM"
 put n2 dmg/key "\"$marker\"" || fail "write failed"
 put_many n2 ok 20
 stop_node n2
-# Every copy of the value in the file (old page copies included), so that
-# the live one is damaged for sure.
-python3 - "${NODE_DIR[n2]}/data.mdb" "$marker" << 'PY'
-import sys
-path, marker = sys.argv[1], sys.argv[2].encode()
-data = bytearray(open(path, "rb").read())
-at, n = data.find(marker), 0
-while at >= 0:
-    data[at + 3] ^= 0x01
-    n += 1
-    at = data.find(marker, at + 1)
-assert n > 0, "marker not found"
-open(path, "wb").write(data)
-PY
+flip_bits "${NODE_DIR[n2]}/data.mdb" "$marker"
 rc=0
 "$KVS_BIN" verify "${NODE_DIR[n2]}" > "$WORK/verify.out" 2>&1 || rc=$?
 [ "$rc" -ne 0 ] || fail "kvs verify did not notice the damaged value"

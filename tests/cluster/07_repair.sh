@@ -23,20 +23,7 @@ done
 stop_node node3
 
 step "flip one bit of both values in node3's data.mdb"
-python3 - "${NODE_DIR[node3]}/data.mdb" "$read_marker" "$idle_marker" << 'PY'
-import sys
-path = sys.argv[1]
-data = bytearray(open(path, "rb").read())
-for marker in sys.argv[2:]:
-    marker, at, n = marker.encode(), 0, 0
-    at = data.find(marker)
-    while at >= 0:
-        data[at + 2] ^= 0x01
-        n += 1
-        at = data.find(marker, at + 1)
-    assert n > 0, "marker not found"
-open(path, "wb").write(data)
-PY
+flip_bits "${NODE_DIR[node3]}/data.mdb" "$read_marker" "$idle_marker"
 start_node node3 --seed "$(addr node1)" "${FAST[@]}" --scrub-interval 1
 wait_healthy node3
 

@@ -239,3 +239,24 @@ wait_rounds() {
   _grown() { [ "$(metric "$1" "$2")" -ge "$3" ]; }
   wait_until "$limit" "$n more $m on $name" _grown "$name" "$m" $((start + n))
 }
+
+# flip_bits FILE MARKER...: flips one bit (the third byte's lowest) in every
+# copy of each MARKER in FILE (LMDB keeps old copies of pages, so every copy
+# is damaged to be sure the live one is); fails if a marker is not found.
+flip_bits() {
+  python3 - "$@" << 'PY'
+import sys
+path = sys.argv[1]
+data = bytearray(open(path, "rb").read())
+for marker in sys.argv[2:]:
+    marker, n = marker.encode(), 0
+    at = data.find(marker)
+    while at >= 0:
+        data[at + 2] ^= 0x01
+        n += 1
+        at = data.find(marker, at + 1)
+    if n == 0:
+        sys.exit(f"flip_bits: {marker!r} not found in {path}")
+open(path, "wb").write(data)
+PY
+}
