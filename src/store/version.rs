@@ -63,7 +63,7 @@ pub struct Version {
 }
 
 /// Format tags. Version 1 (before checksums): tag, stamp, data. Version 2,
-/// what this build writes: tag, stamp, CRC-32 of (key, stamp, data), data.
+/// what this build writes: tag, stamp, CRC-32C of (key, stamp, data), data.
 /// Both are read; only version 2 can be checked.
 const FORMAT_V1: u8 = 1;
 const FORMAT_V2: u8 = 2;
@@ -84,12 +84,10 @@ pub enum Damage {
 /// the encoded stamp and the data, so that a value moved to another key,
 /// a changed timestamp or uuid, and a flipped data byte all show.
 fn checksum(key: &[u8], stamp: &[u8], data: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&(key.len() as u32).to_le_bytes());
-    h.update(key);
-    h.update(stamp);
-    h.update(data);
-    h.finalize()
+    let crc = crc32c::crc32c(&(key.len() as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc, key);
+    let crc = crc32c::crc32c_append(crc, stamp);
+    crc32c::crc32c_append(crc, data)
 }
 
 fn header_len(bytes: &[u8]) -> Option<usize> {
