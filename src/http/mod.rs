@@ -62,7 +62,9 @@ pub struct HttpServer {
 /// Starts the server on a bound listener with `http_threads` workers.
 pub fn start(node: Arc<Node>, listener: TcpListener) -> std::io::Result<HttpServer> {
     let largest_body = internal::internal_body_limit(&node).max(node.config.max_value_bytes);
-    let admit_node = node.clone();
+    // A weak reference: connection threads that outlive the stop (kept-alive
+    // peers) must not keep the node, and so LMDB, from closing.
+    let admit_node = Arc::downgrade(&node);
     let limits = ConnectionLimits {
         max_connections: connections_that_fit(node.config.max_connections),
         head_timeout: node.config.header_timeout,
@@ -79,7 +81,10 @@ pub fn start(node: Arc<Node>, listener: TcpListener) -> std::io::Result<HttpServ
         default_body_limit: SMALL_BODY_BYTES,
         drain_limit: DRAIN_LIMIT_BYTES,
         admission: Some(Arc::new(move |method, url, headers| {
-            admit(&admit_node, method, url, headers)
+            match admit_node.upgrade() {
+                Some(node) => admit(&node, method, url, headers),
+                None => Err(refusal(&ApiError::Stopping)),
+            }
         })),
     };
     let server = Server::from_listener_with_limits(listener, None, limits)
@@ -211,7 +216,12 @@ fn admit(node: &Node, method: &Method, url: &str, headers: &[Header]) -> Result<
     }
     let e = ApiError::Unauthorized;
     node.metrics.observe(route, e.status(), Duration::ZERO);
-    Err(Refusal {
+    Err(refusal(&e))
+}
+
+/// An error as tiny_http sends it for a request refused from its head.
+fn refusal(e: &ApiError) -> Refusal {
+    Refusal {
         status: e.status(),
         headers: e
             .headers()
@@ -219,7 +229,7 @@ fn admit(node: &Node, method: &Method, url: &str, headers: &[Header]) -> Result<
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         body: e.body(),
-    })
+    }
 }
 
 /// One worker: take a request, answer it, repeat until unblocked.

@@ -55,6 +55,7 @@ stop_node node2
 for n in node1 node3; do wait_until 2 "$n drops node2 after its leave" lists "$n" node2 ""; done
 for n in node1 node3; do count_is "$n" 2 || fail "$n does not count 2 members"; done
 grep -q 'left the cluster' "${NODE_LOG[node1]}" || fail "node1 did not log node2 leaving"
+grep -q 'stopped: LMDB closed' "${NODE_LOG[node2]}" || fail "node2 did not close LMDB on its way out: $(tail -3 "${NODE_LOG[node2]}")"
 
 step "node2 restarted rejoins (stale gossip does not hide it)"
 start_node node2 "$WORK/node2.yaml" "${FAST[@]}"
