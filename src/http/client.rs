@@ -9,8 +9,9 @@ use tiny_http::{Method, Request};
 use super::{allow, check_client_auth, header_value, send, send_error, ApiError, Reply, Target};
 use crate::metrics::{Metrics, Route};
 use crate::node::{Mode, Node};
+use crate::store::condition::{Tags, Verdict};
 use crate::store::writer::{Condition, Op, WriteError, Written};
-use crate::store::{Listed, VersionId};
+use crate::store::Listed;
 
 /// Entries a listing returns when no `limit` is given, and at most.
 const LIST_DEFAULT_LIMIT: usize = 1000;
@@ -46,27 +47,12 @@ fn check_key_text(key: &str, is_prefix: bool) -> Result<(), ApiError> {
     crate::store::check_key(key, is_prefix).map_err(ApiError::BadRequest)
 }
 
-/// Reads an If-Match / If-None-Match header into a write condition.
-fn condition(rq: &Request) -> Result<Condition, ApiError> {
-    if let Some(v) = header_value(rq, "If-None-Match") {
-        return match v.trim() {
-            "*" => Ok(Condition::IfAbsent),
-            other => Err(ApiError::BadRequest(format!(
-                "If-None-Match on a write only supports \"*\", got {other:?}"
-            ))),
-        };
+/// The `If-Match` / `If-None-Match` conditions of a request (RFC 9110).
+fn condition(rq: &Request) -> Condition {
+    Condition {
+        if_match: header_value(rq, "If-Match").map(Tags::parse),
+        if_none_match: header_value(rq, "If-None-Match").map(Tags::parse),
     }
-    if let Some(v) = header_value(rq, "If-Match") {
-        let v = v.trim();
-        if v == "*" {
-            return Ok(Condition::IfExists);
-        }
-        let bare = v.trim_start_matches("W/").trim_matches('"');
-        return VersionId::parse(bare)
-            .map(Condition::IfMatch)
-            .ok_or_else(|| ApiError::BadRequest(format!("If-Match is not a version uuid: {v:?}")));
-    }
-    Ok(Condition::None)
 }
 
 /// `/kv/...`: answers, or hands the request to the writer.
@@ -84,7 +70,7 @@ pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started:
     }
     let result = match method {
         Method::Get | Method::Head if route == Route::KvList => list(node, raw, target),
-        Method::Get | Method::Head => get(node, raw),
+        Method::Get | Method::Head => get(node, raw, &condition(&rq)),
         Method::Put | Method::Delete => {
             match prepare_write(node, &mut rq, raw, method == Method::Put) {
                 Ok((key, data, cond)) => {
@@ -99,14 +85,35 @@ pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started:
     send(node, rq, reply, route, started);
 }
 
-fn get(node: &Node, raw: &str) -> Result<Reply, ApiError> {
+/// `GET /kv/{key}`, with `If-Match` (`412` when it fails) and
+/// `If-None-Match` (`304` with the `ETag` when it matches).
+fn get(node: &Node, raw: &str, cond: &Condition) -> Result<Reply, ApiError> {
     let key = parse_key(raw)?;
     let found = node.store.with_value(&key, |stamp, data| {
-        Reply::json(200, data.to_vec())
-            .with_header("ETag", format!("\"{}\"", stamp.uuid))
-            .with_header("X-Kvs-Timestamp", stamp.timestamp.to_string())
+        let etag = format!("\"{}\"", stamp.uuid);
+        match cond.evaluate(Some(stamp)) {
+            Verdict::Proceed => Ok(Reply::json(200, data.to_vec())
+                .with_header("ETag", etag)
+                .with_header("X-Kvs-Timestamp", stamp.timestamp.to_string())),
+            Verdict::NotModified => Ok(Reply {
+                status: 304,
+                body: Vec::new(),
+                content_type: "application/json",
+                headers: vec![("ETag", etag)],
+            }),
+            Verdict::Failed => Err(ApiError::PreconditionFailed(format!(
+                "precondition failed: {key} is at version {}",
+                stamp.uuid
+            ))),
+        }
     })?;
-    found.ok_or_else(|| ApiError::NotFound(format!("key not found: {key}")))
+    match found {
+        Some(reply) => reply,
+        None if cond.evaluate(None) == Verdict::Failed => Err(ApiError::PreconditionFailed(
+            format!("precondition failed: {key} does not exist"),
+        )),
+        None => Err(ApiError::NotFound(format!("key not found: {key}"))),
+    }
 }
 
 /// Checks everything about a write that can be checked before the writer:
@@ -130,7 +137,7 @@ fn prepare_write(
         return Err(ApiError::Syncing);
     }
     let key = parse_key(raw)?;
-    let cond = condition(rq)?;
+    let cond = condition(rq);
     if !is_put {
         return Ok((key, None, cond));
     }

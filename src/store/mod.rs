@@ -20,6 +20,7 @@
 //! them to the in-memory tree. Only the writer thread (`store::writer`) and
 //! the offline tools write.
 
+pub mod condition;
 pub mod datafile;
 pub mod merkle;
 pub mod version;

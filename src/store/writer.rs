@@ -15,6 +15,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+pub use super::condition::Condition;
 use super::version::{merge, next_timestamp, Merge, Stamp, Version, VersionId};
 use super::{Result, Store, StoreError};
 use crate::clock;
@@ -27,18 +28,6 @@ const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 const QUEUE_OPS: usize = 16 * 1024;
 /// Tombstones purged per transaction.
 const PURGE_BATCH: usize = 10_000;
-
-/// A precondition on a client write, checked against this node's version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Condition {
-    None,
-    /// `If-Match: <uuid>`: the current live version must have this uuid.
-    IfMatch(VersionId),
-    /// `If-Match: *`: the key must hold a live value.
-    IfExists,
-    /// `If-None-Match: *`: the key must not hold a live value.
-    IfAbsent,
-}
 
 /// A client write that was committed.
 #[derive(Clone, Debug)]
@@ -441,12 +430,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
             } => {
                 let old = store.stamp_in(&txn, key)?;
                 let live = old.filter(|s| !s.deleted);
-                let holds = match condition {
-                    Condition::None => true,
-                    Condition::IfMatch(id) => live.is_some_and(|s| s.uuid == *id),
-                    Condition::IfExists => live.is_some(),
-                    Condition::IfAbsent => live.is_none(),
-                };
+                let holds = condition.holds(live.as_ref());
                 if !holds {
                     Outcome::Client(Err(WriteError::PreconditionFailed(live)))
                 } else {
@@ -637,11 +621,11 @@ mod tests {
     #[test]
     fn client_writes_commit_in_order_with_growing_timestamps() {
         let h = Harness::new();
-        let a = h.client("k", Some("1"), Condition::None).unwrap();
-        let b = h.client("k", Some("2"), Condition::None).unwrap();
+        let a = h.client("k", Some("1"), Condition::default()).unwrap();
+        let b = h.client("k", Some("2"), Condition::default()).unwrap();
         assert!(b.stamp.timestamp > a.stamp.timestamp);
         assert_eq!(h.store.get("k").unwrap().unwrap().data, b"2");
-        let d = h.client("k", None, Condition::None).unwrap();
+        let d = h.client("k", None, Condition::default()).unwrap();
         assert!(d.stamp.deleted && d.stamp.timestamp > b.stamp.timestamp);
         assert_eq!(*h.local.lock().unwrap(), ["k", "k", "k"]);
     }
@@ -656,7 +640,7 @@ mod tests {
                 .submit(Op::Client {
                     key: format!("c/{i}"),
                     data: Some(i.to_string().into_bytes()),
-                    condition: Condition::None,
+                    condition: Condition::default(),
                     reply: Box::new(move |r| {
                         let _ = tx.send(r.is_ok());
                     }),
@@ -674,19 +658,58 @@ mod tests {
     #[test]
     fn conditions_are_checked_against_the_current_version() {
         let h = Harness::new();
-        assert!(h.client("c", Some("1"), Condition::IfAbsent).is_ok());
+        assert!(h
+            .client(
+                "c",
+                Some("1"),
+                Condition {
+                    if_none_match: Some(crate::store::condition::Tags::Any),
+                    if_match: None
+                }
+            )
+            .is_ok());
         assert!(matches!(
-            h.client("c", Some("2"), Condition::IfAbsent),
+            h.client(
+                "c",
+                Some("2"),
+                Condition {
+                    if_none_match: Some(crate::store::condition::Tags::Any),
+                    if_match: None
+                }
+            ),
             Err(WriteError::PreconditionFailed(Some(_)))
         ));
         let current = h.store.get("c").unwrap().unwrap().stamp.uuid;
         assert!(h
-            .client("c", Some("3"), Condition::IfMatch(current))
+            .client(
+                "c",
+                Some("3"),
+                Condition {
+                    if_match: Some(crate::store::condition::Tags::List(vec![(false, current)])),
+                    if_none_match: None
+                }
+            )
             .is_ok());
         assert!(h
-            .client("c", Some("4"), Condition::IfMatch(current))
+            .client(
+                "c",
+                Some("4"),
+                Condition {
+                    if_match: Some(crate::store::condition::Tags::List(vec![(false, current)])),
+                    if_none_match: None
+                }
+            )
             .is_err());
-        assert!(h.client("gone", Some("1"), Condition::IfExists).is_err());
+        assert!(h
+            .client(
+                "gone",
+                Some("1"),
+                Condition {
+                    if_match: Some(crate::store::condition::Tags::Any),
+                    if_none_match: None
+                }
+            )
+            .is_err());
         assert_eq!(h.store.get("c").unwrap().unwrap().data, b"3");
         assert!(h.store.get("gone").unwrap().is_none());
     }
@@ -694,7 +717,9 @@ mod tests {
     #[test]
     fn remote_versions_go_through_the_merge_rule() {
         let h = Harness::new();
-        let mine = h.client("r", Some("\"mine\""), Condition::None).unwrap();
+        let mine = h
+            .client("r", Some("\"mine\""), Condition::default())
+            .unwrap();
         let ts = mine.stamp.timestamp;
         let report = h
             .writer

@@ -87,6 +87,26 @@ expect_status 200 PUT "$(url a /kv/cond)" -H "If-Match: $etag" --data-binary 3
 expect_status 412 PUT "$(url a /kv/cond)" -H "If-Match: $etag" --data-binary 4
 expect_eq "$(get a cond)" 3 "value after a failed If-Match"
 
+step "conditional requests as RFC 9110 says: 304, weak tags, lists, 412 not 400"
+etag=$(curl -s --max-time 5 -D - -o /dev/null "$(url a /kv/cond)" | tr -d '\r' | sed -n 's/^[Ee][Tt]ag: //p')
+other='"0b6f8a52-1d7e-4c1e-9a53-2f1d3c4b5a69"'
+expect_status 304 GET "$(url a /kv/cond)" -H "If-None-Match: $etag"
+expect_status 304 GET "$(url a /kv/cond)" -H "If-None-Match: W/$etag"
+expect_status 304 GET "$(url a /kv/cond)" -H "If-None-Match: $other, $etag"
+expect_status 304 GET "$(url a /kv/cond)" -H "If-None-Match: *"
+expect_status 200 GET "$(url a /kv/cond)" -H "If-None-Match: $other"
+curl -s --max-time 5 -D - -o /dev/null -H "If-None-Match: $etag" "$(url a /kv/cond)" | tr -d '\r' \
+  | grep -qi "^etag: $etag" || fail "a 304 without the ETag"
+expect_status 412 GET "$(url a /kv/cond)" -H "If-Match: $other"
+expect_status 412 GET "$(url a /kv/absent)" -H "If-Match: *"
+expect_status 412 PUT "$(url a /kv/cond)" -H "If-Match: W/$etag" --data-binary 5
+expect_status 412 PUT "$(url a /kv/cond)" -H 'If-Match: "not a tag"' --data-binary 5
+expect_status 412 PUT "$(url a /kv/cond)" -H "If-None-Match: $etag" --data-binary 5
+expect_eq "$(get a cond)" 3 "value after failed conditions"
+expect_status 200 PUT "$(url a /kv/cond)" -H "If-Match: $other, $etag" --data-binary 6
+expect_status 200 PUT "$(url a /kv/cond)" -H "If-None-Match: $etag" --data-binary 7
+expect_eq "$(get a cond)" 7 "value after conditions that held"
+
 step "prefix listing"
 for k in users/ann users/bob/x users/bob/y other; do put a "$k" '"v"'; done
 curl -sf --max-time 5 -X DELETE "$(url a /kv/users/bob/y)" >/dev/null
