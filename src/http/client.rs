@@ -71,6 +71,7 @@ pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started:
     let result = match method {
         Method::Get | Method::Head if route == Route::KvList => list(node, raw, target),
         Method::Get | Method::Head => get(node, raw, &condition(&rq)),
+        Method::Delete if target.has("recurse") => delete_recurse(node, raw),
         Method::Put | Method::Delete => {
             match prepare_write(node, &mut rq, raw, method == Method::Put) {
                 Ok((key, data, cond)) => {
@@ -116,14 +117,8 @@ fn get(node: &Node, raw: &str, cond: &Condition) -> Result<Reply, ApiError> {
     }
 }
 
-/// Checks everything about a write that can be checked before the writer:
-/// mode, key, condition, body size and JSON validity.
-fn prepare_write(
-    node: &Node,
-    rq: &mut Request,
-    raw: &str,
-    is_put: bool,
-) -> Result<(String, Option<Vec<u8>>, Condition), ApiError> {
+/// Whether this node takes client writes now.
+fn writable(node: &Node) -> Result<(), ApiError> {
     if node.is_stopping() {
         return Err(ApiError::Stopping);
     }
@@ -136,6 +131,57 @@ fn prepare_write(
     if node.mode() == Mode::Syncing {
         return Err(ApiError::Syncing);
     }
+    Ok(())
+}
+
+/// Keys a recursive delete removes per commit, so that other writes keep
+/// flowing between its commits.
+const DELETE_BATCH: usize = 500;
+
+/// `DELETE /kv/{prefix}?recurse`: deletes every key under the prefix (all
+/// keys for an empty prefix, as in Consul), `DELETE_BATCH` keys per
+/// commit; the tombstones replicate like single deletes. Answers
+/// `{"deleted": N}`.
+fn delete_recurse(node: &Node, raw: &str) -> Result<Reply, ApiError> {
+    writable(node)?;
+    let prefix = parse_prefix(raw)?;
+    let mut deleted = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let (page, more) = node
+            .store
+            .list(&prefix, after.as_deref(), None, false, DELETE_BATCH)?;
+        let keys: Vec<String> = page
+            .into_iter()
+            .filter_map(|l| match l {
+                Listed::Key(k, _) => Some(k),
+                Listed::Prefix(_) => None,
+            })
+            .collect();
+        let Some(last) = keys.last().cloned() else {
+            break;
+        };
+        deleted += node.writer.delete_many(keys)?;
+        after = Some(last);
+        if !more {
+            break;
+        }
+    }
+    Ok(Reply::json_value(
+        200,
+        &serde_json::json!({ "deleted": deleted }),
+    ))
+}
+
+/// Checks everything about a write that can be checked before the writer:
+/// mode, key, condition, body size and JSON validity.
+fn prepare_write(
+    node: &Node,
+    rq: &mut Request,
+    raw: &str,
+    is_put: bool,
+) -> Result<(String, Option<Vec<u8>>, Condition), ApiError> {
+    writable(node)?;
     let key = parse_key(raw)?;
     let cond = condition(rq);
     if !is_put {

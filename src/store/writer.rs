@@ -87,6 +87,12 @@ pub enum Op {
         winner: Version,
         reply: Option<SyncSender<Result<bool>>>,
     },
+    /// Client deletes of several keys (a recursive delete): each key that
+    /// holds a live value gets a tombstone, as a client `DELETE` would.
+    DeleteMany {
+        keys: Vec<String>,
+        reply: SyncSender<Result<usize>>,
+    },
     /// A peer's copy of a version stored damaged here: replaces the local
     /// version if it is still damaged and the copy is the same version or
     /// a newer one; otherwise goes through the merge rule like any remote
@@ -118,7 +124,7 @@ impl Op {
             Op::Remote { versions, .. } => versions.iter().map(|(_, v)| v.data.len()).sum(),
             Op::Resolve { winner, .. } => winner.data.len(),
             Op::Repair { copy, .. } => copy.data.len(),
-            Op::Purge { .. } | Op::Drop { .. } | Op::Stop => 0,
+            Op::Purge { .. } | Op::Drop { .. } | Op::DeleteMany { .. } | Op::Stop => 0,
         }
     }
 
@@ -137,6 +143,9 @@ impl Op {
                 let _ = reply.send(Err(copy()));
             }
             Op::Repair { reply, .. } => {
+                let _ = reply.send(Err(copy()));
+            }
+            Op::DeleteMany { reply, .. } => {
                 let _ = reply.send(Err(copy()));
             }
             _ => {}
@@ -198,6 +207,15 @@ impl WriterHandle {
             reply: Some(tx),
         })
         .map_err(|_| StoreError::WriterStopped)?;
+        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
+    }
+
+    /// Deletes the keys that hold a live value, in one commit; returns how
+    /// many were deleted. The tombstones replicate like any client delete.
+    pub fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(Op::DeleteMany { keys, reply: tx })
+            .map_err(|_| StoreError::WriterStopped)?;
         rx.recv().unwrap_or(Err(StoreError::WriterStopped))
     }
 
@@ -398,7 +416,8 @@ fn finish(
                 let _ = r.send(Ok(changed));
             }
             (Op::Purge { reply, .. }, Outcome::Purge(n))
-            | (Op::Drop { reply, .. }, Outcome::Purge(n)) => {
+            | (Op::Drop { reply, .. }, Outcome::Purge(n))
+            | (Op::DeleteMany { reply, .. }, Outcome::Purge(n)) => {
                 let _ = reply.send(Ok(n));
             }
             _ => {}
@@ -494,6 +513,33 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                     store.put_version(&mut txn, key, old.as_ref(), winner, &mut effects.deltas)?;
                 }
                 Outcome::Resolve(replace)
+            }
+            Op::DeleteMany { keys, .. } => {
+                let mut deleted = 0;
+                for key in keys {
+                    let old = store.stamp_in(&txn, key)?;
+                    if !old.is_some_and(|s| !s.deleted) {
+                        continue;
+                    }
+                    let tombstone = Version {
+                        stamp: Stamp {
+                            timestamp: next_timestamp(clock::now_ms(), old.as_ref()),
+                            uuid: VersionId::new_random(),
+                            deleted: true,
+                        },
+                        data: Vec::new(),
+                    };
+                    store.put_version(
+                        &mut txn,
+                        key,
+                        old.as_ref(),
+                        &tombstone,
+                        &mut effects.deltas,
+                    )?;
+                    effects.local.push((key.clone(), tombstone));
+                    deleted += 1;
+                }
+                Outcome::Purge(deleted)
             }
             Op::Repair { key, copy, .. } => {
                 let old = store.stamp_in(&txn, key)?;
@@ -712,6 +758,35 @@ mod tests {
             .is_err());
         assert_eq!(h.store.get("c").unwrap().unwrap().data, b"3");
         assert!(h.store.get("gone").unwrap().is_none());
+    }
+
+    #[test]
+    fn delete_many_makes_tombstones_for_live_keys_only() {
+        let h = Harness::new();
+        for k in ["p/a", "p/b", "p/c"] {
+            h.client(k, Some("1"), Condition::default()).unwrap();
+        }
+        h.client("p/b", None, Condition::default()).unwrap();
+        h.local.lock().unwrap().clear();
+        let n = h
+            .writer
+            .delete_many(vec![
+                "p/a".into(),
+                "p/b".into(),
+                "p/c".into(),
+                "p/none".into(),
+            ])
+            .unwrap();
+        assert_eq!(n, 2, "p/b was already deleted, p/none never existed");
+        for k in ["p/a", "p/b", "p/c"] {
+            assert!(h.store.get(k).unwrap().unwrap().stamp.deleted, "{k}");
+        }
+        assert!(h.store.get("p/none").unwrap().is_none());
+        // The new tombstones replicate like client deletes.
+        assert_eq!(
+            *h.local.lock().unwrap(),
+            vec!["p/a".to_string(), "p/c".to_string()]
+        );
     }
 
     #[test]
