@@ -518,7 +518,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 let mut deleted = 0;
                 for key in keys {
                     let old = store.stamp_in(&txn, key)?;
-                    if !old.is_some_and(|s| !s.deleted) {
+                    if old.is_none_or(|s| s.deleted) {
                         continue;
                     }
                     let tombstone = Version {
