@@ -183,53 +183,50 @@ impl WriterHandle {
         self.tx.send(op).map_err(|_| WriterClosed)
     }
 
+    /// Submits the op `make` builds around a reply channel and waits for
+    /// the answer, sent after the commit.
+    fn call<T>(&self, make: impl FnOnce(SyncSender<Result<T>>) -> Op) -> Result<T> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(make(tx))
+            .map_err(|_| StoreError::WriterStopped)?;
+        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
+    }
+
     /// Applies remote versions and waits for the commit.
     pub fn apply_remote(&self, versions: Vec<(String, Version)>) -> Result<RemoteReport> {
         if versions.is_empty() {
             return Ok(RemoteReport::default());
         }
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(Op::Remote {
+        self.call(|tx| Op::Remote {
             versions,
             reply: Some(tx),
         })
-        .map_err(|_| StoreError::WriterStopped)?;
-        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
     }
 
     /// Stores a conflict winner and waits for the commit; true if it changed
     /// the local version.
     pub fn resolve(&self, key: String, winner: Version) -> Result<bool> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(Op::Resolve {
+        self.call(|tx| Op::Resolve {
             key,
             winner,
             reply: Some(tx),
         })
-        .map_err(|_| StoreError::WriterStopped)?;
-        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
     }
 
     /// Deletes the keys that hold a live value, in one commit; returns how
     /// many were deleted. The tombstones replicate like any client delete.
     pub fn delete_many(&self, keys: Vec<String>) -> Result<usize> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(Op::DeleteMany { keys, reply: tx })
-            .map_err(|_| StoreError::WriterStopped)?;
-        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
+        self.call(|tx| Op::DeleteMany { keys, reply: tx })
     }
 
     /// Stores a peer's copy of a version found damaged here; true if it
     /// replaced the local version.
     pub fn repair(&self, key: String, copy: Version) -> Result<bool> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(Op::Repair {
+        self.call(|tx| Op::Repair {
             key,
             copy,
             reply: tx,
         })
-        .map_err(|_| StoreError::WriterStopped)?;
-        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
     }
 
     /// Ends the writer once every op queued before this call is committed.
@@ -239,26 +236,20 @@ impl WriterHandle {
 
     /// Removes versions that are still current; returns how many.
     pub fn drop_versions(&self, versions: Vec<(String, Stamp)>) -> Result<usize> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(Op::Drop {
+        self.call(|tx| Op::Drop {
             versions,
             reply: tx,
         })
-        .map_err(|_| StoreError::WriterStopped)?;
-        rx.recv().unwrap_or(Err(StoreError::WriterStopped))
     }
 
     /// Purges tombstones older than the horizon; returns how many.
     pub fn purge(&self, horizon_ms: u64) -> Result<usize> {
         let mut total = 0;
         loop {
-            let (tx, rx) = mpsc::sync_channel(1);
-            self.submit(Op::Purge {
+            let n = self.call(|tx| Op::Purge {
                 horizon_ms,
                 reply: tx,
-            })
-            .map_err(|_| StoreError::WriterStopped)?;
-            let n = rx.recv().unwrap_or(Err(StoreError::WriterStopped))?;
+            })?;
             total += n;
             if n < PURGE_BATCH {
                 return Ok(total);
