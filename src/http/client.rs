@@ -134,6 +134,77 @@ fn writable(node: &Node) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Ops in one `POST /batch` at most.
+pub const BATCH_MAX_OPS: usize = 1000;
+
+/// One op of a batch, as the client sends it; `value` is kept as the
+/// exact bytes of the JSON value in the body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchOp<'a> {
+    op: String,
+    key: String,
+    #[serde(borrow, default)]
+    value: Option<&'a serde_json::value::RawValue>,
+}
+
+/// `POST /batch`: up to `BATCH_MAX_OPS` puts and deletes applied in one
+/// commit on this node (replicated as usual), answered with one
+/// `{"uuid","timestamp"}` per op in order; one bad op is a `400` naming it,
+/// and nothing is applied.
+pub fn batch(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
+    super::allow(rq, "POST", &[Method::Post])?;
+    check_client_auth(node, rq)?;
+    writable(node)?;
+    let body = super::read_body(rq, batch_body_limit(node))?;
+    check_json(&body)?;
+    let ops: Vec<BatchOp<'_>> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "a batch is a JSON array of {{\"op\":\"put\",\"key\",\"value\"}} and \
+             {{\"op\":\"delete\",\"key\"}}: {e}"
+        ))
+    })?;
+    if ops.is_empty() || ops.len() > BATCH_MAX_OPS {
+        return Err(ApiError::BadRequest(format!(
+            "a batch holds 1 to {BATCH_MAX_OPS} ops, not {}",
+            ops.len()
+        )));
+    }
+    let mut writes = Vec::with_capacity(ops.len());
+    for (i, op) in ops.into_iter().enumerate() {
+        let bad = |msg: String| ApiError::BadRequest(format!("op {i} ({:?}): {msg}", op.key));
+        crate::store::check_key(&op.key, false).map_err(bad)?;
+        let data = match (op.op.as_str(), op.value) {
+            ("put", Some(v)) => {
+                let bytes = v.get().as_bytes();
+                if bytes.len() > node.config.max_value_bytes {
+                    return Err(bad(format!(
+                        "value is larger than the limit of {} bytes",
+                        node.config.max_value_bytes
+                    )));
+                }
+                Some(bytes.to_vec())
+            }
+            ("put", None) => return Err(bad("a put needs a \"value\"".into())),
+            ("delete", None) => None,
+            ("delete", Some(_)) => return Err(bad("a delete takes no \"value\"".into())),
+            (other, _) => return Err(bad(format!("unknown op {other:?}: use put or delete"))),
+        };
+        writes.push((op.key, data));
+    }
+    let stamps = node.writer.batch(writes)?;
+    let answers: Vec<serde_json::Value> = stamps
+        .iter()
+        .map(|s| serde_json::json!({ "uuid": s.uuid.to_string(), "timestamp": s.timestamp }))
+        .collect();
+    Ok(Reply::json_value(200, &answers))
+}
+
+/// The largest batch body: four values at the limit.
+pub fn batch_body_limit(node: &Node) -> usize {
+    node.config.max_value_bytes.saturating_mul(4)
+}
+
 /// Keys a recursive delete removes per commit, so that other writes keep
 /// flowing between its commits.
 const DELETE_BATCH: usize = 500;

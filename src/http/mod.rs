@@ -176,6 +176,12 @@ fn admit(node: &Node, method: &Method, url: &str, headers: &[Header]) -> Result<
             _ => SMALL_BODY_BYTES,
         };
         (Credentials::Client, limit, Route::KvPut)
+    } else if path == "/batch" {
+        (
+            Credentials::Client,
+            client::batch_body_limit(node),
+            Route::KvPut,
+        )
     } else if path.starts_with("/internal/") || path == "/members/join" {
         let route = if path == "/members/join" {
             Route::Members
@@ -316,6 +322,7 @@ fn handle(node: &Node, mut rq: Request) {
         "/members/join" => (Route::Members, internal::join(node, &mut rq)),
         "/members/leave" => (Route::Members, internal::leave(node, &mut rq)),
         "/metrics" => (Route::Metrics, client::metrics(node, &rq)),
+        "/batch" => (Route::KvPut, client::batch(node, &mut rq)),
         p if p.starts_with("/internal/") => {
             (Route::Internal, internal::route(node, &mut rq, &target))
         }

@@ -87,6 +87,12 @@ pub enum Op {
         winner: Version,
         reply: Option<SyncSender<Result<bool>>>,
     },
+    /// A client batch (`POST /batch`): puts (`Some(data)`) and deletes,
+    /// all in one transaction, each like a single client write.
+    Batch {
+        ops: Vec<(String, Option<Vec<u8>>)>,
+        reply: SyncSender<Result<Vec<Stamp>>>,
+    },
     /// Client deletes of several keys (a recursive delete): each key that
     /// holds a live value gets a tombstone, as a client `DELETE` would.
     DeleteMany {
@@ -124,6 +130,10 @@ impl Op {
             Op::Remote { versions, .. } => versions.iter().map(|(_, v)| v.data.len()).sum(),
             Op::Resolve { winner, .. } => winner.data.len(),
             Op::Repair { copy, .. } => copy.data.len(),
+            Op::Batch { ops, .. } => ops
+                .iter()
+                .map(|(_, d)| d.as_ref().map_or(0, Vec::len))
+                .sum(),
             Op::Purge { .. } | Op::Drop { .. } | Op::DeleteMany { .. } | Op::Stop => 0,
         }
     }
@@ -146,6 +156,9 @@ impl Op {
                 let _ = reply.send(Err(copy()));
             }
             Op::DeleteMany { reply, .. } => {
+                let _ = reply.send(Err(copy()));
+            }
+            Op::Batch { reply, .. } => {
                 let _ = reply.send(Err(copy()));
             }
             _ => {}
@@ -211,6 +224,11 @@ impl WriterHandle {
             winner,
             reply: Some(tx),
         })
+    }
+
+    /// Applies a client batch in one commit; returns each op's new stamp.
+    pub fn batch(&self, ops: Vec<(String, Option<Vec<u8>>)>) -> Result<Vec<Stamp>> {
+        self.call(|tx| Op::Batch { ops, reply: tx })
     }
 
     /// Deletes the keys that hold a live value, in one commit; returns how
@@ -315,6 +333,7 @@ enum Outcome {
     Remote(RemoteReport),
     Resolve(bool),
     Purge(usize),
+    Batch(Vec<Stamp>),
 }
 
 /// Everything a committed transaction produced.
@@ -405,6 +424,9 @@ fn finish(
             (Op::Resolve { reply: Some(r), .. }, Outcome::Resolve(changed))
             | (Op::Repair { reply: r, .. }, Outcome::Resolve(changed)) => {
                 let _ = r.send(Ok(changed));
+            }
+            (Op::Batch { reply, .. }, Outcome::Batch(stamps)) => {
+                let _ = reply.send(Ok(stamps));
             }
             (Op::Purge { reply, .. }, Outcome::Purge(n))
             | (Op::Drop { reply, .. }, Outcome::Purge(n))
@@ -504,6 +526,30 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                     store.put_version(&mut txn, key, old.as_ref(), winner, &mut effects.deltas)?;
                 }
                 Outcome::Resolve(replace)
+            }
+            Op::Batch { ops, .. } => {
+                let mut stamps = Vec::with_capacity(ops.len());
+                for (key, data) in ops {
+                    let old = store.stamp_in(&txn, key)?;
+                    let version = Version {
+                        stamp: Stamp {
+                            timestamp: next_timestamp(clock::now_ms(), old.as_ref()),
+                            uuid: VersionId::new_random(),
+                            deleted: data.is_none(),
+                        },
+                        data: data.clone().unwrap_or_default(),
+                    };
+                    store.put_version(
+                        &mut txn,
+                        key,
+                        old.as_ref(),
+                        &version,
+                        &mut effects.deltas,
+                    )?;
+                    stamps.push(version.stamp);
+                    effects.local.push((key.clone(), version));
+                }
+                Outcome::Batch(stamps)
             }
             Op::DeleteMany { keys, .. } => {
                 let mut deleted = 0;
@@ -749,6 +795,28 @@ mod tests {
             .is_err());
         assert_eq!(h.store.get("c").unwrap().unwrap().data, b"3");
         assert!(h.store.get("gone").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_batch_is_one_commit_in_order() {
+        let h = Harness::new();
+        h.client("b/x", Some("0"), Condition::default()).unwrap();
+        let before = *h.commits.lock().unwrap();
+        let stamps = h
+            .writer
+            .batch(vec![
+                ("b/x".into(), Some(b"1".to_vec())),
+                ("b/x".into(), Some(b"2".to_vec())),
+                ("b/y".into(), Some(b"[3]".to_vec())),
+                ("b/x".into(), None),
+            ])
+            .unwrap();
+        assert_eq!(stamps.len(), 4);
+        assert!(stamps[1].timestamp > stamps[0].timestamp);
+        assert!(stamps[3].timestamp > stamps[1].timestamp && stamps[3].deleted);
+        assert_eq!(*h.commits.lock().unwrap(), before + 1, "one commit");
+        assert!(h.store.get("b/x").unwrap().unwrap().stamp.deleted);
+        assert_eq!(h.store.get("b/y").unwrap().unwrap().data, b"[3]");
     }
 
     #[test]
