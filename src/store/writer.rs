@@ -800,8 +800,19 @@ mod tests {
     #[test]
     fn a_batch_is_one_commit_in_order() {
         let h = Harness::new();
+        // The commit hook runs after the answer: wait for it to count.
+        let commits_reach = |n: usize| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while *h.commits.lock().unwrap() < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "commit {n} never counted"
+                );
+                std::thread::yield_now();
+            }
+        };
         h.client("b/x", Some("0"), Condition::default()).unwrap();
-        let before = *h.commits.lock().unwrap();
+        commits_reach(1);
         let stamps = h
             .writer
             .batch(vec![
@@ -814,7 +825,8 @@ mod tests {
         assert_eq!(stamps.len(), 4);
         assert!(stamps[1].timestamp > stamps[0].timestamp);
         assert!(stamps[3].timestamp > stamps[1].timestamp && stamps[3].deleted);
-        assert_eq!(*h.commits.lock().unwrap(), before + 1, "one commit");
+        commits_reach(2);
+        assert_eq!(*h.commits.lock().unwrap(), 2, "the batch is one commit");
         assert!(h.store.get("b/x").unwrap().unwrap().stamp.deleted);
         assert_eq!(h.store.get("b/y").unwrap().unwrap().data, b"[3]");
     }
