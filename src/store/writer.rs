@@ -447,6 +447,32 @@ fn finish(
     }
 }
 
+/// Writes a new local version of `key` (a value, or a tombstone when
+/// `data` is `None`) over `old`, with a timestamp above it and a fresh
+/// uuid, and queues it for replication: what every client write does,
+/// single, batched or recursive.
+fn write_local(
+    store: &Store,
+    txn: &mut heed::RwTxn<'_>,
+    key: &str,
+    old: Option<Stamp>,
+    data: &Option<Vec<u8>>,
+    effects: &mut Effects,
+) -> Result<Stamp> {
+    let version = Version {
+        stamp: Stamp {
+            timestamp: next_timestamp(clock::now_ms(), old.as_ref()),
+            uuid: VersionId::new_random(),
+            deleted: data.is_none(),
+        },
+        data: data.clone().unwrap_or_default(),
+    };
+    store.put_version(txn, key, old.as_ref(), &version, &mut effects.deltas)?;
+    let stamp = version.stamp;
+    effects.local.push((key.to_string(), version));
+    Ok(stamp)
+}
+
 /// Applies a batch in one transaction and commits it.
 fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
     let mut txn = store.write_txn()?;
@@ -466,23 +492,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 if !holds {
                     Outcome::Client(Err(WriteError::PreconditionFailed(live)))
                 } else {
-                    let version = Version {
-                        stamp: Stamp {
-                            timestamp: next_timestamp(clock::now_ms(), old.as_ref()),
-                            uuid: VersionId::new_random(),
-                            deleted: data.is_none(),
-                        },
-                        data: data.clone().unwrap_or_default(),
-                    };
-                    store.put_version(
-                        &mut txn,
-                        key,
-                        old.as_ref(),
-                        &version,
-                        &mut effects.deltas,
-                    )?;
-                    let stamp = version.stamp;
-                    effects.local.push((key.clone(), version));
+                    let stamp = write_local(store, &mut txn, key, old, data, &mut effects)?;
                     Outcome::Client(Ok(Written { stamp }))
                 }
             }
@@ -531,23 +541,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 let mut stamps = Vec::with_capacity(ops.len());
                 for (key, data) in ops {
                     let old = store.stamp_in(&txn, key)?;
-                    let version = Version {
-                        stamp: Stamp {
-                            timestamp: next_timestamp(clock::now_ms(), old.as_ref()),
-                            uuid: VersionId::new_random(),
-                            deleted: data.is_none(),
-                        },
-                        data: data.clone().unwrap_or_default(),
-                    };
-                    store.put_version(
-                        &mut txn,
-                        key,
-                        old.as_ref(),
-                        &version,
-                        &mut effects.deltas,
-                    )?;
-                    stamps.push(version.stamp);
-                    effects.local.push((key.clone(), version));
+                    stamps.push(write_local(store, &mut txn, key, old, data, &mut effects)?);
                 }
                 Outcome::Batch(stamps)
             }
@@ -558,22 +552,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                     if old.is_none_or(|s| s.deleted) {
                         continue;
                     }
-                    let tombstone = Version {
-                        stamp: Stamp {
-                            timestamp: next_timestamp(clock::now_ms(), old.as_ref()),
-                            uuid: VersionId::new_random(),
-                            deleted: true,
-                        },
-                        data: Vec::new(),
-                    };
-                    store.put_version(
-                        &mut txn,
-                        key,
-                        old.as_ref(),
-                        &tombstone,
-                        &mut effects.deltas,
-                    )?;
-                    effects.local.push((key.clone(), tombstone));
+                    write_local(store, &mut txn, key, old, &None, &mut effects)?;
                     deleted += 1;
                 }
                 Outcome::Purge(deleted)

@@ -4,12 +4,7 @@
 # tombstones replicate, and a second run deletes nothing.
 source "$(dirname "$0")/lib.sh"
 
-start_node a "${FAST[@]}"
-wait_healthy a
-start_node b $(seeds a) "${FAST[@]}"
-wait_ready b
-count_is() { [ "$(member_count "$1")" = "$2" ]; }
-for n in a b; do wait_until 10 "$n sees 2" count_is "$n" 2; done
+start_pair a b
 put_many a users/u 500
 put a users "\"the key users itself\""
 put a usersx '"next to the prefix"'

@@ -4,12 +4,7 @@
 # nothing is applied; more than 1000 ops, a GET, or invalid UTF-8 refused.
 source "$(dirname "$0")/lib.sh"
 
-start_node a "${FAST[@]}"
-wait_healthy a
-start_node b $(seeds a) "${FAST[@]}"
-wait_ready b
-count_is() { [ "$(member_count "$1")" = "$2" ]; }
-for n in a b; do wait_until 10 "$n sees 2" count_is "$n" 2; done
+start_pair a b
 put a c '"to delete"'
 
 step "a batch of two puts and a delete"

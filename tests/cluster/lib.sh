@@ -260,3 +260,15 @@ for marker in sys.argv[2:]:
 open(path, "wb").write(data)
 PY
 }
+
+# start_pair A B: a 2-node cluster with fast intervals (B seeded with A),
+# both ready for client writes and each listing the other.
+start_pair() {
+  start_node "$1" "${FAST[@]}"
+  wait_healthy "$1"
+  start_node "$2" $(seeds "$1") "${FAST[@]}"
+  wait_ready "$2"
+  _two_members() { [ "$(member_count "$1")" = 2 ]; }
+  wait_until 10 "$1 sees 2 members" _two_members "$1"
+  wait_until 10 "$2 sees 2 members" _two_members "$2"
+}
