@@ -297,6 +297,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
         joined_timestamp: joined,
         generation,
         heartbeat: 0,
+        suspect: false,
         left: false,
     };
     let known = store

@@ -2,24 +2,38 @@
 //! no I/O, so every rule here is tested without sockets.
 //!
 //! Protocol, in prose. Every node owns one entry about itself:
-//! `(id, address, joined_timestamp, generation, heartbeat, left)`. The
-//! generation is fixed at process start and grows across restarts; the
-//! heartbeat grows every gossip round. Entries travel in joins and gossip;
-//! merging keeps, per member, the entry with the larger
-//! `(generation, heartbeat)`. A node's own entry is only ever changed by
-//! itself.
+//! `(id, address, joined_timestamp, generation, heartbeat, suspect, left)`.
+//! The generation is fixed at process start and grows across restarts. The
+//! heartbeat is the node's incarnation: it grows only when the node refutes
+//! a suspicion about itself, or leaves. Merging keeps, per member, the entry
+//! with the larger `(generation, heartbeat, suspect)`, so a suspicion beats
+//! the alive entry it doubts, and only the member itself can beat the
+//! suspicion (with a larger heartbeat).
 //!
-//! Liveness never compares clocks across nodes: a member is "heard from"
-//! when a fresher entry about it arrives, and the time of that is this
-//! node's own monotonic clock. Unheard for `failure_timeout`: unhealthy
-//! (kept, shown, but left out of votes, syncs and gossip payloads). Unheard
-//! for `removal_timeout`: dropped. A leaving node sends an entry with `left`
-//! set, and peers drop it at once.
+//! Liveness is found by probing, not by spreading heartbeats (SWIM): every
+//! gossip exchange is a probe of its target. When a probe gets no answer,
+//! the prober marks the target `suspect` and that news spreads as a rumor.
+//! A member that hears it is suspected answers with a larger heartbeat,
+//! which clears the suspicion everywhere. A suspicion not cleared within
+//! `failure_timeout` (timed on each node's own monotonic clock, never by
+//! comparing clocks) makes the member unhealthy: kept, shown, but left out
+//! of votes, syncs and pushes. Within `removal_timeout` of the suspicion:
+//! dropped. A leaving node sends an entry with `left` set, and peers drop it
+//! at once. Nothing changes while all is well, so an idle cluster has no
+//! news to spread: two nodes compare a digest of their tables and exchange
+//! whole tables only when the digests differ.
+//!
+//! News (a new member, a suspicion, a refutation, a leave) is a rumor: it
+//! rides on the next gossip exchanges, a bounded number of times (a few
+//! times log2 N), which reaches every member in about log N rounds.
 //!
 //! Dropped and left members leave a tombstone (their last generation and
 //! heartbeat) for a while, so that stale gossip from a slower peer cannot
 //! bring them back. A member that really comes back has a fresher entry
-//! (a new heartbeat, or a new generation after a restart) and is re-added.
+//! (a new heartbeat, or a new generation after a restart) and is re-added;
+//! an entry that comes straight from its member (the sender's own entry in
+//! a gossip exchange or a join) is proof of life and passes the tombstone,
+//! and the member is told it was doubted so that it refutes everywhere.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -40,14 +54,26 @@ pub struct MemberEntry {
     pub generation: u64,
     /// Grows with every gossip round of the node.
     pub heartbeat: u64,
+    /// Some node could not reach it and doubts it is alive.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspect: bool,
     /// The node has left the cluster.
     #[serde(default)]
     pub left: bool,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 impl MemberEntry {
     fn freshness(&self) -> (u64, u64) {
         (self.generation, self.heartbeat)
+    }
+
+    /// The order in which news about one member replaces older news.
+    fn rank(&self) -> (u64, u64, bool) {
+        (self.generation, self.heartbeat, self.suspect)
     }
 
     /// Checks what a peer sent; the error names the problem.
@@ -98,11 +124,14 @@ pub struct Peer {
 
 struct Member {
     entry: MemberEntry,
-    /// When a fresher entry last arrived (this node's monotonic clock).
+    /// When a fresher entry or the member itself last reached this node
+    /// (this node's monotonic clock).
     heard: Instant,
     /// The same moment on the wall clock, for display.
     heard_ms: u64,
     health: Health,
+    /// Since when this node has known the member as suspect.
+    suspected: Option<Instant>,
 }
 
 /// Something that changed in the table, for the log.
@@ -113,6 +142,11 @@ pub enum Change {
     Unhealthy(String),
     Removed(String),
     Left(String),
+    /// A probe failed, or a rumor says one did elsewhere.
+    Suspected(String),
+    /// This node heard it was suspected, and answered with a larger
+    /// heartbeat.
+    Refuted,
     /// A new member refused: the table is full.
     Refused(String),
 }
@@ -131,6 +165,8 @@ pub struct MemberTable {
     removal_timeout: Duration,
     /// Members, this node included, at most; as many tombstones again.
     max_members: usize,
+    /// News to pass on, by member id, with how many more times to send it.
+    rumors: HashMap<String, (MemberEntry, u32)>,
 }
 
 impl MemberTable {
@@ -147,7 +183,75 @@ impl MemberTable {
             failure_timeout,
             removal_timeout,
             max_members,
+            rumors: HashMap::new(),
         }
+    }
+
+    /// How many times a rumor is sent: enough to reach every member of a
+    /// cluster this size with a wide margin (push-pull gossip spreads news
+    /// to N members in about log2 N exchanges).
+    fn transmissions(&self) -> u32 {
+        let n = self.members.len() + 1;
+        let log2 = usize::BITS - n.leading_zeros();
+        3 * log2.max(1) + 2
+    }
+
+    /// Queues news about one member; newer news replaces older.
+    fn spread(&mut self, e: &MemberEntry) {
+        if self.rumors.len() >= self.max_members && !self.rumors.contains_key(&e.id) {
+            return;
+        }
+        let times = self.transmissions();
+        self.rumors.insert(e.id.clone(), (e.clone(), times));
+    }
+
+    /// Up to `max` rumors for one gossip message, those sent least first;
+    /// each is sent a bounded number of times, then forgotten.
+    pub fn take_rumors(&mut self, max: usize) -> Vec<MemberEntry> {
+        let mut ids: Vec<(u32, String)> = self
+            .rumors
+            .iter()
+            .map(|(id, (_, left))| (*left, id.clone()))
+            .collect();
+        ids.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let mut out = Vec::new();
+        for (_, id) in ids.into_iter().take(max) {
+            if let Some((e, left)) = self.rumors.get_mut(&id) {
+                out.push(e.clone());
+                *left -= 1;
+                if *left == 0 {
+                    self.rumors.remove(&id);
+                }
+            }
+        }
+        out
+    }
+
+    /// A digest of what this node knows: every member's entry, this node's
+    /// included (FNV-1a over the entries in id order). Two nodes with the
+    /// same digest agree; an idle exchange sends only this.
+    pub fn digest(&self) -> u64 {
+        let mut entries: Vec<&MemberEntry> = self.members.values().map(|m| &m.entry).collect();
+        entries.push(&self.me);
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for e in entries {
+            eat(e.id.as_bytes());
+            eat(&[0]);
+            eat(e.address.as_bytes());
+            eat(&[0]);
+            eat(&e.joined_timestamp.to_le_bytes());
+            eat(&e.generation.to_le_bytes());
+            eat(&e.heartbeat.to_le_bytes());
+            eat(&[u8::from(e.suspect), u8::from(e.left)]);
+        }
+        h
     }
 
     /// Remembers a dropped or left member, unless the tombstones are full
@@ -163,16 +267,66 @@ impl MemberTable {
         &self.me
     }
 
-    /// Advances this node's heartbeat (once per gossip round).
-    pub fn beat(&mut self) {
-        self.me.heartbeat += 1;
-    }
-
     /// Marks this node as leaving; its entry now says so.
     pub fn leave(&mut self) -> MemberEntry {
         self.me.left = true;
         self.me.heartbeat += 1;
         self.me.clone()
+    }
+
+    /// A probe of a member got no answer: suspect it, and spread that.
+    pub fn suspect(&mut self, id: &str, now: Instant) -> Option<Change> {
+        let m = self.members.get_mut(id)?;
+        if m.entry.suspect {
+            return None;
+        }
+        m.entry.suspect = true;
+        m.suspected.get_or_insert(now);
+        let e = m.entry.clone();
+        self.spread(&e);
+        Some(Change::Suspected(id.to_string()))
+    }
+
+    /// A member answered this node, or called it: it is alive right now
+    /// (for `last_seen`; only its own larger heartbeat clears a suspicion).
+    pub fn contact(&mut self, id: &str, now: Instant, now_ms: u64) {
+        if let Some(m) = self.members.get_mut(id) {
+            m.heard = now;
+            m.heard_ms = now_ms;
+        }
+    }
+
+    /// The entry this node holds against a member that says `e` about
+    /// itself: a suspicion (or a removal) at least as fresh as `e`. Sent
+    /// back to the member, so that it refutes with a larger heartbeat.
+    pub fn doubt_about(&self, e: &MemberEntry) -> Option<MemberEntry> {
+        if let Some(m) = self.members.get(&e.id) {
+            if m.entry.suspect && m.entry.freshness() >= e.freshness() {
+                return Some(m.entry.clone());
+            }
+            return None;
+        }
+        match self.gone.get(&e.id) {
+            Some(((generation, heartbeat), _))
+                if *generation == e.generation && *heartbeat >= e.heartbeat =>
+            {
+                Some(MemberEntry {
+                    heartbeat: *heartbeat,
+                    suspect: true,
+                    left: false,
+                    ..e.clone()
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The suspicion this node holds about a member, if any.
+    pub fn suspicion_of(&self, id: &str) -> Option<MemberEntry> {
+        self.members
+            .get(id)
+            .filter(|m| m.entry.suspect)
+            .map(|m| m.entry.clone())
     }
 
     /// Forgets every peer (this node has left and works alone).
@@ -204,39 +358,67 @@ impl MemberTable {
     pub fn merge(&mut self, entries: &[MemberEntry], now: Instant, now_ms: u64) -> Vec<Change> {
         let mut changes = Vec::new();
         for e in entries {
-            if let Some(c) = self.merge_one(e, now, now_ms) {
+            if let Some(c) = self.merge_one(e, false, now, now_ms) {
                 changes.push(c);
             }
         }
         changes
     }
 
-    fn merge_one(&mut self, e: &MemberEntry, now: Instant, now_ms: u64) -> Option<Change> {
-        if e.id == self.me.id || e.validate().is_err() {
+    /// Merges an entry that came straight from its member (its own entry
+    /// in a gossip exchange or a join): proof of life, so a tombstone does
+    /// not hold it back.
+    pub fn merge_direct(&mut self, e: &MemberEntry, now: Instant, now_ms: u64) -> Vec<Change> {
+        let change = self.merge_one(e, true, now, now_ms);
+        self.contact(&e.id, now, now_ms);
+        change.into_iter().collect()
+    }
+
+    fn merge_one(
+        &mut self,
+        e: &MemberEntry,
+        direct: bool,
+        now: Instant,
+        now_ms: u64,
+    ) -> Option<Change> {
+        if e.validate().is_err() {
             return None;
         }
+        if e.id == self.me.id {
+            return self.refute(e);
+        }
         if let Some((freshness, _)) = self.gone.get(&e.id) {
-            if e.freshness() <= *freshness {
+            if e.freshness() <= *freshness && !(direct && !e.left) {
                 return None;
             }
         }
         if e.left {
             self.bury(&e.id, e.freshness(), now);
+            self.spread(e);
             return self
                 .members
                 .remove(&e.id)
                 .map(|_| Change::Left(e.id.clone()));
         }
         match self.members.get_mut(&e.id) {
-            Some(m) if e.freshness() > m.entry.freshness() => {
+            Some(m) if e.rank() > m.entry.rank() => {
                 m.entry = e.clone();
-                m.heard = now;
-                m.heard_ms = now_ms;
-                if m.health == Health::Unhealthy {
-                    m.health = Health::Alive;
-                    return Some(Change::Recovered(e.id.clone()));
-                }
-                None
+                let change = if e.suspect {
+                    m.suspected.get_or_insert(now);
+                    Some(Change::Suspected(e.id.clone()))
+                } else {
+                    m.heard = now;
+                    m.heard_ms = now_ms;
+                    m.suspected = None;
+                    if m.health == Health::Unhealthy {
+                        m.health = Health::Alive;
+                        Some(Change::Recovered(e.id.clone()))
+                    } else {
+                        None
+                    }
+                };
+                self.spread(e);
+                change
             }
             Some(_) => None,
             None => {
@@ -254,22 +436,42 @@ impl MemberTable {
                         heard: now,
                         heard_ms: now_ms,
                         health: Health::Alive,
+                        suspected: e.suspect.then_some(now),
                     },
                 );
+                self.spread(e);
                 Some(Change::Joined(e.id.clone()))
             }
         }
     }
 
-    /// Applies the failure and removal timeouts.
+    /// News about this node from elsewhere: a suspicion (or a leave it did
+    /// not send) of its current generation is answered with a larger
+    /// heartbeat, which beats the doubt wherever it spread.
+    fn refute(&mut self, e: &MemberEntry) -> Option<Change> {
+        if self.me.left
+            || e.generation != self.me.generation
+            || !(e.suspect || e.left)
+            || e.heartbeat < self.me.heartbeat
+        {
+            return None;
+        }
+        self.me.heartbeat = e.heartbeat + 1;
+        let me = self.me.clone();
+        self.spread(&me);
+        Some(Change::Refuted)
+    }
+
+    /// Applies the failure and removal timeouts to suspected members.
     pub fn tick(&mut self, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut removed = Vec::new();
         for (id, m) in self.members.iter_mut() {
-            let silent = now.saturating_duration_since(m.heard);
-            if silent >= self.removal_timeout {
+            let Some(since) = m.suspected else { continue };
+            let doubted = now.saturating_duration_since(since);
+            if doubted >= self.removal_timeout {
                 removed.push(id.clone());
-            } else if silent >= self.failure_timeout && m.health == Health::Alive {
+            } else if doubted >= self.failure_timeout && m.health == Health::Alive {
                 m.health = Health::Unhealthy;
                 changes.push(Change::Unhealthy(id.clone()));
             }
@@ -277,6 +479,7 @@ impl MemberTable {
         for id in removed {
             if let Some(m) = self.members.remove(&id) {
                 self.bury(&id, m.entry.freshness(), now);
+                self.rumors.remove(&id);
                 changes.push(Change::Removed(id));
             }
         }
@@ -288,16 +491,11 @@ impl MemberTable {
         changes
     }
 
-    /// Entries to send in gossip and join replies: this node and every
-    /// alive member (unhealthy ones are not spread further).
+    /// The whole table as entries, this node first: what a join reply and
+    /// a gossip exchange between disagreeing nodes carry.
     pub fn entries(&self) -> Vec<MemberEntry> {
         let mut out = vec![self.me.clone()];
-        out.extend(
-            self.members
-                .values()
-                .filter(|m| m.health == Health::Alive)
-                .map(|m| m.entry.clone()),
-        );
+        out.extend(self.members.values().map(|m| m.entry.clone()));
         out
     }
 
@@ -397,7 +595,15 @@ mod tests {
             joined_timestamp: 1000 + port as u64,
             generation: gen,
             heartbeat: hb,
+            suspect: false,
             left: false,
+        }
+    }
+
+    fn doubted(id: &str, port: u16, gen: u64, hb: u64) -> MemberEntry {
+        MemberEntry {
+            suspect: true,
+            ..entry(id, port, gen, hb)
         }
     }
 
@@ -441,47 +647,135 @@ mod tests {
     }
 
     #[test]
-    fn fresher_entries_win_and_count_as_heard() {
+    fn silence_alone_changes_nothing() {
         let t0 = Instant::now();
         let mut t = table();
-        assert_eq!(
-            t.merge(&[entry("a", 2, 1, 5)], t0, 0),
-            vec![Change::Joined("a".into())]
-        );
-        // Older or equal news is ignored and does not refresh liveness.
-        t.merge(&[entry("a", 2, 1, 4), entry("a", 2, 1, 5)], t0 + FAIL, 0);
-        assert_eq!(t.tick(t0 + FAIL), vec![Change::Unhealthy("a".into())]);
-        assert_eq!(t.healthy_count(), 1);
-        // Fresher news makes it alive again.
-        assert_eq!(
-            t.merge(&[entry("a", 2, 1, 6)], t0 + FAIL, 0),
-            vec![Change::Recovered("a".into())]
-        );
+        t.merge(&[entry("a", 2, 1, 5)], t0, 0);
+        // No news for longer than both timeouts: nothing to doubt.
+        assert!(t.tick(t0 + REMOVE * 3).is_empty());
         assert_eq!(t.healthy_count(), 2);
-        assert_eq!(t.healthy_peers()[0].id, "a");
+        // Older or equal news is ignored.
+        assert!(t
+            .merge(&[entry("a", 2, 1, 4), entry("a", 2, 1, 5)], t0, 0)
+            .is_empty());
     }
 
     #[test]
-    fn silent_members_become_unhealthy_then_removed() {
+    fn a_suspicion_not_refuted_makes_unhealthy_then_removed() {
         let t0 = Instant::now();
         let mut t = table();
         t.merge(&[entry("a", 2, 1, 1), entry("b", 3, 1, 1)], t0, 0);
+        assert_eq!(t.suspect("a", t0), Some(Change::Suspected("a".into())));
+        assert_eq!(t.suspect("a", t0), None, "already suspected");
         assert!(t.tick(t0 + FAIL / 2).is_empty());
-        t.merge(&[entry("b", 3, 1, 2)], t0 + FAIL / 2, 0);
+        // A rumor of the same suspicion does not restart the clock.
+        assert!(t
+            .merge(&[doubted("a", 2, 1, 1)], t0 + FAIL / 2, 0)
+            .is_empty());
         assert_eq!(t.tick(t0 + FAIL), vec![Change::Unhealthy("a".into())]);
-        // Unhealthy members are not gossiped on.
-        assert!(t.entries().iter().all(|e| e.id != "a"));
+        assert_eq!(t.healthy_count(), 2);
+        assert_eq!(t.unhealthy_peers()[0].id, "a");
         assert_eq!(t.views(0).len(), 3);
         let changes = t.tick(t0 + REMOVE);
-        assert!(changes.contains(&Change::Removed("a".into())));
+        assert_eq!(changes, vec![Change::Removed("a".into())]);
         assert!(!t.is_member("a"));
+        assert!(t.is_healthy("b"));
         // Stale gossip about it does not bring it back...
         assert!(t.merge(&[entry("a", 2, 1, 1)], t0 + REMOVE, 0).is_empty());
-        // ...but a fresh heartbeat does (it came back without a restart).
+        // ...its own word does, and it is told it was doubted.
+        let doubt = t.doubt_about(&entry("a", 2, 1, 1)).expect("a doubt");
+        assert!(doubt.suspect && doubt.heartbeat == 1);
         assert_eq!(
-            t.merge(&[entry("a", 2, 1, 2)], t0 + REMOVE, 0),
+            t.merge_direct(&entry("a", 2, 1, 1), t0 + REMOVE, 0),
             vec![Change::Joined("a".into())]
         );
+    }
+
+    #[test]
+    fn a_suspicion_is_cleared_only_by_a_larger_heartbeat() {
+        let t0 = Instant::now();
+        let mut t = table();
+        t.merge(&[entry("a", 2, 1, 1)], t0, 0);
+        assert_eq!(
+            t.merge(&[doubted("a", 2, 1, 1)], t0, 0),
+            vec![Change::Suspected("a".into())]
+        );
+        // The member answering directly at the same heartbeat does not
+        // clear it (other nodes still hold the suspicion)...
+        assert!(t.merge_direct(&entry("a", 2, 1, 1), t0, 0).is_empty());
+        assert!(t.suspicion_of("a").is_some());
+        t.tick(t0 + FAIL);
+        assert!(!t.is_healthy("a"));
+        // ...its refutation does, everywhere it spreads.
+        assert_eq!(
+            t.merge(&[entry("a", 2, 1, 2)], t0 + FAIL, 0),
+            vec![Change::Recovered("a".into())]
+        );
+        assert!(t.is_healthy("a"));
+        assert!(t.suspicion_of("a").is_none());
+        assert!(t.tick(t0 + REMOVE * 2).is_empty(), "the clock stopped");
+    }
+
+    #[test]
+    fn this_node_refutes_a_suspicion_about_itself() {
+        let mut t = table();
+        let d0 = t.digest();
+        assert_eq!(
+            t.merge(&[doubted("me", 1, 1, 0)], Instant::now(), 0),
+            vec![Change::Refuted]
+        );
+        assert_eq!(t.me().heartbeat, 1);
+        assert_ne!(t.digest(), d0);
+        assert!(t
+            .take_rumors(10)
+            .iter()
+            .any(|e| e.id == "me" && e.heartbeat == 1));
+        // An older doubt, or one about a previous generation, is ignored.
+        assert!(t
+            .merge(&[doubted("me", 1, 1, 0)], Instant::now(), 0)
+            .is_empty());
+        assert!(t
+            .merge(&[doubted("me", 1, 0, 9)], Instant::now(), 0)
+            .is_empty());
+        assert_eq!(t.me().heartbeat, 1);
+    }
+
+    #[test]
+    fn rumors_are_sent_a_bounded_number_of_times() {
+        let t0 = Instant::now();
+        let mut t = table();
+        t.merge(&[entry("a", 2, 1, 1), entry("b", 3, 1, 1)], t0, 0);
+        let mut sent = 0;
+        for _ in 0..100 {
+            let batch = t.take_rumors(1);
+            if batch.is_empty() {
+                break;
+            }
+            sent += batch.len();
+        }
+        // Two rumors, each sent 3 * log2(3) + 2 = 8 times.
+        assert_eq!(sent, 2 * 8);
+        assert!(t.take_rumors(10).is_empty(), "an idle table has no news");
+        t.suspect("a", t0);
+        let news = t.take_rumors(10);
+        assert_eq!(news.len(), 1);
+        assert!(news[0].suspect);
+    }
+
+    #[test]
+    fn the_digest_says_whether_two_tables_agree() {
+        let t0 = Instant::now();
+        let mut x = table();
+        let mut y = MemberTable::new(entry("b", 3, 1, 1), FAIL, REMOVE, 16);
+        x.merge(&[entry("a", 2, 1, 1), entry("b", 3, 1, 1)], t0, 0);
+        y.merge(&[entry("me", 1, 1, 0), entry("a", 2, 1, 1)], t0, 0);
+        assert_eq!(x.digest(), y.digest(), "same members, other order");
+        y.merge(&[entry("a", 2, 1, 2)], t0, 0);
+        assert_ne!(x.digest(), y.digest());
+        x.merge(&y.entries(), t0, 0);
+        assert_eq!(x.digest(), y.digest());
+        x.suspect("a", t0);
+        assert_ne!(x.digest(), y.digest());
     }
 
     #[test]
@@ -516,6 +810,7 @@ mod tests {
         // A restart at the same address: accepted.
         assert!(t.check_join(&entry("a", 2, 2, 0)).is_ok());
         // Once the first is unhealthy, the id may move.
+        t.suspect("a", t0);
         t.tick(t0 + FAIL);
         assert!(t.check_join(&entry("a", 9, 2, 0)).is_ok());
     }

@@ -2,7 +2,8 @@
 //!
 //! - `membership`: the member table (pure state) and its rules.
 //! - `gossip`: joining, the gossip rounds, leaving (the I/O around the table).
-//! - `replicate`: push on write, one bounded queue and thread per peer.
+//! - `replicate`: push on write, a small pool of senders over bounded
+//!   per-peer queues.
 //! - `sync`: pull: regular sync, catch-up, bootstrap, tombstone purge.
 //! - `conflict`: settling equal-timestamp conflicts by vote or rule.
 //! - `antientropy`: Merkle summary exchange that finds every difference.
@@ -153,8 +154,29 @@ impl Members {
         self.table().check_join(e)
     }
 
-    pub fn beat(&self) {
-        self.table().beat()
+    /// Up to `max` rumors for one gossip message.
+    pub fn take_rumors(&self, max: usize) -> Vec<MemberEntry> {
+        self.table().take_rumors(max)
+    }
+
+    pub fn digest(&self) -> u64 {
+        self.table().digest()
+    }
+
+    /// A probe of a member got no answer.
+    pub fn suspect(&self, id: &str) {
+        let change = self.table().suspect(id, Instant::now());
+        log_changes(change.as_slice(), &[]);
+    }
+
+    /// What this node holds against a member that says `e` about itself.
+    pub fn doubt_about(&self, e: &MemberEntry) -> Option<MemberEntry> {
+        self.table().doubt_about(e)
+    }
+
+    /// The suspicion this node holds about a member.
+    pub fn suspicion_of(&self, id: &str) -> Option<MemberEntry> {
+        self.table().suspicion_of(id)
     }
 
     pub fn leave(&self) -> MemberEntry {
@@ -172,6 +194,23 @@ impl Members {
             let changes = table.merge(entries, Instant::now(), clock::real_now_ms());
             (changes, table.me().address.clone())
         };
+        self.record(&changes, entries, &me);
+    }
+
+    /// Merges a member's own entry, straight from it, and logs what
+    /// changed.
+    pub fn merge_direct(&self, entry: &MemberEntry) {
+        let (changes, me) = {
+            let mut table = self.table();
+            let changes = table.merge_direct(entry, Instant::now(), clock::real_now_ms());
+            (changes, table.me().address.clone())
+        };
+        self.record(&changes, std::slice::from_ref(entry), &me);
+    }
+
+    /// Remembers the addresses of members that joined or came back, and
+    /// logs every change.
+    fn record(&self, changes: &[Change], entries: &[MemberEntry], me: &str) {
         let joined: Vec<&str> = changes
             .iter()
             .filter_map(|c| match c {
@@ -186,9 +225,9 @@ impl Members {
                     known.insert(e.address.clone(), clock::real_now_ms());
                 }
             }
-            known.remove(&me);
+            known.remove(me);
         }
-        log_changes(&changes, entries);
+        log_changes(changes, entries);
     }
 
     /// Applies the timeouts and logs what changed.
@@ -286,12 +325,18 @@ fn log_changes(changes: &[Change], entries: &[MemberEntry]) {
             }
             Change::Recovered(id) => log::info!("member {id} is healthy again"),
             Change::Unhealthy(id) => {
-                log::warn!("member {id} is unhealthy (not heard from within failure_timeout)")
+                log::warn!("member {id} is unhealthy (suspected for failure_timeout)")
             }
             Change::Removed(id) => {
-                log::warn!("member {id} removed (not heard from within removal_timeout)")
+                log::warn!("member {id} removed (suspected for removal_timeout)")
             }
             Change::Left(id) => log::info!("member {id} left the cluster"),
+            Change::Suspected(id) => {
+                log::info!("member {id} is suspected (a probe of it got no answer)")
+            }
+            Change::Refuted => {
+                log::info!("a peer suspected this node; answered with a larger heartbeat")
+            }
             Change::Refused(_) => {}
         }
     }
@@ -309,6 +354,7 @@ mod tests {
             joined_timestamp: 1,
             generation: 1,
             heartbeat,
+            suspect: false,
             left,
         }
     }
@@ -347,10 +393,13 @@ mod tests {
                         (2, _) | (_, 2) => {
                             members.tick();
                             members.reached(&format!("127.0.0.1:{port}"));
+                            members.suspect(&format!("n{port}"));
                         }
                         _ => {
                             let _ = members.rejoin_candidates();
                             let _ = members.entries();
+                            let _ = members.take_rumors(8);
+                            let _ = members.digest();
                         }
                     }
                 }

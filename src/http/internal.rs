@@ -12,7 +12,7 @@ use crate::cluster::antientropy::{
     self, BucketCursor, BucketsReply, BucketsRequest, ChildrenReply, ChildrenRequest, RootReply,
 };
 use crate::cluster::conflict::VersionReply;
-use crate::cluster::gossip::MemberList;
+use crate::cluster::gossip::{self, Gossip, MemberList};
 use crate::cluster::membership::MemberEntry;
 use crate::cluster::replicate::{PushReply, PushRequest};
 use crate::cluster::sync::{self, Cursor, FetchReply, FetchRequest, LatestReply, SinceReply};
@@ -71,15 +71,14 @@ pub fn join(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
         );
         ApiError::Conflict(refused.0)
     })?;
-    node.cluster.members.merge(std::slice::from_ref(&entry));
+    // What this node holds against the joining node goes back to it (last:
+    // the first entry is this node's own), so that it refutes.
+    let doubt = node.cluster.members.doubt_about(&entry);
+    node.cluster.members.merge_direct(&entry);
     node.cluster.members.reached(&entry.address);
-    node.cluster.members.beat();
-    Ok(Reply::json_value(
-        200,
-        &MemberList {
-            members: node.cluster.members.entries(),
-        },
-    ))
+    let mut members = node.cluster.members.entries();
+    members.extend(doubt);
+    Ok(Reply::json_value(200, &MemberList { members }))
 }
 
 /// `POST /members/leave`: with a member entry (marked `left`) in the body,
@@ -124,23 +123,11 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
     match target.path {
         "/internal/gossip" => {
             allow(rq, "POST", &[Method::Post])?;
-            let list: MemberList = read_json(node, rq)?;
-            for e in &list.members {
+            let msg: Gossip = read_json(node, rq)?;
+            for e in msg.entries() {
                 e.validate().map_err(ApiError::BadRequest)?;
             }
-            if !node.cluster.has_left() {
-                node.cluster.members.merge(&list.members);
-                node.cluster.members.touch();
-                // The reply proves this node alive: say so with a fresher
-                // heartbeat, whatever its own gossip thread is waiting on.
-                node.cluster.members.beat();
-            }
-            Ok(Reply::json_value(
-                200,
-                &MemberList {
-                    members: node.cluster.members.entries(),
-                },
-            ))
+            Ok(Reply::json_value(200, &gossip::answer(node, &msg)))
         }
         "/internal/push" => {
             allow(rq, "POST", &[Method::Post])?;
