@@ -388,7 +388,8 @@ impl MemberTable {
             return self.refute(e);
         }
         if let Some((freshness, _)) = self.gone.get(&e.id) {
-            if e.freshness() <= *freshness && !(direct && !e.left) {
+            let proof_of_life = direct && !e.left;
+            if e.freshness() <= *freshness && !proof_of_life {
                 return None;
             }
         }
