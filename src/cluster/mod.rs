@@ -331,11 +331,12 @@ fn log_changes(changes: &[Change], entries: &[MemberEntry]) {
                 log::warn!("member {id} removed (suspected for removal_timeout)")
             }
             Change::Left(id) => log::info!("member {id} left the cluster"),
+            // Debug: under a one-way network fault these repeat every round.
             Change::Suspected(id) => {
-                log::info!("member {id} is suspected (a probe of it got no answer)")
+                log::debug!("member {id} is suspected (a probe of it got no answer)")
             }
             Change::Refuted => {
-                log::info!("a peer suspected this node; answered with a larger heartbeat")
+                log::debug!("a peer suspected this node; answered with a larger heartbeat")
             }
             Change::Refused(_) => {}
         }
