@@ -41,6 +41,9 @@ pub struct RawConfig {
     pub seed_nodes: Option<Vec<String>>,
     pub read_only: Option<bool>,
     pub log_level: Option<String>,
+    pub log_file: Option<String>,
+    pub log_format: Option<String>,
+    pub join_timeout: Option<f64>,
     pub gossip_interval_min: Option<f64>,
     pub gossip_interval_max: Option<f64>,
     pub sync_interval: Option<f64>,
@@ -93,6 +96,21 @@ pub const KEYS: &[(&str, &str, &str)] = &[
         "refuse client writes (403); replication still applies",
     ),
     ("log_level", "\"info\"", "debug, info, warn or error"),
+    (
+        "log_file",
+        "\"\"",
+        "file to append the log to (empty: stderr); SIGHUP reopens it",
+    ),
+    (
+        "log_format",
+        "\"text\"",
+        "text (one line per event) or json",
+    ),
+    (
+        "join_timeout",
+        "60",
+        "seconds a new node waits for a seed before serving as a cluster of one",
+    ),
     (
         "gossip_interval_min",
         "60",
@@ -209,6 +227,10 @@ pub struct Config {
     pub read_only: bool,
     /// Log level: debug, info, warn or error. Default info.
     pub log_level: log::LevelFilter,
+    /// Where the log goes; None: stderr.
+    pub log_file: Option<PathBuf>,
+    pub log_json: bool,
+    pub join_timeout: Duration,
     /// Lower bound of the random wait between gossip rounds. Default 60 s.
     pub gossip_interval_min: Duration,
     /// Upper bound of the random wait between gossip rounds. Default 120 s.
@@ -301,6 +323,9 @@ impl RawConfig {
             seed_nodes,
             read_only,
             log_level,
+            log_file,
+            log_format,
+            join_timeout,
             gossip_interval_min,
             gossip_interval_max,
             sync_interval,
@@ -332,6 +357,8 @@ fn is_string_key(key: &str) -> bool {
             | "bind_address"
             | "data_dir"
             | "log_level"
+            | "log_file"
+            | "log_format"
             | "advertise_address"
             | "cluster_secret"
     )
@@ -416,6 +443,13 @@ impl Config {
             }
         };
 
+        let log_file = raw.log_file.filter(|f| !f.is_empty()).map(PathBuf::from);
+        let log_json = match raw.log_format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => return err(format!("log_format: \"{other}\" is not one of text, json")),
+        };
+        let join_timeout = seconds("join_timeout", raw.join_timeout, 60.0)?;
         let gossip_interval_min = seconds("gossip_interval_min", raw.gossip_interval_min, 60.0)?;
         let gossip_interval_max = seconds("gossip_interval_max", raw.gossip_interval_max, 120.0)?;
         if gossip_interval_min > gossip_interval_max {
@@ -539,6 +573,9 @@ impl Config {
             seed_nodes,
             read_only: raw.read_only.unwrap_or(false),
             log_level,
+            log_file,
+            log_json,
+            join_timeout,
             gossip_interval_min,
             gossip_interval_max,
             sync_interval,
@@ -579,6 +616,9 @@ impl Config {
             seed_nodes => "seed_nodes",
             read_only => "read_only",
             log_level => "log_level",
+            log_file => "log_file",
+            log_json => "log_format",
+            join_timeout => "join_timeout",
             gossip_interval_min => "gossip_interval_min",
             gossip_interval_max => "gossip_interval_max",
             sync_interval => "sync_interval",

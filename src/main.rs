@@ -4,10 +4,12 @@
 //! `node::run` (or to one of the offline tools in `tools`). Every failure
 //! becomes one line on stderr and a non-zero exit code.
 
+mod cli;
 mod clock;
 mod cluster;
 mod config;
 mod http;
+mod logging;
 mod metrics;
 mod node;
 mod peer;
@@ -34,6 +36,8 @@ Usage:
                                    node's data directory
   kvs verify DIR                   recompute the anti-entropy summary of a
                                    stopped node's data and compare
+  kvs restore BACKUP_FILE DIR      make a new data directory from a file that
+                                   GET /backup (or kvs backup) wrote
   kvs --help | --version
 
 Options (each overrides the same key of the config file):
@@ -48,7 +52,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("-h") | Some("--help") | Some("help") => {
-            print!("{USAGE}");
+            print!("{USAGE}\n{}", cli::USAGE);
             return ExitCode::SUCCESS;
         }
         Some("-V") | Some("--version") => {
@@ -58,6 +62,8 @@ fn main() -> ExitCode {
         Some("test-conflict") => return exit(tools::test_conflict(&args[1..])),
         Some("load") => return exit(tools::load(&args[1..])),
         Some("verify") => return exit(tools::verify(&args[1..])),
+        Some("restore") => return exit(tools::restore(&args[1..])),
+        Some(cmd) if cli::COMMANDS.contains(&cmd) => return cli::main(&args),
         _ => {}
     }
     let config = match load_config(&args) {
@@ -67,7 +73,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_level);
+    if let Err(e) = logging::init(
+        config.log_level,
+        config.log_file.as_deref(),
+        config.log_json,
+    ) {
+        eprintln!("kvs: {e}");
+        return ExitCode::from(2);
+    }
     // SIGHUP reads the file and the options again, the same way.
     let reload = Box::new(move || load_config(&args));
     match node::run(config, reload) {
@@ -166,20 +179,4 @@ fn load_config(args: &[String]) -> Result<Config, String> {
         raw.seed_nodes = Some(seeds);
     }
     Config::from_raw(raw).map_err(|e| e.0)
-}
-
-/// Logs go to stderr, one line per event. The logger itself lets every
-/// level through and `log::set_max_level` decides, so that SIGHUP can
-/// change the level of a running node.
-fn init_logging(level: log::LevelFilter) {
-    let config = simplelog::ConfigBuilder::new()
-        .set_time_format_rfc3339()
-        .set_thread_level(log::LevelFilter::Off)
-        .set_target_level(log::LevelFilter::Off)
-        .set_location_level(log::LevelFilter::Off)
-        .add_filter_ignore_str("ureq")
-        .add_filter_ignore_str("tiny_http")
-        .build();
-    let _ = simplelog::WriteLogger::init(log::LevelFilter::Trace, config, std::io::stderr());
-    log::set_max_level(level);
 }

@@ -21,6 +21,7 @@ use crate::cluster::replicate::Replicator;
 use crate::cluster::sync::{SyncState, META_BOOTSTRAPPED, META_BOOTSTRAP_PENDING};
 use crate::cluster::{antientropy, conflict, gossip, scrub, sync, Members, Stopper};
 use crate::config::Config;
+use crate::logging;
 use crate::metrics::Metrics;
 use crate::peer::PeerClient;
 use crate::store::writer::{self, Hooks, WriterHandle};
@@ -51,6 +52,9 @@ pub struct Cluster {
     absent_since: u64,
     /// bootstrap_max_age_hours in ms: tombstones older than this are purged.
     purge_age_ms: u64,
+    /// Why the last attempt to join failed (every seed and known address
+    /// refused or did not answer); None once joined.
+    join_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -73,6 +77,22 @@ impl Cluster {
     pub fn stale_horizon(&self) -> Option<u64> {
         self.is_stale()
             .then(|| clock::now_ms().saturating_sub(self.purge_age_ms))
+    }
+
+    /// Records why joining failed (None: it worked). True when the reason
+    /// is new, so worth a log line.
+    pub fn set_join_error(&self, reason: Option<String>) -> bool {
+        let mut current = self.join_error.lock().unwrap_or_else(|e| e.into_inner());
+        let new = *current != reason;
+        *current = reason;
+        new
+    }
+
+    pub fn join_error(&self) -> Option<String> {
+        self.join_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Ends the stale state after a completed exchange.
@@ -186,6 +206,18 @@ impl Node {
 const META_NODE_ID: &str = "node_id";
 const META_JOINED: &str = "joined_timestamp";
 const META_GENERATION: &str = "generation";
+
+/// Metadata that belongs to the node that wrote a data directory rather
+/// than to its data: a restored backup drops it, so that the node started
+/// on it is a new member (its own id, age and peers).
+pub const META_IDENTITY: [&str; 6] = [
+    META_NODE_ID,
+    META_JOINED,
+    META_GENERATION,
+    META_LAST_CONTACT,
+    gossip::META_KNOWN,
+    crate::cluster::sync::META_BOOTSTRAP_PENDING,
+];
 /// Meta entry: the last time (ms) this node heard from a peer.
 pub const META_LAST_CONTACT: &str = "last_contact";
 
@@ -359,6 +391,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
             stale: AtomicBool::new(stale),
             absent_since: if stale { last_contact.unwrap_or(0) } else { 0 },
             purge_age_ms: max_age_ms,
+            join_error: std::sync::Mutex::new(None),
         },
         mode: AtomicU8::new(if syncing { Mode::Syncing } else { Mode::Normal } as u8),
         stopping: AtomicBool::new(false),
@@ -470,17 +503,32 @@ fn watch_signals(exit: mpsc::Sender<i32>, loaded: Config, reload: Reload) -> Res
     Ok(())
 }
 
-/// SIGHUP: reads the configuration again. `log_level` takes effect at
-/// once; other changed keys are logged as waiting for a restart. A
-/// configuration that does not load is logged and changes nothing.
+/// SIGHUP: reopens the log file (logrotate moved it) and reads the
+/// configuration again. `log_level`, `log_file` and `log_format` take
+/// effect at once; other changed keys are logged as waiting for a
+/// restart. A configuration that does not load is logged and changes
+/// nothing but the reopening.
 fn reload_config(mut current: Config, reload: &Reload) -> Config {
     let new = match reload() {
         Ok(c) => c,
         Err(e) => {
+            if let Err(e) = logging::reopen(current.log_file.as_deref(), current.log_json) {
+                log::warn!("SIGHUP: {e}");
+            }
             log::warn!("SIGHUP: the configuration was not reloaded: {e}");
             return current;
         }
     };
+    match logging::reopen(new.log_file.as_deref(), new.log_json) {
+        Ok(()) => {
+            current.log_file = new.log_file.clone();
+            current.log_json = new.log_json;
+        }
+        Err(e) => {
+            let _ = logging::reopen(current.log_file.as_deref(), current.log_json);
+            log::warn!("SIGHUP: {e}; the log stays where it was");
+        }
+    }
     let changed = current.changed_keys(&new);
     if changed.is_empty() {
         log::info!("SIGHUP: configuration reloaded, nothing changed");

@@ -1,6 +1,7 @@
 //! Offline tools that work on a stopped node's data directory:
 //! `test-conflict` (the original's conflict fixture), `load` (bulk data for
-//! tests and benchmarks) and `verify` (the anti-entropy summary self-check).
+//! tests and benchmarks), `verify` (the anti-entropy summary self-check)
+//! and `restore` (a data directory from a `GET /backup` file).
 
 use std::path::PathBuf;
 
@@ -209,4 +210,79 @@ pub fn verify(args: &[String]) -> Result<(), String> {
             "the anti-entropy summary of {dir} does not match its data"
         ))
     }
+}
+
+/// `kvs restore FILE DIR`: makes a new data directory from a backup file.
+/// The data is kept whole; the identity of the node that made the backup
+/// (its id, `joined_timestamp`, generation, known peers) is not, so the
+/// node started on it joins as a new member.
+pub fn restore(args: &[String]) -> Result<(), String> {
+    let (paths, _) = parse(args, &[])?;
+    let [file, dir] = paths.as_slice() else {
+        return Err("usage: kvs restore BACKUP_FILE NEW_DATA_DIR".into());
+    };
+    let dir = PathBuf::from(dir);
+    let meta = std::fs::metadata(file).map_err(|e| format!("{file}: {e}"))?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Err(format!("{file}: not a backup file (empty or not a file)"));
+    }
+    let created = match std::fs::read_dir(&dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(format!(
+                    "{}: not empty; restore into a new or empty directory",
+                    dir.display()
+                ));
+            }
+            false
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            true
+        }
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    let result = restore_into(file, &dir, meta.len());
+    if result.is_err() {
+        // Leave nothing half-made behind.
+        for name in [
+            "data.mdb",
+            "lock.mdb",
+            "kvs.lock",
+            crate::store::datafile::MARKER,
+        ] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        if created {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    result
+}
+
+fn restore_into(file: &str, dir: &std::path::Path, len: u64) -> Result<(), String> {
+    let target = dir.join("data.mdb");
+    std::fs::copy(file, &target).map_err(|e| format!("copying {file}: {e}"))?;
+    std::fs::File::open(&target)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| format!("{}: {e}", target.display()))?;
+    let map_mb = (len / (1024 * 1024) * 2 + 64).max(TOOL_MAP_SIZE_MB);
+    let store = Store::open(dir, map_mb).map_err(|e| format!("{file} is not a kvs backup: {e}"))?;
+    let (versions, tombstones) = store.counts().map_err(|e| e.to_string())?;
+    if !store.verify_tree().map_err(|e| e.to_string())? {
+        return Err(format!(
+            "{file}: its anti-entropy summary does not match its data (a damaged backup?)"
+        ));
+    }
+    store
+        .meta_delete(&crate::node::META_IDENTITY)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "restored {} keys ({versions} versions, {tombstones} tombstones) into {}; \
+         start a node with data_dir: {} and its own node_id",
+        versions - tombstones,
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
 }

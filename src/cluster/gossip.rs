@@ -122,7 +122,6 @@ pub fn gossip_loop(node: Arc<Node>) {
     let mut backoff = JOIN_BACKOFF_MIN;
     let mut next_join = Instant::now();
     let mut round: u64 = 0;
-    let mut warned_alone = false;
     let mut known_saved = cluster.members.known_addresses();
     let mut contact_saved = 0u64;
     loop {
@@ -136,17 +135,13 @@ pub fn gossip_loop(node: Arc<Node>) {
         if peers.is_empty() {
             if !candidates.is_empty() && Instant::now() >= next_join {
                 match join_any(&node, &candidates) {
-                    Ok(true) => {
+                    Ok(Ok(())) => {
                         backoff = JOIN_BACKOFF_MIN;
-                        warned_alone = false;
+                        cluster.set_join_error(None);
                     }
-                    Ok(false) => {
-                        if !warned_alone {
-                            log::warn!(
-                                "no seed or known member answered ({}); retrying",
-                                candidates.join(", ")
-                            );
-                            warned_alone = true;
+                    Ok(Err(reasons)) => {
+                        if cluster.set_join_error(Some(reasons.clone())) {
+                            log::warn!("cannot join the cluster: {reasons}; retrying");
                         }
                         next_join = Instant::now() + backoff;
                         backoff = (backoff * 2).min(JOIN_BACKOFF_MAX);
@@ -312,9 +307,10 @@ fn exchange(node: &Node, p: &super::membership::Peer, timeout: Duration, traffic
     }
 }
 
-/// Tries every candidate address until one accepts the join. Ok(false):
-/// nobody answered. Err: a member refused this node (a duplicate id).
-fn join_any(node: &Node, candidates: &[String]) -> Result<bool, String> {
+/// Tries every candidate address until one accepts the join. Ok(Err):
+/// nobody did, and why (per address). Err: a member refused this node
+/// (a duplicate id).
+fn join_any(node: &Node, candidates: &[String]) -> Result<Result<(), String>, String> {
     let mut order: Vec<&String> = candidates.iter().collect();
     // Seeds first, in the configured order; other known addresses after.
     order.sort_by_key(|a| {
@@ -324,14 +320,32 @@ fn join_any(node: &Node, candidates: &[String]) -> Result<bool, String> {
             .position(|s| s == *a)
             .unwrap_or(usize::MAX)
     });
+    let mut reasons = Vec::new();
     for address in order {
         match join_one(node, address, peer::QUICK) {
-            Ok(()) => return Ok(true),
+            Ok(()) => return Ok(Ok(())),
             Err(PeerError::Status(409, msg)) => return Err(format!("{address}: {msg}")),
-            Err(e) => log::debug!("join via {address}: {e}"),
+            Err(e) => {
+                log::debug!("join via {address}: {e}");
+                reasons.push(format!("{address}: {}", join_failure(&e)));
+            }
         }
     }
-    Ok(false)
+    Ok(Err(reasons.join("; ")))
+}
+
+/// Why a join call failed, in the operator's words.
+pub fn join_failure(e: &PeerError) -> String {
+    match e {
+        PeerError::Status(401, _) => {
+            "refused our credentials (401: is cluster_secret the same on both?)".into()
+        }
+        PeerError::Status(code, msg) => format!("answered {code}: {msg}"),
+        PeerError::Unreachable(m) if m.contains("refused") => "connection refused".into(),
+        PeerError::Unreachable(m) if m.to_ascii_lowercase().contains("time") => "timeout".into(),
+        PeerError::Unreachable(m) => format!("unreachable ({m})"),
+        PeerError::BadReply(m) => format!("bad reply ({m})"),
+    }
 }
 
 /// Joins through one address.

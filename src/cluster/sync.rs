@@ -390,6 +390,22 @@ fn bootstrap(node: &Node) -> bool {
             break;
         }
         let Some(p) = random_peer(node) else {
+            if started.elapsed() >= node.config.join_timeout
+                && node.cluster.members.last_contact() == 0
+            {
+                let why = node
+                    .cluster
+                    .join_error()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                log::warn!(
+                    "bootstrap: no seed answered within join_timeout{why}; serving as a cluster \
+                     of one, to merge with the cluster when a seed answers"
+                );
+                let _ = node.store.meta_put(META_BOOTSTRAP_PENDING, b"0");
+                node.set_mode(Mode::Normal);
+                return true;
+            }
             if !waiting_logged {
                 log::info!("bootstrap: waiting for a peer to fetch history from");
                 waiting_logged = true;

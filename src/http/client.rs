@@ -422,13 +422,19 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// `GET /health`.
+/// `GET /health`: `200` while the node takes client writes (or is
+/// read-only by configuration), `503` with the same JSON and a `reason`
+/// while it does not (stopping, left, syncing).
 pub fn health(node: &Node, rq: &Request) -> Result<Reply, ApiError> {
     allow(rq, "GET, HEAD", &[Method::Get, Method::Head])?;
-    let mode = match (node.mode(), node.config.read_only) {
-        (Mode::Syncing, _) => "syncing",
-        (_, true) => "read-only",
-        _ => "normal",
+    let mode = if node.cluster.has_left() {
+        "left"
+    } else {
+        match (node.mode(), node.config.read_only) {
+            (Mode::Syncing, _) => "syncing",
+            (_, true) => "read-only",
+            _ => "normal",
+        }
     };
     let mut body = serde_json::json!({
         "status": "ok",
@@ -440,7 +446,18 @@ pub fn health(node: &Node, rq: &Request) -> Result<Reply, ApiError> {
     if node.mode() == Mode::Syncing {
         body["keys_fetched"] = serde_json::json!(node.cluster.sync.keys_fetched());
     }
-    Ok(Reply::json_value(200, &body))
+    if let Some(e) = node.cluster.join_error() {
+        body["join_error"] = serde_json::json!(e);
+    }
+    let status = match writable(node) {
+        Ok(()) | Err(ApiError::ReadOnly) => 200,
+        Err(e) => {
+            body["status"] = serde_json::json!("unavailable");
+            body["reason"] = serde_json::json!(e.message());
+            503
+        }
+    };
+    Ok(Reply::json_value(status, &body))
 }
 
 /// `GET /members/`.

@@ -30,6 +30,8 @@ pub enum ApiError {
     Left,
     /// 503: back from a long absence, the node is reconciling with a peer.
     Reconciling,
+    /// 503: a one-at-a-time task (a backup) is already running.
+    Busy(String),
     /// 507: the LMDB map is full.
     StorageFull,
     /// 507: the disk under the data directory is full.
@@ -49,7 +51,11 @@ impl ApiError {
             ApiError::Conflict(_) => 409,
             ApiError::PreconditionFailed(_) => 412,
             ApiError::TooLarge(_) => 413,
-            ApiError::Syncing | ApiError::Stopping | ApiError::Reconciling | ApiError::Left => 503,
+            ApiError::Syncing
+            | ApiError::Stopping
+            | ApiError::Reconciling
+            | ApiError::Left
+            | ApiError::Busy(_) => 503,
             ApiError::StorageFull | ApiError::NoSpace => 507,
             ApiError::Internal(_) => 500,
         }
@@ -61,6 +67,7 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
             | ApiError::PreconditionFailed(m)
+            | ApiError::Busy(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::Unauthorized => "missing or wrong credentials".into(),
             ApiError::ReadOnly => "this node is read-only: client writes are refused".into(),
@@ -98,6 +105,7 @@ impl ApiError {
             ApiError::Syncing | ApiError::Stopping | ApiError::Reconciling => {
                 vec![("Retry-After", "1".to_string())]
             }
+            ApiError::Busy(_) => vec![("Retry-After", "10".to_string())],
             ApiError::Unauthorized => vec![("WWW-Authenticate", "Bearer".to_string())],
             _ => Vec::new(),
         }

@@ -12,6 +12,7 @@
 //! and the writer answers after its commit, so a worker never waits for a
 //! disk flush and many writes share one commit.
 
+pub mod backup;
 pub mod client;
 pub mod error;
 pub mod internal;
@@ -199,7 +200,7 @@ fn admit(node: &Node, method: &Method, url: &str, headers: &[Header]) -> Result<
             SMALL_BODY_BYTES,
             Route::Members,
         )
-    } else if matches!(path, "/members" | "/members/" | "/metrics") {
+    } else if matches!(path, "/members" | "/members/" | "/metrics" | "/backup") {
         let route = if path == "/metrics" {
             Route::Metrics
         } else {
@@ -316,6 +317,9 @@ fn handle(node: &Node, mut rq: Request) {
     if path == "/kv" {
         return client::kv(node, rq, "", &target, started);
     }
+    if path == "/backup" {
+        return backup::backup(node, rq, started);
+    }
     let (route, result) = match path {
         "/health" => (Route::Health, client::health(node, &rq)),
         "/members" | "/members/" => (Route::Members, client::members(node, &rq)),
@@ -387,7 +391,7 @@ impl Reply {
     }
 }
 
-fn header(name: &str, value: &str) -> Option<Header> {
+pub fn header(name: &str, value: &str) -> Option<Header> {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
 }
 

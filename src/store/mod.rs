@@ -801,6 +801,24 @@ impl Store {
         Ok(self.meta.get(&rtxn, name.as_bytes())?.map(|v| v.to_vec()))
     }
 
+    /// Removes metadata entries in one (durable) transaction.
+    pub fn meta_delete(&self, names: &[&str]) -> Result<()> {
+        let mut wtxn = self.write_txn()?;
+        for name in names {
+            self.meta.delete(&mut wtxn, name.as_bytes())?;
+        }
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Writes a consistent, compacted copy of the database into `file`
+    /// (LMDB's own copy: one read transaction, writers keep going).
+    pub fn backup_to(&self, file: &mut File) -> Result<()> {
+        self.env
+            .copy_to_file(file, heed::CompactionOption::Enabled)
+            .map_err(StoreError::from)
+    }
+
     /// Stores one metadata entry in its own (durable) transaction.
     pub fn meta_put(&self, name: &str, value: &[u8]) -> Result<()> {
         let mut wtxn = self.write_txn()?;

@@ -109,7 +109,14 @@ wait_until() {
   done
 }
 
-is_healthy() { curl -sf --max-time 2 "$(url "$1" /health)" >/dev/null; }
+# is_healthy NAME: the node answers /health (200: it takes writes; 503:
+# it is up but does not, while syncing or after leaving).
+is_healthy() {
+  case "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$(url "$1" /health)")" in
+    200|503) return 0 ;;
+  esac
+  return 1
+}
 
 # wait_healthy NAME [SECONDS]: the node answers /health.
 wait_healthy() {

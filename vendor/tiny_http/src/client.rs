@@ -299,7 +299,7 @@ impl ClientConnection {
 
         // the answer's clock starts with its first byte
         self.write_deadline.arm();
-        Ok(crate::request::new_request(
+        let mut request = crate::request::new_request(
             self.secure,
             method,
             path,
@@ -309,7 +309,9 @@ impl ClientConnection {
             body,
             writer,
             reservation,
-        ))
+        );
+        request.response_deadline = Some(self.write_deadline.clone());
+        Ok(request)
     }
 
     fn body_error(e: std::io::Error) -> Failure {

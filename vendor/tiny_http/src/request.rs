@@ -76,6 +76,9 @@ pub struct Request {
 
     // kvs patch: the body's share of the memory budget
     _reservation: Option<Reservation>,
+
+    // kvs patch: the deadline for the whole response
+    pub(crate) response_deadline: Option<std::sync::Arc<crate::util::refined_tcp_stream::Deadline>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -136,10 +139,19 @@ where
         must_send_continue: false,
         notify_when_responded: None,
         _reservation: Some(reservation),
+        response_deadline: None,
     }
 }
 
 impl Request {
+    /// kvs patch: gives the response `d` from now to be taken by the client,
+    /// instead of the server's `response_timeout` (for a large download).
+    pub fn allow_response_time(&self, d: std::time::Duration) {
+        if let Some(deadline) = &self.response_deadline {
+            deadline.set_in(d);
+        }
+    }
+
     /// Returns true if the request was made through HTTPS.
     #[inline]
     pub fn secure(&self) -> bool {
