@@ -653,48 +653,54 @@ impl Client {
         Ok(())
     }
 
+    /// Follows the changes feed from now on: each change under `target`
+    /// (a key, or a prefix) as one JSON line, until interrupted.
     fn watch(&self, target: &str, wait: Option<u64>) -> Result<(), CliError> {
-        let mut index = 0u64;
+        let wait = wait.unwrap_or(300);
+        // Where "now" is: this node's commit index.
+        let answer = self.call(
+            "GET",
+            &format!("{}?keys&limit=1", kv_path(target)),
+            None,
+            &[],
+            Some(CALL_TIMEOUT),
+        )?;
+        if answer.status != 200 {
+            return Err(answer.refusal(target));
+        }
+        let mut index = answer
+            .header("X-Kvs-Index")
+            .and_then(|i| i.parse::<u64>().ok())
+            .ok_or_else(|| CliError::Failed("the node sent no X-Kvs-Index".into()))?;
         let mut out = std::io::stdout();
         loop {
-            let mut path = format!("{}?changes&index={index}", kv_path(target));
-            if let Some(w) = wait {
-                path.push_str(&format!("&wait={w}s"));
-            }
+            let path = format!("{}?changes&index={index}&wait={wait}s", kv_path(target));
             let answer = self.call("GET", &path, None, &[], None)?;
             let next = answer
                 .header("X-Kvs-Index")
                 .and_then(|i| i.parse::<u64>().ok());
-            match answer.status {
-                200 => {}
-                410 => {
-                    // Older than the history kept: start again from now.
-                    eprintln!("kvs: missed changes (history gone); continuing from now");
-                    index = next.unwrap_or(0);
-                    continue;
+            match (answer.status, next) {
+                (200, Some(next)) => {
+                    let text = answer.text()?;
+                    let changes: Vec<Box<RawValue>> = serde_json::from_str(&text).map_err(|e| {
+                        CliError::Failed(format!("the changes are not a JSON list: {e}"))
+                    })?;
+                    for c in &changes {
+                        writeln!(out, "{}", c.get())
+                            .map_err(|e| CliError::Failed(format!("stdout: {e}")))?;
+                    }
+                    out.flush()
+                        .map_err(|e| CliError::Failed(format!("stdout: {e}")))?;
+                    index = next;
+                }
+                (410, Some(next)) => {
+                    // Older than the history the node keeps (it restarted,
+                    // or this client fell far behind).
+                    eprintln!("kvs: some changes were missed; following again from index {next}");
+                    index = next;
                 }
                 _ => return Err(answer.refusal(target)),
             }
-            let text = answer.text()?;
-            let changes: Vec<Box<RawValue>> = serde_json::from_str(&text)
-                .map_err(|e| CliError::Failed(format!("the changes are not a JSON list: {e}")))?;
-            if index > 0 || wait.is_some() {
-                for c in &changes {
-                    writeln!(out, "{}", c.get())
-                        .map_err(|e| CliError::Failed(format!("stdout: {e}")))?;
-                }
-                out.flush()
-                    .map_err(|e| CliError::Failed(format!("stdout: {e}")))?;
-            }
-            let Some(next) = next else {
-                return Err(CliError::Failed(
-                    "the node sent no X-Kvs-Index (too old for watch?)".into(),
-                ));
-            };
-            if wait.is_some() && changes.is_empty() {
-                return Ok(());
-            }
-            index = next;
         }
     }
 }

@@ -16,6 +16,7 @@ mod peer;
 mod store;
 mod sys;
 mod tools;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

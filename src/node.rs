@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::peer::PeerClient;
 use crate::store::writer::{self, Hooks, WriterHandle};
 use crate::store::Store;
+use crate::watch::Watch;
 
 /// Whether client writes are accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +107,8 @@ impl Cluster {
 pub struct Node {
     pub config: Config,
     pub store: Arc<Store>,
+    /// Recent changes and parked blocking queries.
+    pub watch: Arc<Watch>,
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
     pub cluster: Cluster,
@@ -155,6 +158,18 @@ impl Node {
             .filter(|v| v.state == crate::cluster::membership::Health::Alive)
             .count();
         let gauges = [
+            (
+                "kvs_commit_index",
+                "Versions this node has committed, ever (X-Kvs-Index).",
+                String::new(),
+                self.store.commit_index() as f64,
+            ),
+            (
+                "kvs_parked_requests",
+                "Blocking queries waiting for a change.",
+                String::new(),
+                self.watch.parked() as f64,
+            ),
             (
                 "kvs_keys",
                 "Keys holding a value.",
@@ -359,13 +374,16 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
         config.throttle_delay,
     );
     let conflicts = Arc::new(ConflictQueue::new());
+    let watch = Arc::new(Watch::new(store.commit_index()));
     let hooks = {
         let rep = replicator.clone();
         let cq = conflicts.clone();
         let m1 = metrics.clone();
+        let w = watch.clone();
         Hooks {
             on_local: Box::new(move |v| rep.enqueue(v)),
             on_conflict: Box::new(move |c| cq.push(c)),
+            on_changed: Box::new(move |index, keys| w.record(index, keys)),
             on_commit: Box::new(move |n, took| {
                 m1.commits.fetch_add(1, Ordering::Relaxed);
                 m1.committed_ops.fetch_add(n as u64, Ordering::Relaxed);
@@ -378,6 +396,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
     let node = Arc::new(Node {
         config,
         store,
+        watch,
         writer,
         metrics,
         cluster: Cluster {
@@ -416,6 +435,8 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
     spawn("antientropy", antientropy::antientropy_loop, &mut threads)?;
     spawn("conflict", conflict::resolver_loop, &mut threads)?;
     spawn("scrub", scrub::scrub_loop, &mut threads)?;
+    let watch_thread = crate::watch::start(node.clone())
+        .map_err(|e| format!("cannot start the watch thread: {e}"))?;
     watch_signals(
         node.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         loaded,
@@ -452,6 +473,9 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
 
     log::info!("stopping: no longer accepting connections");
     node.stopping.store(true, Ordering::SeqCst);
+    // Parked blocking queries are answered (with what is current) first.
+    node.watch.stop();
+    let _ = watch_thread.join();
     http.stop();
     log::info!("stopping: in-flight requests answered");
     if !node.cluster.has_left() && node.cluster.members.healthy_count() > 1 {

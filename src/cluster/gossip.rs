@@ -6,7 +6,8 @@
 //! - Gossip: every random interval in [gossip_interval_min, max] the node
 //!   applies the failure and removal timeouts and exchanges a `Gossip`
 //!   message (`/internal/gossip`, push-pull) with random healthy peers:
-//!   1–3 of them, and at least log2(N) in a cluster of N. Each message
+//!   1–3 of them, and, while it has news to spread, at least log2(N) in a
+//!   cluster of N. Each message
 //!   holds the sender's own entry, a digest of its table and the rumors it
 //!   has to pass on; the whole table goes only when the digests differ,
 //!   so an idle exchange between agreeing nodes costs the same at 5 members
@@ -213,7 +214,14 @@ fn gossip_round(
 ) {
     let mut targets: Vec<&super::membership::Peer> = peers.iter().collect();
     fastrand::shuffle(&mut targets);
-    targets.truncate(fanout(peers.len() + 1));
+    // Idle, 1–3 probes a round whatever N; with news to spread, at least
+    // log2(N) exchanges, so that it reaches everyone in a few rounds.
+    let calls = if node.cluster.members.has_rumors() {
+        fanout(peers.len() + 1)
+    } else {
+        fanout(1)
+    };
+    targets.truncate(calls);
     let unhealthy = node.cluster.members.unhealthy_peers();
     let extra = if round % 3 == 2 && !unhealthy.is_empty() {
         Some(unhealthy[fastrand::usize(..unhealthy.len())].clone())

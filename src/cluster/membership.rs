@@ -205,6 +205,10 @@ impl MemberTable {
         self.rumors.insert(e.id.clone(), (e.clone(), times));
     }
 
+    pub fn has_rumors(&self) -> bool {
+        !self.rumors.is_empty()
+    }
+
     /// Up to `max` rumors for one gossip message, those sent least first;
     /// each is sent a bounded number of times, then forgotten.
     pub fn take_rumors(&mut self, max: usize) -> Vec<MemberEntry> {

@@ -163,6 +163,11 @@ impl Members {
         self.table().digest()
     }
 
+    /// Whether this node has news to pass on.
+    pub fn has_rumors(&self) -> bool {
+        self.table().has_rumors()
+    }
+
     /// A probe of a member got no answer.
     pub fn suspect(&self, id: &str) {
         let change = self.table().suspect(id, Instant::now());

@@ -2,7 +2,7 @@
 //! `/health`, `/members/` and `/metrics`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tiny_http::{Method, Request};
 
@@ -12,6 +12,7 @@ use crate::node::{Mode, Node};
 use crate::store::condition::{Tags, Verdict};
 use crate::store::writer::{Condition, Op, WriteError, Written};
 use crate::store::Listed;
+use crate::watch::{self, Scope};
 
 /// Entries a listing returns when no `limit` is given, and at most.
 const LIST_DEFAULT_LIMIT: usize = 1000;
@@ -68,9 +69,16 @@ pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started:
     if let Err(e) = check_client_auth(node, &rq) {
         return send_error(node, rq, e, route, started);
     }
+    if matches!(method, Method::Get | Method::Head) {
+        if target.has("changes") {
+            return changes(node, rq, raw, target, started);
+        }
+        if target.has("index") {
+            return blocking(node, rq, raw, target, route, started);
+        }
+    }
     let result = match method {
-        Method::Get | Method::Head if route == Route::KvList => list(node, raw, target),
-        Method::Get | Method::Head => get(node, raw, &condition(&rq)),
+        Method::Get | Method::Head => return answer_read(node, rq, raw, target, route, started),
         Method::Delete if target.has("recurse") => delete_recurse(node, raw),
         Method::Put | Method::Delete => {
             match prepare_write(node, &mut rq, raw, method == Method::Put) {
@@ -83,7 +91,180 @@ pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started:
         _ => Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, DELETE")),
     };
     let reply = result.unwrap_or_else(|e| Reply::error(&e));
-    send(node, rq, reply, route, started);
+    send(node, rq, with_index(node, reply), route, started);
+}
+
+/// Adds this node's commit index to a `/kv/` reply.
+fn with_index(node: &Node, reply: Reply) -> Reply {
+    reply.with_header("X-Kvs-Index", node.store.commit_index().to_string())
+}
+
+/// Answers a read (a key or a listing) as it is now.
+fn answer_read(
+    node: &Node,
+    rq: Request,
+    raw: &str,
+    target: &Target<'_>,
+    route: Route,
+    started: Instant,
+) {
+    let result = if route == Route::KvList {
+        list(node, raw, target)
+    } else {
+        get(node, raw, &condition(&rq))
+    };
+    let reply = result.unwrap_or_else(|e| Reply::error(&e));
+    send(node, rq, with_index(node, reply), route, started);
+}
+
+/// The `index` and `wait` of a blocking query or a changes request.
+fn index_and_wait(target: &Target<'_>) -> Result<(u64, Option<Duration>), ApiError> {
+    let index = match target.param("index").transpose()? {
+        None => 0,
+        Some(i) => i.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "index must be a commit index (a number), not {i:?}"
+            ))
+        })?,
+    };
+    let wait = match target.param("wait").transpose()? {
+        None => None,
+        Some(w) => Some(watch::parse_wait(&w).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "wait must be a duration such as 30s, 500ms or 5m (at most 10m), not {w:?}"
+            ))
+        })?),
+    };
+    Ok((index, wait))
+}
+
+/// Runs `job` at once, or parks it until something in `scope` changes
+/// after `index` or `wait` passes; a parked request holds no worker.
+fn park_or_run(node: &Node, scope: Scope, index: u64, wait: Duration, job: watch::Job) {
+    if let Err(job) = node.watch.park(scope, index, wait, job) {
+        job(node);
+    }
+}
+
+/// `GET /kv/{key}?index=N&wait=D`, and the same on `?keys` and `?recurse`:
+/// answered at once when the key (or something under the prefix) changed
+/// after commit index N, else when it does or `wait` passes.
+fn blocking(
+    node: &Node,
+    rq: Request,
+    raw: &str,
+    target: &Target<'_>,
+    route: Route,
+    started: Instant,
+) {
+    let scope = if route == Route::KvList {
+        parse_prefix(raw).map(Scope::Prefix)
+    } else {
+        parse_key(raw).map(Scope::Key)
+    };
+    let parsed = index_and_wait(target).and_then(|iw| scope.map(|s| (iw, s)));
+    let ((index, wait), scope) = match parsed {
+        Ok(p) => p,
+        Err(e) => return send_error(node, rq, e, route, started),
+    };
+    let job: watch::Job = Box::new(move |node: &Node| {
+        let url = rq.url().to_string();
+        let target = Target::parse(&url);
+        let raw = kv_raw(target.path);
+        answer_read(node, rq, raw, &target, route, started);
+    });
+    if index == 0 {
+        return job(node);
+    }
+    park_or_run(node, scope, index, wait.unwrap_or(watch::DEFAULT_WAIT), job);
+}
+
+/// The part of a `/kv/...` path after `/kv/`.
+fn kv_raw(path: &str) -> &str {
+    path.strip_prefix("/kv/").unwrap_or("")
+}
+
+/// Keys a changes reply holds at most.
+const CHANGES_LIMIT: usize = 1000;
+
+/// `GET /kv/{prefix}?changes&index=N[&wait=D]`: what changed under the
+/// prefix after commit index N, each key once with its current version
+/// (deletions included), oldest change first; `X-Kvs-Index` is where the
+/// next request starts. `410` when N is older than the history kept.
+fn changes(node: &Node, rq: Request, raw: &str, target: &Target<'_>, started: Instant) {
+    let route = Route::KvList;
+    let parsed = index_and_wait(target).and_then(|iw| parse_prefix(raw).map(|p| (iw, p)));
+    let ((index, wait), prefix) = match parsed {
+        Ok(p) => p,
+        Err(e) => return send_error(node, rq, e, route, started),
+    };
+    let scope = Scope::Prefix(prefix);
+    let job: watch::Job = {
+        let scope = scope.clone();
+        Box::new(move |node: &Node| {
+            let reply = changes_reply(node, &scope, index).unwrap_or_else(|e| Reply::error(&e));
+            send(node, rq, reply, route, started);
+        })
+    };
+    match wait {
+        Some(wait) => park_or_run(node, scope, index, wait, job),
+        None => job(node),
+    }
+}
+
+fn changes_reply(node: &Node, scope: &Scope, index: u64) -> Result<Reply, ApiError> {
+    let page = match node.watch.changes(scope, index, CHANGES_LIMIT) {
+        Ok(page) => page,
+        Err(gone) => {
+            return Ok(Reply::json(
+                410,
+                format!(
+                    "{{\"error\":\"index {index} is older than the changes this node keeps; \
+                     list the keys again, then follow changes from index {}\",\"index\":{}}}",
+                    gone.current, gone.current
+                )
+                .into_bytes(),
+            )
+            .with_header("X-Kvs-Index", gone.current.to_string()))
+        }
+    };
+    let txn = node.store.read_txn()?;
+    let mut body = Vec::with_capacity(128 * page.keys.len() + 2);
+    body.push(b'[');
+    for (i, (at, key)) in page.keys.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"key\":");
+        write_json_string(&mut body, key);
+        match node.store.get_in(&txn, key) {
+            Ok(Some(v)) if !v.stamp.deleted => {
+                body.extend_from_slice(b",\"value\":");
+                body.extend_from_slice(&v.data);
+                write_stamp(&mut body, &v.stamp, *at);
+            }
+            Ok(Some(v)) => {
+                body.extend_from_slice(b",\"deleted\":true");
+                write_stamp(&mut body, &v.stamp, *at);
+            }
+            // Purged since, or damaged: gone for a reader too.
+            Ok(None) | Err(_) => {
+                body.extend_from_slice(format!(",\"deleted\":true,\"index\":{at}}}").as_bytes());
+            }
+        }
+    }
+    body.push(b']');
+    Ok(Reply::json(200, body).with_header("X-Kvs-Index", page.next.to_string()))
+}
+
+fn write_stamp(body: &mut Vec<u8>, stamp: &crate::store::Stamp, index: u64) {
+    body.extend_from_slice(
+        format!(
+            ",\"timestamp\":{},\"uuid\":\"{}\",\"index\":{index}}}",
+            stamp.timestamp, stamp.uuid
+        )
+        .as_bytes(),
+    );
 }
 
 /// `GET /kv/{key}`, with `If-Match` (`412` when it fails) and
@@ -294,6 +475,7 @@ fn submit_write(
     started: Instant,
 ) {
     let metrics: Arc<Metrics> = node.metrics.clone();
+    let store = node.store.clone();
     let is_put = data.is_some();
     let reply_key = key.clone();
     let reply = Box::new(move |outcome: Result<Written, WriteError>| {
@@ -322,6 +504,7 @@ fn submit_write(
             }
             Err(WriteError::Store(e)) => Reply::error(&ApiError::from(e)),
         };
+        let reply = reply.with_header("X-Kvs-Index", store.commit_index().to_string());
         super::send_with(&metrics, rq, reply, route, started);
     });
     let op = Op::Client {

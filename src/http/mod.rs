@@ -253,7 +253,7 @@ pub struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    fn parse(url: &'a str) -> Target<'a> {
+    pub fn parse(url: &'a str) -> Target<'a> {
         let (path, query) = url.split_once('?').unwrap_or((url, ""));
         Target { path, query }
     }

@@ -216,7 +216,21 @@ pub struct Store {
     _lock: File,
     /// The data directory (to tell a full disk from other I/O failures).
     dir: std::path::PathBuf,
+    /// The commit index: how many versions this node has committed, ever
+    /// (kept in `meta`, so never lower after a restart).
+    index: std::sync::atomic::AtomicU64,
 }
+
+/// What a write transaction changed: the summary's bucket-hash deltas, and
+/// the keys that got a new version (in order).
+#[derive(Debug, Default)]
+pub struct Touched {
+    pub deltas: Vec<(u16, u64)>,
+    pub keys: Vec<String>,
+}
+
+/// Meta name of the commit index.
+const META_INDEX: &str = "commit_index";
 
 /// Key of the time index and tombstone tables.
 pub fn time_key(ts: u64, key: &[u8]) -> Vec<u8> {
@@ -321,7 +335,15 @@ impl Store {
             tree: RwLock::new(Tree::new()),
             _lock: lock,
             dir: dir.to_path_buf(),
+            index: std::sync::atomic::AtomicU64::new(0),
         };
+        let index = store
+            .meta_get(META_INDEX)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        store
+            .index
+            .store(index, std::sync::atomic::Ordering::Release);
         store.load_tree()?;
         datafile::mark(dir).map_err(StoreError::DataDir)?;
         Ok(store)
@@ -832,14 +854,15 @@ impl Store {
     /// Stores `new` as the version of `key`, replacing `old` (its current
     /// stamp, read in the same transaction), and keeps the time index, the
     /// tombstone index, the bucket entry and the bucket hash in step. The
-    /// bucket hash change is appended to `deltas` for the in-memory tree.
+    /// bucket hash change is appended to `touched` for the in-memory tree,
+    /// with the key.
     pub fn put_version(
         &self,
         txn: &mut RwTxn<'_>,
         key: &str,
         old: Option<&Stamp>,
         new: &Version,
-        deltas: &mut Vec<(u16, u64)>,
+        touched: &mut Touched,
     ) -> Result<()> {
         let k = key.as_bytes();
         let new_stamp = new.stamp.encode();
@@ -860,7 +883,8 @@ impl Store {
         }
         let leaf = merkle::leaf_of(k);
         self.buckets.put(txn, &bucket_key(leaf, k), &new_stamp)?;
-        deltas.push((leaf, delta));
+        touched.deltas.push((leaf, delta));
+        touched.keys.push(key.to_string());
         Ok(())
     }
 
@@ -871,7 +895,7 @@ impl Store {
         txn: &mut RwTxn<'_>,
         key: &str,
         old: &Stamp,
-        deltas: &mut Vec<(u16, u64)>,
+        touched: &mut Touched,
     ) -> Result<()> {
         let k = key.as_bytes();
         let tk = time_key(old.timestamp, k);
@@ -881,7 +905,7 @@ impl Store {
         let leaf = merkle::leaf_of(k);
         self.buckets.delete(txn, &bucket_key(leaf, k))?;
         let delta = merkle::version_hash(k, &old.encode());
-        deltas.push((leaf, delta));
+        touched.deltas.push((leaf, delta));
         Ok(())
     }
 
@@ -898,10 +922,24 @@ impl Store {
         }
     }
 
-    /// Writes the summary changes of a transaction into it, commits it, and
-    /// then applies them to the in-memory tree. Every write transaction that
-    /// called `put_version` or `remove_version` ends here.
-    pub fn commit(&self, mut txn: RwTxn<'_>, deltas: &[(u16, u64)]) -> Result<()> {
+    /// This node's commit index: versions committed, ever.
+    pub fn commit_index(&self) -> u64 {
+        self.index.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Writes the summary changes and the new commit index of a
+    /// transaction into it, commits it, and then applies them to the
+    /// in-memory tree. Every write transaction that called `put_version`
+    /// or `remove_version` ends here. Returns the commit index after it
+    /// (the last of `touched.keys` has this index; only the writer thread
+    /// commits, so indexes are handed out in order).
+    pub fn commit(&self, mut txn: RwTxn<'_>, touched: &Touched) -> Result<u64> {
+        let deltas = &touched.deltas;
+        let index = self.commit_index() + touched.keys.len() as u64;
+        if !touched.keys.is_empty() {
+            self.meta
+                .put(&mut txn, META_INDEX.as_bytes(), &index.to_be_bytes())?;
+        }
         if !deltas.is_empty() {
             let mut stored = match self.tree_db.get(&txn, TREE_RECORD)? {
                 Some(bytes) => merkle::decode_stored(bytes)
@@ -921,7 +959,9 @@ impl Store {
                 tree.apply(leaf, delta);
             }
         }
-        Ok(())
+        self.index
+            .store(index, std::sync::atomic::Ordering::Release);
+        Ok(index)
     }
 
     /// Tombstones older than `horizon_ms`, oldest first, at most `limit`.
@@ -1002,6 +1042,36 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn the_commit_index_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("kvs-index-test-{}", fastrand::u64(..)));
+        {
+            let store = Store::open(&dir, 64).unwrap();
+            assert_eq!(store.commit_index(), 0);
+            let mut txn = store.write_txn().unwrap();
+            let mut touched = Touched::default();
+            for (i, key) in ["x", "y"].iter().enumerate() {
+                store
+                    .put_version(
+                        &mut txn,
+                        key,
+                        None,
+                        &version(i as u64 + 1, Some("1")),
+                        &mut touched,
+                    )
+                    .unwrap();
+            }
+            assert_eq!(store.commit(txn, &touched).unwrap(), 2);
+            // A commit that gave no key a version leaves it alone.
+            let txn = store.write_txn().unwrap();
+            assert_eq!(store.commit(txn, &Touched::default()).unwrap(), 2);
+        }
+        let store = Store::open(&dir, 64).unwrap();
+        assert_eq!(store.commit_index(), 2);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     pub(crate) fn version(ts: u64, data: Option<&str>) -> Version {
         Version {
             stamp: Stamp {
@@ -1017,14 +1087,14 @@ pub(crate) mod tests {
     /// one, all in one transaction.
     fn write(store: &Store, versions: &[(&str, Version)]) {
         let mut txn = store.write_txn().unwrap();
-        let mut deltas = Vec::new();
+        let mut touched = Touched::default();
         for (key, v) in versions {
             let old = store.stamp_in(&txn, key).unwrap();
             store
-                .put_version(&mut txn, key, old.as_ref(), v, &mut deltas)
+                .put_version(&mut txn, key, old.as_ref(), v, &mut touched)
                 .unwrap();
         }
-        store.commit(txn, &deltas).unwrap();
+        store.commit(txn, &touched).unwrap();
     }
 
     #[test]
@@ -1162,11 +1232,11 @@ pub(crate) mod tests {
         drop(rtxn);
         assert_eq!(doomed, vec![("old".to_string(), 10)]);
         let mut txn = s.write_txn().unwrap();
-        let mut deltas = Vec::new();
+        let mut touched = Touched::default();
         let stamp = s.stamp_in(&txn, "old").unwrap().unwrap();
-        s.remove_version(&mut txn, "old", &stamp, &mut deltas)
+        s.remove_version(&mut txn, "old", &stamp, &mut touched)
             .unwrap();
-        s.commit(txn, &deltas).unwrap();
+        s.commit(txn, &touched).unwrap();
         assert!(s.get("old").unwrap().is_none());
         assert_eq!(s.counts().unwrap(), (2, 1));
         assert!(s

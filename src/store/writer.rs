@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 
 pub use super::condition::Condition;
 use super::version::{merge, next_timestamp, Merge, Stamp, Version, VersionId};
-use super::{Result, Store, StoreError};
+use super::{Result, Store, StoreError, Touched};
 use crate::clock;
 
 /// Ops taken into one transaction at most.
@@ -169,12 +169,18 @@ impl Op {
 /// Keys with their versions, as committed.
 pub type Versions = [(String, Version)];
 
+/// Called with the commit index of a commit's last version, and the keys.
+pub type OnChanged = dyn Fn(u64, &[String]) + Send;
+
 /// What the rest of the node hears after each commit.
 pub struct Hooks {
     /// New local (client) versions, in commit order: to replicate.
     pub on_local: Box<dyn Fn(&Versions) + Send>,
     /// Conflicts met while applying remote versions.
     pub on_conflict: Box<dyn Fn(Vec<ConflictFound>) + Send>,
+    /// The keys a commit gave new versions, and the commit index of the
+    /// last of them.
+    pub on_changed: Box<OnChanged>,
     /// Commit statistics: ops in the batch, and the time from taking the
     /// batch to having answered it.
     pub on_commit: Box<dyn Fn(usize, std::time::Duration) + Send>,
@@ -339,7 +345,9 @@ enum Outcome {
 /// Everything a committed transaction produced.
 #[derive(Default)]
 struct Effects {
-    deltas: Vec<(u16, u64)>,
+    touched: Touched,
+    /// The commit index after the transaction.
+    index: u64,
     local: Vec<(String, Version)>,
     conflicts: Vec<ConflictFound>,
 }
@@ -408,6 +416,9 @@ fn finish(
     outcomes: Vec<Outcome>,
     effects: Effects,
 ) {
+    if !effects.touched.keys.is_empty() {
+        (hooks.on_changed)(effects.index, &effects.touched.keys);
+    }
     if !effects.local.is_empty() {
         (hooks.on_local)(&effects.local);
     }
@@ -467,7 +478,7 @@ fn write_local(
         },
         data: data.clone().unwrap_or_default(),
     };
-    store.put_version(txn, key, old.as_ref(), &version, &mut effects.deltas)?;
+    store.put_version(txn, key, old.as_ref(), &version, &mut effects.touched)?;
     let stamp = version.stamp;
     effects.local.push((key.to_string(), version));
     Ok(stamp)
@@ -507,7 +518,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                                 key,
                                 old.as_ref(),
                                 incoming,
-                                &mut effects.deltas,
+                                &mut effects.touched,
                             )?;
                             report.applied += 1;
                         }
@@ -533,7 +544,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                     Merge::KeepLocal | Merge::Same => false,
                 };
                 if replace {
-                    store.put_version(&mut txn, key, old.as_ref(), winner, &mut effects.deltas)?;
+                    store.put_version(&mut txn, key, old.as_ref(), winner, &mut effects.touched)?;
                 }
                 Outcome::Resolve(replace)
             }
@@ -566,7 +577,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                     Merge::KeepLocal => false,
                 };
                 if replace {
-                    store.put_version(&mut txn, key, old.as_ref(), copy, &mut effects.deltas)?;
+                    store.put_version(&mut txn, key, old.as_ref(), copy, &mut effects.touched)?;
                 }
                 Outcome::Resolve(replace)
             }
@@ -575,7 +586,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 let mut dropped = 0;
                 for (key, stamp) in versions {
                     if store.stamp_in(&txn, key)? == Some(*stamp) {
-                        store.remove_version(&mut txn, key, stamp, &mut effects.deltas)?;
+                        store.remove_version(&mut txn, key, stamp, &mut effects.touched)?;
                         dropped += 1;
                     }
                 }
@@ -587,7 +598,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 for (key, ts) in doomed {
                     if let Some(old) = store.stamp_in(&txn, &key)? {
                         if old.deleted && old.timestamp == ts {
-                            store.remove_version(&mut txn, &key, &old, &mut effects.deltas)?;
+                            store.remove_version(&mut txn, &key, &old, &mut effects.touched)?;
                             purged += 1;
                         }
                     }
@@ -597,7 +608,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
         };
         outcomes.push(outcome);
     }
-    store.commit(txn, &effects.deltas)?;
+    effects.index = store.commit(txn, &effects.touched)?;
     Ok((outcomes, effects))
 }
 
@@ -607,6 +618,9 @@ mod tests {
     use crate::store::tests::version;
     use std::sync::Mutex;
 
+    /// What `on_changed` saw: (last index, keys) per commit.
+    type Commits = Vec<(u64, Vec<String>)>;
+
     struct Harness {
         writer: WriterHandle,
         thread: Option<JoinHandle<()>>,
@@ -614,6 +628,7 @@ mod tests {
         local: Arc<Mutex<Vec<String>>>,
         conflicts: Arc<Mutex<Vec<ConflictFound>>>,
         commits: Arc<Mutex<usize>>,
+        changed: Arc<Mutex<Commits>>,
         dir: std::path::PathBuf,
     }
 
@@ -628,13 +643,22 @@ mod tests {
             let local = Arc::new(Mutex::new(Vec::new()));
             let conflicts = Arc::new(Mutex::new(Vec::new()));
             let commits = Arc::new(Mutex::new(0));
-            let (l, c, n) = (local.clone(), conflicts.clone(), commits.clone());
+            let changed = Arc::new(Mutex::new(Vec::new()));
+            let (l, c, n, ch) = (
+                local.clone(),
+                conflicts.clone(),
+                commits.clone(),
+                changed.clone(),
+            );
             let hooks = Hooks {
                 on_local: Box::new(move |v| {
                     l.lock().unwrap().extend(v.iter().map(|(k, _)| k.clone()))
                 }),
                 on_conflict: Box::new(move |found| c.lock().unwrap().extend(found)),
                 on_commit: Box::new(move |_, _| *n.lock().unwrap() += 1),
+                on_changed: Box::new(move |index, keys| {
+                    ch.lock().unwrap().push((index, keys.to_vec()))
+                }),
             };
             let (writer, thread) = start(store.clone(), hooks);
             Harness {
@@ -644,6 +668,7 @@ mod tests {
                 local,
                 conflicts,
                 commits,
+                changed,
                 dir,
             }
         }
@@ -690,6 +715,44 @@ mod tests {
         let d = h.client("k", None, Condition::default()).unwrap();
         assert!(d.stamp.deleted && d.stamp.timestamp > b.stamp.timestamp);
         assert_eq!(*h.local.lock().unwrap(), ["k", "k", "k"]);
+    }
+
+    #[test]
+    fn every_committed_version_gets_the_next_commit_index() {
+        let h = Harness::new();
+        let base = h.store.commit_index();
+        h.client("a", Some("1"), Condition::default()).unwrap();
+        h.client("b", None, Condition::default()).unwrap();
+        // A failed condition commits nothing.
+        let never = Condition {
+            if_match: Some(crate::store::condition::Tags::parse("\"nope\"")),
+            if_none_match: None,
+        };
+        assert!(h.client("a", Some("2"), never).is_err());
+        let report = h
+            .writer
+            .apply_remote(vec![("c".into(), version(5, Some("3")))])
+            .unwrap();
+        assert_eq!(report.applied, 1);
+        assert_eq!(h.store.commit_index(), base + 3);
+        let changed = h.changed.lock().unwrap().clone();
+        let flat: Vec<(u64, String)> = changed
+            .iter()
+            .flat_map(|(last, keys)| {
+                let first = last + 1 - keys.len() as u64;
+                keys.iter()
+                    .enumerate()
+                    .map(move |(i, k)| (first + i as u64, k.clone()))
+            })
+            .collect();
+        assert_eq!(
+            flat,
+            vec![
+                (base + 1, "a".to_string()),
+                (base + 2, "b".to_string()),
+                (base + 3, "c".to_string())
+            ]
+        );
     }
 
     #[test]
