@@ -115,6 +115,7 @@ pub struct Metrics {
     pub antientropy_bytes: AtomicU64,
     pub antientropy_repaired: AtomicU64,
     pub tombstones_purged: AtomicU64,
+    pub expired: AtomicU64,
     pub gossip_rounds: AtomicU64,
     pub gossip_bytes: AtomicU64,
     pub scrub_runs: AtomicU64,
@@ -164,6 +165,7 @@ impl Metrics {
             antientropy_bytes: AtomicU64::new(0),
             antientropy_repaired: AtomicU64::new(0),
             tombstones_purged: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             gossip_rounds: AtomicU64::new(0),
             gossip_bytes: AtomicU64::new(0),
             scrub_runs: AtomicU64::new(0),
@@ -217,7 +219,7 @@ impl Metrics {
                 &format!("route=\"{rname}\""),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 24] = [
+        let counters: [(&str, &str, &AtomicU64); 25] = [
             (
                 "kvs_scrub_summary_mismatches_total",
                 "Scrub passes that found the anti-entropy summary not matching the versions.",
@@ -333,6 +335,11 @@ impl Metrics {
                 "kvs_tombstones_purged_total",
                 "Tombstones purged after bootstrap_max_age_hours.",
                 &self.tombstones_purged,
+            ),
+            (
+                "kvs_expired_total",
+                "Values turned into tombstones at the end of their ttl.",
+                &self.expired,
             ),
         ];
         for (name, help, value) in counters {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::clock;
 use crate::cluster::conflict::ConflictQueue;
@@ -435,6 +436,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
     spawn("antientropy", antientropy::antientropy_loop, &mut threads)?;
     spawn("conflict", conflict::resolver_loop, &mut threads)?;
     spawn("scrub", scrub::scrub_loop, &mut threads)?;
+    spawn("expiry", expiry_loop, &mut threads)?;
     let watch_thread = crate::watch::start(node.clone())
         .map_err(|e| format!("cannot start the watch thread: {e}"))?;
     watch_signals(
@@ -525,6 +527,41 @@ fn watch_signals(exit: mpsc::Sender<i32>, loaded: Config, reload: Reload) -> Res
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     Ok(())
+}
+
+/// How often the expiry thread looks at the time index at least: the
+/// longest a value can outlive its expiry before it becomes a tombstone
+/// (reads treat it as absent from its expiry on).
+const EXPIRY_POLL: Duration = Duration::from_millis(250);
+
+/// The expiry thread: when the earliest expiry of the time index comes,
+/// the writer turns the values due into their expiry tombstones, the same
+/// on every node (see `Version::expiry_tombstone`), so no vote is needed.
+fn expiry_loop(node: Arc<Node>) {
+    loop {
+        let now = clock::now_ms();
+        let wait = match node.store.next_expiry() {
+            Ok(Some(at)) if at <= now => match node.writer.expire(now) {
+                Ok(n) => {
+                    node.metrics.expired.fetch_add(n as u64, Ordering::Relaxed);
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    log::warn!("expiry: {e}");
+                    EXPIRY_POLL
+                }
+            },
+            Ok(Some(at)) => Duration::from_millis(at - now).min(EXPIRY_POLL),
+            Ok(None) => EXPIRY_POLL,
+            Err(e) => {
+                log::warn!("expiry: cannot read the time index: {e}");
+                EXPIRY_POLL
+            }
+        };
+        if node.cluster.stopper.wait(wait) {
+            return;
+        }
+    }
 }
 
 /// SIGHUP: reopens the log file (logrotate moved it) and reads the

@@ -106,6 +106,7 @@ pub fn test_conflict(args: &[String]) -> Result<(), String> {
                 uuid: VersionId::new_random(),
                 deleted,
             },
+            expires: None,
             data,
         };
         write_all(dir, &[(key.clone(), version.clone())])?;
@@ -153,6 +154,7 @@ pub fn load(args: &[String]) -> Result<(), String> {
                         uuid: VersionId::new_random(),
                         deleted: false,
                     },
+                    expires: None,
                     data,
                 };
                 (key, version)

@@ -661,6 +661,7 @@ mod tests {
                         deleted: false,
                     },
                     data: vec![b'1'; size],
+                    expires: None,
                 },
             )),
             committed: Instant::now(),

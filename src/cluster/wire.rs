@@ -25,6 +25,9 @@ pub struct WireVersion {
     /// absent for a tombstone and in stamp-only listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// When the value expires (ms since the epoch), for a `PUT ?ttl=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
 }
 
 impl WireVersion {
@@ -53,6 +56,7 @@ impl WireVersion {
             timestamp: v.stamp.timestamp,
             deleted: v.stamp.deleted,
             data,
+            expires: v.expires.filter(|_| !v.stamp.deleted),
         })
     }
 
@@ -63,6 +67,7 @@ impl WireVersion {
             timestamp: s.timestamp,
             deleted: s.deleted,
             data: None,
+            expires: None,
         }
     }
 
@@ -104,7 +109,18 @@ impl WireVersion {
                 d.into_bytes()
             }
         };
-        Ok((self.key, Version { stamp, data }))
+        let expires = self.expires.filter(|_| !stamp.deleted);
+        if expires.is_some_and(|at| at <= stamp.timestamp) {
+            return Err(format!("{:?}: expires before it was written", self.key));
+        }
+        Ok((
+            self.key,
+            Version {
+                stamp,
+                data,
+                expires,
+            },
+        ))
     }
 }
 
@@ -129,6 +145,7 @@ mod tests {
             timestamp: 5,
             deleted: data.is_none(),
             data: data.map(str::to_string),
+            expires: None,
         }
     }
 

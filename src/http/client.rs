@@ -81,9 +81,12 @@ pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started:
         Method::Get | Method::Head => return answer_read(node, rq, raw, target, route, started),
         Method::Delete if target.has("recurse") => delete_recurse(node, raw),
         Method::Put | Method::Delete => {
-            match prepare_write(node, &mut rq, raw, method == Method::Put) {
-                Ok((key, data, cond)) => {
-                    return submit_write(node, rq, key, data, cond, route, started)
+            let prepared = ttl_of(target, method == Method::Put).and_then(|ttl| {
+                prepare_write(node, &mut rq, raw, method == Method::Put).map(|p| (p, ttl))
+            });
+            match prepared {
+                Ok(((key, data, cond), ttl_ms)) => {
+                    return submit_write(node, rq, key, data, ttl_ms, cond, route, started)
                 }
                 Err(e) => Err(e),
             }
@@ -92,6 +95,23 @@ pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started:
     };
     let reply = result.unwrap_or_else(|e| Reply::error(&e));
     send(node, rq, with_index(node, reply), route, started);
+}
+
+/// The longest `ttl`: ten years, in seconds.
+const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// `?ttl=SECONDS` of a PUT, in ms.
+fn ttl_of(target: &Target<'_>, is_put: bool) -> Result<Option<u64>, ApiError> {
+    match target.param("ttl").transpose()? {
+        None => Ok(None),
+        Some(_) if !is_put => Err(ApiError::BadRequest("ttl only goes with PUT".into())),
+        Some(t) => match t.parse::<u64>() {
+            Ok(n) if (1..=MAX_TTL_SECS).contains(&n) => Ok(Some(n * 1000)),
+            _ => Err(ApiError::BadRequest(format!(
+                "ttl must be a whole number of seconds from 1 to {MAX_TTL_SECS}, not {t:?}"
+            ))),
+        },
+    }
 }
 
 /// Adds this node's commit index to a `/kv/` reply.
@@ -229,6 +249,7 @@ fn changes_reply(node: &Node, scope: &Scope, index: u64) -> Result<Reply, ApiErr
         }
     };
     let txn = node.store.read_txn()?;
+    let now = crate::clock::now_ms();
     let mut body = Vec::with_capacity(128 * page.keys.len() + 2);
     body.push(b'[');
     for (i, (at, key)) in page.keys.iter().enumerate() {
@@ -238,7 +259,7 @@ fn changes_reply(node: &Node, scope: &Scope, index: u64) -> Result<Reply, ApiErr
         body.extend_from_slice(b"{\"key\":");
         write_json_string(&mut body, key);
         match node.store.get_in(&txn, key) {
-            Ok(Some(v)) if !v.stamp.deleted => {
+            Ok(Some(v)) if !v.stamp.deleted && !v.is_expired(now) => {
                 body.extend_from_slice(b",\"value\":");
                 body.extend_from_slice(&v.data);
                 write_stamp(&mut body, &v.stamp, *at);
@@ -271,12 +292,18 @@ fn write_stamp(body: &mut Vec<u8>, stamp: &crate::store::Stamp, index: u64) {
 /// `If-None-Match` (`304` with the `ETag` when it matches).
 fn get(node: &Node, raw: &str, cond: &Condition) -> Result<Reply, ApiError> {
     let key = parse_key(raw)?;
-    let found = node.store.with_value(&key, |stamp, data| {
+    let found = node.store.with_value(&key, |stamp, data, expires| {
         let etag = format!("\"{}\"", stamp.uuid);
         match cond.evaluate(Some(stamp)) {
-            Verdict::Proceed => Ok(Reply::json(200, data.to_vec())
-                .with_header("ETag", etag)
-                .with_header("X-Kvs-Timestamp", stamp.timestamp.to_string())),
+            Verdict::Proceed => {
+                let reply = Reply::json(200, data.to_vec())
+                    .with_header("ETag", etag)
+                    .with_header("X-Kvs-Timestamp", stamp.timestamp.to_string());
+                Ok(match expires {
+                    Some(at) => reply.with_header("X-Kvs-Expires", at.to_string()),
+                    None => reply,
+                })
+            }
             Verdict::NotModified => Ok(Reply {
                 status: 304,
                 body: Vec::new(),
@@ -465,11 +492,13 @@ pub fn check_json(body: &[u8]) -> Result<(), ApiError> {
 }
 
 /// Hands a write to the writer; the writer answers after commit.
+#[allow(clippy::too_many_arguments)]
 fn submit_write(
     node: &Node,
     rq: Request,
     key: String,
     data: Option<Vec<u8>>,
+    ttl_ms: Option<u64>,
     condition: Condition,
     route: Route,
     started: Instant,
@@ -510,6 +539,7 @@ fn submit_write(
     let op = Op::Client {
         key,
         data,
+        ttl_ms,
         condition,
         reply,
     };

@@ -210,6 +210,9 @@ pub struct Store {
     buckets: Db,
     tree_db: Db,
     meta: Db,
+    /// Values with an expiry: (expiry ms, key) -> the value's uuid. An
+    /// entry whose value was replaced since is dropped when it comes due.
+    expiry: Db,
     /// In-memory copy of the `tree` table with its inner levels.
     tree: RwLock<Tree>,
     /// Held for the life of the store: one process per data directory.
@@ -310,7 +313,7 @@ impl Store {
             ))
         })?;
         let wtxn = env.write_txn()?;
-        let (versions, by_time, tombs, buckets, tree_db, meta) = env
+        let (versions, by_time, tombs, buckets, tree_db, meta, expiry) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> heed::Result<_> {
                 let mut db = |name| opener.create_database::<Bytes, Bytes>(wtxn, Some(name));
                 let dbs = (
@@ -320,6 +323,7 @@ impl Store {
                     db("buckets")?,
                     db("tree")?,
                     db("meta")?,
+                    db("expiry")?,
                 );
                 Ok(heed::CommitOrAbort::<_, ()>::Commit(dbs))
             })?
@@ -332,6 +336,7 @@ impl Store {
             buckets,
             tree_db,
             meta,
+            expiry,
             tree: RwLock::new(Tree::new()),
             _lock: lock,
             dir: dir.to_path_buf(),
@@ -549,7 +554,7 @@ impl Store {
     pub fn with_value<T>(
         &self,
         key: &str,
-        f: impl FnOnce(&Stamp, &[u8]) -> T,
+        f: impl FnOnce(&Stamp, &[u8], Option<u64>) -> T,
     ) -> Result<Option<T>> {
         let rtxn = self.read_txn()?;
         let Some(bytes) = self.versions.get(&rtxn, key.as_bytes())? else {
@@ -557,11 +562,12 @@ impl Store {
         };
         let stamp = version::decode_stamp(bytes)
             .ok_or_else(|| damaged(key.as_bytes(), Damage::Malformed))?;
-        if stamp.deleted {
+        let expires = version::decode_expires(bytes);
+        if stamp.deleted || version::is_expired(expires, crate::clock::now_ms()) {
             return Ok(None);
         }
         version::verify(key.as_bytes(), bytes).map_err(|d| damaged(key.as_bytes(), d))?;
-        Ok(Some(f(&stamp, version::encoded_data(bytes))))
+        Ok(Some(f(&stamp, version::encoded_data(bytes), expires)))
     }
 
     /// Versions from the time index, oldest first, strictly after
@@ -763,6 +769,7 @@ impl Store {
     ) -> Result<(Vec<Listed>, bool)> {
         let rtxn = self.read_txn()?;
         let mut out = Vec::new();
+        let now = crate::clock::now_ms();
         let mut start: Bound<Vec<u8>> = match after {
             Some(a) if !a.is_empty() && a.as_bytes() >= prefix.as_bytes() => match separator {
                 Some(sep) if a.ends_with(sep) => match successor(a.as_bytes()) {
@@ -785,7 +792,7 @@ impl Store {
                 let stamp = version::decode_stamp(v).ok_or_else(|| {
                     StoreError::Corrupt(format!("version of {:?}", String::from_utf8_lossy(k)))
                 })?;
-                if stamp.deleted {
+                if stamp.deleted || version::is_expired(version::decode_expires(v), now) {
                     continue;
                 }
                 if out.len() >= limit {
@@ -806,6 +813,7 @@ impl Store {
                 let value = with_values.then(|| Version {
                     stamp,
                     data: version::encoded_data(v).to_vec(),
+                    expires: version::decode_expires(v),
                 });
                 out.push(Listed::Key(key, value));
             }
@@ -883,9 +891,62 @@ impl Store {
         }
         let leaf = merkle::leaf_of(k);
         self.buckets.put(txn, &bucket_key(leaf, k), &new_stamp)?;
+        if let (Some(at), false) = (new.expires, new.stamp.deleted) {
+            self.expiry.put(txn, &time_key(at, k), &new.stamp.uuid.0)?;
+        }
         touched.deltas.push((leaf, delta));
         touched.keys.push(key.to_string());
         Ok(())
+    }
+
+    /// The earliest expiry in the index (ms), if any.
+    pub fn next_expiry(&self) -> Result<Option<u64>> {
+        let rtxn = self.read_txn()?;
+        Ok(match self.expiry.first(&rtxn)? {
+            Some((k, _)) => split_time_key(k).map(|(at, _)| at),
+            None => None,
+        })
+    }
+
+    /// Turns up to `limit` values whose expiry is at or before `now_ms`
+    /// into their expiry tombstones, and drops the index entries of values
+    /// replaced since. Returns how many expired.
+    pub fn expire_in(
+        &self,
+        txn: &mut RwTxn<'_>,
+        now_ms: u64,
+        limit: usize,
+        touched: &mut Touched,
+    ) -> Result<usize> {
+        let mut due = Vec::new();
+        for item in self.expiry.iter(txn)? {
+            let (k, v) = item?;
+            match split_time_key(k) {
+                Some((at, key)) if at <= now_ms && due.len() < limit => {
+                    due.push((k.to_vec(), at, utf8(key)?, v.to_vec()))
+                }
+                _ => break,
+            }
+        }
+        let mut expired = 0;
+        for (entry, at, key, uuid) in due {
+            self.expiry.delete(txn, &entry)?;
+            let Some(bytes) = self.versions.get(txn, key.as_bytes())? else {
+                continue;
+            };
+            let (Some(stamp), Some(expires)) =
+                (version::decode_stamp(bytes), version::decode_expires(bytes))
+            else {
+                continue;
+            };
+            if stamp.deleted || expires != at || stamp.uuid.0[..] != uuid[..] {
+                continue;
+            }
+            let tombstone = Version::expiry_tombstone(&stamp, at);
+            self.put_version(txn, &key, Some(&stamp), &tombstone, touched)?;
+            expired += 1;
+        }
+        Ok(expired)
     }
 
     /// Removes the version of `key` (a purged tombstone) with its index
@@ -1080,7 +1141,42 @@ pub(crate) mod tests {
                 deleted: data.is_none(),
             },
             data: data.map(|d| d.as_bytes().to_vec()).unwrap_or_default(),
+            expires: None,
         }
+    }
+
+    #[test]
+    fn values_expire_through_the_time_index_only_while_current() {
+        let dir = std::env::temp_dir().join(format!("kvs-expiry-test-{}", fastrand::u64(..)));
+        let s = Store::open(&dir, 64).unwrap();
+        let short = Version {
+            expires: Some(2_000),
+            ..version(1_000, Some("1"))
+        };
+        let long = Version {
+            expires: Some(9_000),
+            ..version(1_000, Some("2"))
+        };
+        let replaced = Version {
+            expires: Some(1_500),
+            ..version(1_000, Some("3"))
+        };
+        write(&s, &[("a", short.clone()), ("b", long), ("c", replaced)]);
+        // c is written again without a ttl: its old expiry must not fire.
+        write(&s, &[("c", version(1_100, Some("4")))]);
+        assert_eq!(s.next_expiry().unwrap(), Some(1_500));
+        let mut txn = s.write_txn().unwrap();
+        let mut touched = Touched::default();
+        assert_eq!(s.expire_in(&mut txn, 5_000, 100, &mut touched).unwrap(), 1);
+        s.commit(txn, &touched).unwrap();
+        assert_eq!(touched.keys, ["a"]);
+        let a = s.get("a").unwrap().unwrap();
+        assert_eq!(a, Version::expiry_tombstone(&short.stamp, 2_000));
+        assert_eq!(s.get("c").unwrap().unwrap().data, b"4");
+        assert_eq!(s.next_expiry().unwrap(), Some(9_000));
+        assert!(s.verify_tree().unwrap());
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Writes versions the way the writer does: each replaces the current
@@ -1124,7 +1220,7 @@ pub(crate) mod tests {
         let named = |r: Result<_>| matches!(r, Err(StoreError::Corrupt(m)) if m.contains("flip"));
         assert!(named(store.get("flip").map(|_| ())));
         assert!(named(
-            store.with_value("flip", |_, d| d.to_vec()).map(|_| ())
+            store.with_value("flip", |_, d, _| d.to_vec()).map(|_| ())
         ));
         assert!(named(store.list("", None, None, true, 100).map(|_| ())));
         assert!(named(store.since(0, None, 100, 1 << 20).map(|_| ())));
@@ -1159,12 +1255,12 @@ pub(crate) mod tests {
         write(s, &[("a", version(20, Some("{\"x\": 3}")))]);
         assert_eq!(s.get("a").unwrap().unwrap().data, b"{\"x\": 3}");
         assert_eq!(
-            s.with_value("b", |st, d| (st.timestamp, d.to_vec()))
+            s.with_value("b", |st, d, _| (st.timestamp, d.to_vec()))
                 .unwrap(),
             Some((11, b"[2]".to_vec()))
         );
         write(s, &[("b", version(30, None))]);
-        assert!(s.with_value("b", |_, _| ()).unwrap().is_none());
+        assert!(s.with_value("b", |_, _, _| ()).unwrap().is_none());
         assert!(s.get("b").unwrap().unwrap().stamp.deleted);
         assert_eq!(s.counts().unwrap(), (2, 1));
         assert!(s.get("missing").unwrap().is_none());

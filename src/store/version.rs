@@ -60,16 +60,24 @@ pub struct Version {
     pub stamp: Stamp,
     /// The JSON document as the client sent it; empty for a tombstone.
     pub data: Vec<u8>,
+    /// When the value expires (ms since the epoch; `PUT ?ttl=`): from then
+    /// on it reads as absent, and every node turns it into the same
+    /// tombstone ([`Version::expiry_tombstone`]).
+    pub expires: Option<u64>,
 }
 
-/// Format tags. Version 1 (before checksums): tag, stamp, data. Version 2,
-/// what this build writes: tag, stamp, CRC-32C of (key, stamp, data), data.
-/// Both are read; only version 2 can be checked.
+/// Format tags. Version 1 (before checksums): tag, stamp, data. Version 2:
+/// tag, stamp, CRC-32C of (key, stamp, data), data. Version 3, for a value
+/// with an expiry: tag, stamp, expiry (8, big-endian), CRC-32C of (key,
+/// stamp, expiry, data), data. This build writes 2 or 3; all are read;
+/// version 1 cannot be checked.
 const FORMAT_V1: u8 = 1;
 const FORMAT_V2: u8 = 2;
+const FORMAT_V3: u8 = 3;
 /// Bytes of the fixed header of each format.
 const HEADER_V1: usize = 1 + 25;
 const HEADER_V2: usize = 1 + 25 + 4;
+const HEADER_V3: usize = 1 + 25 + 8 + 4;
 
 /// Why a stored version cannot be trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +102,7 @@ fn header_len(bytes: &[u8]) -> Option<usize> {
     let len = match *bytes.first()? {
         FORMAT_V1 => HEADER_V1,
         FORMAT_V2 => HEADER_V2,
+        FORMAT_V3 => HEADER_V3,
         _ => return None,
     };
     (bytes.len() >= len).then_some(len)
@@ -122,14 +131,24 @@ impl Stamp {
 }
 
 impl Version {
-    /// Encoded as: format tag (1), stamp (25), checksum (4, little-endian),
-    /// data.
+    /// Encoded as: format tag (1), stamp (25), [expiry (8),] checksum (4,
+    /// little-endian), data.
     pub fn encode(&self, key: &[u8]) -> Vec<u8> {
         let stamp = self.stamp.encode();
-        let mut out = Vec::with_capacity(HEADER_V2 + self.data.len());
-        out.push(FORMAT_V2);
-        out.extend_from_slice(&stamp);
-        out.extend_from_slice(&checksum(key, &stamp, &self.data).to_le_bytes());
+        let mut out = Vec::with_capacity(HEADER_V3 + self.data.len());
+        match self.expires {
+            None => {
+                out.push(FORMAT_V2);
+                out.extend_from_slice(&stamp);
+            }
+            Some(at) => {
+                out.push(FORMAT_V3);
+                out.extend_from_slice(&stamp);
+                out.extend_from_slice(&at.to_be_bytes());
+            }
+        }
+        let crc = checksum(key, &out[1..], &self.data);
+        out.extend_from_slice(&crc.to_le_bytes());
         out.extend_from_slice(&self.data);
         out
     }
@@ -141,8 +160,40 @@ impl Version {
         Ok(Version {
             stamp,
             data: encoded_data(bytes).to_vec(),
+            expires: decode_expires(bytes),
         })
     }
+
+    /// Whether the value has expired at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        is_expired(self.expires, now_ms)
+    }
+
+    /// The tombstone an expired value becomes, the same on every node: at
+    /// the expiry time, with a uuid derived from the value's.
+    pub fn expiry_tombstone(stamp: &Stamp, expires: u64) -> Version {
+        let mut id = stamp.uuid.0;
+        for b in id.iter_mut() {
+            *b ^= 0x5a;
+        }
+        // An RFC 9562 version 8 (custom) uuid.
+        id[6] = (id[6] & 0x0f) | 0x80;
+        id[8] = (id[8] & 0x3f) | 0x80;
+        Version {
+            stamp: Stamp {
+                timestamp: expires,
+                uuid: VersionId(id),
+                deleted: true,
+            },
+            data: Vec::new(),
+            expires: None,
+        }
+    }
+}
+
+/// Whether a value with this expiry has expired at `now_ms`.
+pub fn is_expired(expires: Option<u64>, now_ms: u64) -> bool {
+    expires.is_some_and(|at| at <= now_ms)
 }
 
 /// Checks a stored version of `key` against its checksum (a version
@@ -151,9 +202,9 @@ pub fn verify(key: &[u8], bytes: &[u8]) -> Result<(), Damage> {
     match header_len(bytes) {
         None => Err(Damage::Malformed),
         Some(HEADER_V1) => Ok(()),
-        Some(_) => {
-            let stored = u32::from_le_bytes(bytes[26..30].try_into().expect("4 bytes"));
-            if checksum(key, &bytes[1..26], &bytes[HEADER_V2..]) == stored {
+        Some(len) => {
+            let stored = u32::from_le_bytes(bytes[len - 4..len].try_into().expect("4 bytes"));
+            if checksum(key, &bytes[1..len - 4], &bytes[len..]) == stored {
                 Ok(())
             } else {
                 Err(Damage::Checksum)
@@ -162,9 +213,17 @@ pub fn verify(key: &[u8], bytes: &[u8]) -> Result<(), Damage> {
     }
 }
 
+/// The expiry of an encoded version, if it has one.
+pub fn decode_expires(bytes: &[u8]) -> Option<u64> {
+    if header_len(bytes)? != HEADER_V3 {
+        return None;
+    }
+    Some(u64::from_be_bytes(bytes[26..34].try_into().ok()?))
+}
+
 /// Whether a stored version carries a checksum.
 pub fn has_checksum(bytes: &[u8]) -> bool {
-    bytes.first() == Some(&FORMAT_V2)
+    matches!(bytes.first(), Some(&FORMAT_V2) | Some(&FORMAT_V3))
 }
 
 /// Reads only the stamp of an encoded version (not checked: the checksum
@@ -282,6 +341,7 @@ mod tests {
                 deleted: false,
             },
             data: br#"{"a": [1, 2]}"#.to_vec(),
+            expires: None,
         };
         let bytes = v.encode(b"a/b");
         assert_eq!(Version::decode(b"a/b", &bytes), Ok(v.clone()));
@@ -299,6 +359,39 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_travels_in_the_record_and_makes_one_tombstone() {
+        let v = Version {
+            stamp: stamp(1_000, 7),
+            data: b"{}".to_vec(),
+            expires: Some(61_000),
+        };
+        let bytes = v.encode(b"s/1");
+        assert_eq!(bytes[0], FORMAT_V3);
+        assert_eq!(Version::decode(b"s/1", &bytes), Ok(v.clone()));
+        assert_eq!(decode_stamp(&bytes), Some(v.stamp));
+        assert_eq!(decode_expires(&bytes), Some(61_000));
+        assert_eq!(encoded_data(&bytes), b"{}");
+        assert!(!v.is_expired(60_999));
+        assert!(v.is_expired(61_000));
+        // Without an expiry, the record is format 2 as before.
+        let plain = Version {
+            expires: None,
+            ..v.clone()
+        };
+        assert_eq!(plain.encode(b"s/1")[0], FORMAT_V2);
+        assert_eq!(decode_expires(&plain.encode(b"s/1")), None);
+        // Every node derives the same tombstone, which beats the value.
+        let a = Version::expiry_tombstone(&v.stamp, 61_000);
+        let b = Version::expiry_tombstone(&v.stamp, 61_000);
+        assert_eq!(a, b);
+        assert!(a.stamp.deleted && a.stamp.timestamp == 61_000);
+        assert_ne!(a.stamp.uuid, v.stamp.uuid);
+        assert_eq!(merge(Some(&v.stamp), &a.stamp), Merge::TakeIncoming);
+        let text = a.stamp.uuid.to_string();
+        assert_eq!(uuid::Uuid::parse_str(&text).unwrap().get_version_num(), 8);
+    }
+
+    #[test]
     fn every_flipped_bit_is_detected() {
         let v = Version {
             stamp: Stamp {
@@ -307,17 +400,24 @@ mod tests {
                 deleted: false,
             },
             data: br#"{"a": [1, 2]}"#.to_vec(),
+            expires: None,
         };
-        let bytes = v.encode(b"key");
+        let with_expiry = Version {
+            expires: Some(1_700_000_060_000),
+            ..v.clone()
+        };
         // A flipped bit anywhere after the format tag: in the timestamp,
-        // the uuid, the deleted flag, the checksum or the data.
-        for i in 1..bytes.len() {
-            for bit in 0..8 {
-                let mut damaged = bytes.clone();
-                damaged[i] ^= 1 << bit;
-                assert!(verify(b"key", &damaged).is_err(), "byte {i} bit {bit}");
+        // the uuid, the deleted flag, the expiry, the checksum or the data.
+        for bytes in [v.encode(b"key"), with_expiry.encode(b"key")] {
+            for i in 1..bytes.len() {
+                for bit in 0..8 {
+                    let mut damaged = bytes.clone();
+                    damaged[i] ^= 1 << bit;
+                    assert!(verify(b"key", &damaged).is_err(), "byte {i} bit {bit}");
+                }
             }
         }
+        let bytes = v.encode(b"key");
         // The same bytes under another key.
         assert_eq!(verify(b"kez", &bytes), Err(Damage::Checksum));
         assert_eq!(verify(b"key", &bytes), Ok(()));

@@ -20,6 +20,8 @@ use super::version::{merge, next_timestamp, Merge, Stamp, Version, VersionId};
 use super::{Result, Store, StoreError, Touched};
 use crate::clock;
 
+/// Values expired in one op at most.
+pub const EXPIRE_BATCH: usize = 1000;
 /// Ops taken into one transaction at most.
 const MAX_BATCH_OPS: usize = 2048;
 /// Data bytes taken into one transaction at most (a soft bound).
@@ -72,6 +74,8 @@ pub enum Op {
     Client {
         key: String,
         data: Option<Vec<u8>>,
+        /// The value's time to live, in ms (`PUT ?ttl=`).
+        ttl_ms: Option<u64>,
         condition: Condition,
         reply: ClientReply,
     },
@@ -119,6 +123,12 @@ pub enum Op {
         versions: Vec<(String, Stamp)>,
         reply: SyncSender<Result<usize>>,
     },
+    /// Turns values whose expiry has come into their expiry tombstones (a
+    /// bounded number per op).
+    Expire {
+        now_ms: u64,
+        reply: SyncSender<Result<usize>>,
+    },
     /// Commit what came before, then end the writer thread.
     Stop,
 }
@@ -134,7 +144,11 @@ impl Op {
                 .iter()
                 .map(|(_, d)| d.as_ref().map_or(0, Vec::len))
                 .sum(),
-            Op::Purge { .. } | Op::Drop { .. } | Op::DeleteMany { .. } | Op::Stop => 0,
+            Op::Purge { .. }
+            | Op::Drop { .. }
+            | Op::DeleteMany { .. }
+            | Op::Expire { .. }
+            | Op::Stop => 0,
         }
     }
 
@@ -235,6 +249,12 @@ impl WriterHandle {
     /// Applies a client batch in one commit; returns each op's new stamp.
     pub fn batch(&self, ops: Vec<(String, Option<Vec<u8>>)>) -> Result<Vec<Stamp>> {
         self.call(|tx| Op::Batch { ops, reply: tx })
+    }
+
+    /// Expires the values due at `now_ms` (at most `EXPIRE_BATCH`); returns
+    /// how many expired.
+    pub fn expire(&self, now_ms: u64) -> Result<usize> {
+        self.call(|tx| Op::Expire { now_ms, reply: tx })
     }
 
     /// Deletes the keys that hold a live value, in one commit; returns how
@@ -441,7 +461,8 @@ fn finish(
             }
             (Op::Purge { reply, .. }, Outcome::Purge(n))
             | (Op::Drop { reply, .. }, Outcome::Purge(n))
-            | (Op::DeleteMany { reply, .. }, Outcome::Purge(n)) => {
+            | (Op::DeleteMany { reply, .. }, Outcome::Purge(n))
+            | (Op::Expire { reply, .. }, Outcome::Purge(n)) => {
                 let _ = reply.send(Ok(n));
             }
             _ => {}
@@ -468,15 +489,20 @@ fn write_local(
     key: &str,
     old: Option<Stamp>,
     data: &Option<Vec<u8>>,
+    ttl_ms: Option<u64>,
     effects: &mut Effects,
 ) -> Result<Stamp> {
+    let timestamp = next_timestamp(clock::now_ms(), old.as_ref());
     let version = Version {
         stamp: Stamp {
-            timestamp: next_timestamp(clock::now_ms(), old.as_ref()),
+            timestamp,
             uuid: VersionId::new_random(),
             deleted: data.is_none(),
         },
         data: data.clone().unwrap_or_default(),
+        expires: ttl_ms
+            .filter(|_| data.is_some())
+            .map(|ttl| timestamp.saturating_add(ttl)),
     };
     store.put_version(txn, key, old.as_ref(), &version, &mut effects.touched)?;
     let stamp = version.stamp;
@@ -494,6 +520,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
             Op::Client {
                 key,
                 data,
+                ttl_ms,
                 condition,
                 ..
             } => {
@@ -503,7 +530,8 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 if !holds {
                     Outcome::Client(Err(WriteError::PreconditionFailed(live)))
                 } else {
-                    let stamp = write_local(store, &mut txn, key, old, data, &mut effects)?;
+                    let stamp =
+                        write_local(store, &mut txn, key, old, data, *ttl_ms, &mut effects)?;
                     Outcome::Client(Ok(Written { stamp }))
                 }
             }
@@ -552,7 +580,15 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 let mut stamps = Vec::with_capacity(ops.len());
                 for (key, data) in ops {
                     let old = store.stamp_in(&txn, key)?;
-                    stamps.push(write_local(store, &mut txn, key, old, data, &mut effects)?);
+                    stamps.push(write_local(
+                        store,
+                        &mut txn,
+                        key,
+                        old,
+                        data,
+                        None,
+                        &mut effects,
+                    )?);
                 }
                 Outcome::Batch(stamps)
             }
@@ -563,7 +599,7 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                     if old.is_none_or(|s| s.deleted) {
                         continue;
                     }
-                    write_local(store, &mut txn, key, old, &None, &mut effects)?;
+                    write_local(store, &mut txn, key, old, &None, None, &mut effects)?;
                     deleted += 1;
                 }
                 Outcome::Purge(deleted)
@@ -582,6 +618,12 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 Outcome::Resolve(replace)
             }
             Op::Stop => Outcome::Purge(0),
+            Op::Expire { now_ms, .. } => Outcome::Purge(store.expire_in(
+                &mut txn,
+                *now_ms,
+                EXPIRE_BATCH,
+                &mut effects.touched,
+            )?),
             Op::Drop { versions, .. } => {
                 let mut dropped = 0;
                 for (key, stamp) in versions {
@@ -685,6 +727,7 @@ mod tests {
                 .submit(Op::Client {
                     key: key.to_string(),
                     data: data.map(|d| d.as_bytes().to_vec()),
+                    ttl_ms: None,
                     condition,
                     reply: Box::new(move |r| {
                         let _ = tx.send(r);
@@ -765,6 +808,7 @@ mod tests {
                 .submit(Op::Client {
                     key: format!("c/{i}"),
                     data: Some(i.to_string().into_bytes()),
+                    ttl_ms: None,
                     condition: Condition::default(),
                     reply: Box::new(move |r| {
                         let _ = tx.send(r.is_ok());
