@@ -17,7 +17,7 @@
 //! `throttle_delay_ms`, and memory is bounded by the chunk sizes below.
 //! Tombstones are versions like any other, so a delete that one side missed
 //! is repaired like a write. Purged tombstones: see the README
-//! ("Tombstones and anti-entropy").
+//! ("Tombstones", and "Anti-entropy").
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

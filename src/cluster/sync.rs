@@ -2,7 +2,8 @@
 //! and bootstrap, plus the tombstone purge. One thread runs them all.
 //!
 //! - Regular sync: every `sync_interval`, ask a random healthy peer for its
-//!   latest 15 versions and fetch those that are newer here or missing.
+//!   latest 15 versions and fetch those that are newer there or missing
+//!   here.
 //!   Finding any marks this node as behind.
 //! - Catch-up: while behind, every `catchup_interval`, page through
 //!   everything a peer has from a little before the point we are behind

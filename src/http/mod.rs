@@ -8,9 +8,12 @@
 //! read at all, then the body within `BODY_TIMEOUT` and a shared memory
 //! budget. A pool of `http_threads` workers takes complete requests and
 //! answers them, so a slow or hostile client never holds a worker.
-//! Client writes are handed to the writer thread together with the request,
-//! and the writer answers after its commit, so a worker never waits for a
-//! disk flush and many writes share one commit.
+//! Single client writes (PUT, DELETE) are handed to the writer thread
+//! together with the request, and the writer answers after its commit, so
+//! their worker does not wait for a disk flush and many writes share one
+//! commit. Batches, recursive deletes and versions pushed by peers wait on
+//! their worker for the commit. Blocking queries wait in `watch`, not on a
+//! worker.
 
 pub mod backup;
 pub mod client;

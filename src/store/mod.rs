@@ -18,7 +18,8 @@
 //! the caller's write transaction; the summary changes they imply are
 //! written by [`Store::commit`] in that same transaction, which then applies
 //! them to the in-memory tree. Only the writer thread (`store::writer`) and
-//! the offline tools write.
+//! the offline tools write versions; `meta_put` and `meta_delete` write
+//! single metadata entries in their own transactions, from other threads.
 
 pub mod condition;
 pub mod datafile;

@@ -2,8 +2,10 @@
 //!
 //! A key holds exactly one version: a value (`data`, the client's JSON bytes
 //! exactly as written) or a tombstone. [`merge`] is the one place that
-//! decides which of two versions of a key wins; local writes, pushes, syncs
-//! and anti-entropy all go through it.
+//! decides which of two versions of a key wins; every version from a peer
+//! (pushes, syncs, anti-entropy, conflict winners, repairs) goes through
+//! it. A local write needs no merge: it takes a timestamp above the current
+//! version ([`next_timestamp`]).
 
 use std::fmt;
 
