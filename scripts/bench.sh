@@ -3,7 +3,8 @@
 #
 #   scripts/bench.sh [SECTION...]
 #
-# Sections (default: all): http membership replication antientropy size
+# Sections (default: all but scale): http membership replication antientropy
+# storage watch ops size
 #   http          GET and durable PUT throughput and p50/p99 latency at
 #                 1, 16 and 64 connections (wrk), idle and peak RSS
 #   membership    time for 5 nodes to agree; kill -9 to "unhealthy" everywhere
@@ -15,6 +16,13 @@
 #   storage       scrub speed over 200 000 values at the default throttle and
 #                 unthrottled; durable PUT at 64 connections while a scrub
 #                 runs without pause vs with no scrub
+#   watch         GET at 16 and PUT at 64 connections with 0 and 400 parked
+#                 blocking queries; wake-up latency from a PUT to its
+#                 watcher; POST /batch of 100 puts at 64 connections; how
+#                 late the last of 100 000 keys with a ttl expires
+#   ops           GET /backup of 1 000 000 keys; PUT at 64 connections with
+#                 and without backups running; kvs export and import of
+#                 100 000 keys
 #   size          binary sizes (release, static)
 #   scale         (only when named) N = $SCALE_NODES nodes (default "5 20 50")
 #                 with the default intervals scaled down 20x: time until every
@@ -30,7 +38,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 SECS=${BENCH_SECONDS:-5}
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(http membership replication antientropy storage size)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(http membership replication antientropy storage watch ops size)
 want() { local s; for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 for tool in curl python3; do command -v "$tool" > /dev/null || { echo "bench.sh needs $tool" >&2; exit 1; }; done
@@ -392,10 +400,16 @@ PY
     gossip_bytes() { local t=0 name; for name in "${names[@]}"; do t=$((t + $(metric_of "$name" kvs_gossip_bytes_total))); done; echo "$t"; }
     metric_of() { curl -s --max-time 2 "http://127.0.0.1:${PORT[$1]}/metrics" | awk -v m="$2" '$1 == m {v = $2} END {print v + 0}'; }
     u0=$(unhealthy); b0=$(gossip_bytes); t0=$(now_ms)
-    sleep "$IDLE"
+    # The joins' news spreads during the first part of the window; the
+    # last 60 s show what an idle cluster costs.
+    tail_s=$(( IDLE > 120 ? 60 : IDLE / 2 ))
+    sleep $((IDLE - tail_s))
+    bm=$(gossip_bytes); tm=$(now_ms)
+    sleep "$tail_s"
     u1=$(unhealthy); b1=$(gossip_bytes); t1=$(now_ms)
     row "$n nodes: false \"unhealthy\" events, ${IDLE}s idle" "$((u1 - u0))" "target 0"
-    row "$n nodes: gossip bytes/s per node, idle" "$(( (b1 - b0) * 1000 / (t1 - t0) / n ))" "request + reply bodies of the node's own calls"
+    row "$n nodes: gossip bytes/s per node, ${IDLE}s after the joins" "$(( (b1 - b0) * 1000 / (t1 - t0) / n ))" "request + reply bodies of the node's own calls, news of the joins included"
+    row "$n nodes: gossip bytes/s per node, idle (last ${tail_s}s)" "$(( (b1 - bm) * 1000 / (t1 - tm) / n ))" "the same, once the news has spread; target flat in N"
     python3 "$WORK/scale.py" writes "${ports[0]}" 1000
     pid=${PID[${names[0]}]}
     row "$n nodes: threads and RSS of the writer after 1000 writes" "$(awk '/^Threads/ {print $2}' "/proc/$pid/status") threads" "$(( $(rss_kb "$pid") / 1024 )) MB RSS"
@@ -438,6 +452,169 @@ if want storage; then
     stop sc
   done
   cmd "$BIN --scrub-interval S --throttle-delay-ms T   # on the loaded directory"
+fi
+
+# --------------------------------------------------------------- watch
+if want watch; then
+  echo "== watch: 400 parked watchers; wake-up latency; /batch; expiry of 100 000 keys" >&2
+  "$BIN" load "$WORK/wt" --count 10000 --prefix load/ --size 200 > /dev/null
+  node wt
+  up wt
+  base="http://127.0.0.1:${PORT[wt]}"
+  cat > "$WORK/watchers.py" << 'PY'
+# Opens N blocking GETs (wait 10m) on keys nobody writes, keeps them open
+# until stdin closes.
+import socket, sys, urllib.request
+port, n = int(sys.argv[1]), int(sys.argv[2])
+index = urllib.request.urlopen(f"http://127.0.0.1:{port}/kv/w/?keys").headers["X-Kvs-Index"]
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"GET /kv/w/{i}?index={index}&wait=10m HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+    socks.append(s)
+print("open", flush=True)
+sys.stdin.read()
+PY
+  parked() { curl -s "$base/metrics" | awk '/^kvs_parked_requests/ {print $2}'; }
+  for watchers in 0 400; do
+    if [ "$watchers" -gt 0 ]; then
+      mkfifo "$WORK/hold"
+      python3 "$WORK/watchers.py" "${PORT[wt]}" "$watchers" < "$WORK/hold" > "$WORK/watchers.out" &
+      WPID=$!; PIDS+=("$WPID")
+      exec 7> "$WORK/hold"
+      d=$((SECONDS + 30)); until [ "$(parked)" = "$watchers" ] || [ "$SECONDS" -ge "$d" ]; do sleep 0.1; done
+    fi
+    read -r grps gp50 gp99 _ < <(wrk_run "get$watchers" 16 "$WORK/get.lua" "$base")
+    read -r prps pp50 pp99 _ < <(wrk_run "put$watchers" 64 "$WORK/put.lua" "$base")
+    row "GET, 16 connections, $watchers parked watchers" "$grps req/s" "p50 $gp50 ms, p99 $gp99 ms ($(parked) parked during the run)"
+    row "durable PUT, 64 connections, $watchers parked watchers" "$prps req/s" "p50 $pp50 ms, p99 $pp99 ms"
+  done
+  exec 7>&-; wait "$WPID" 2> /dev/null || true
+  cat > "$WORK/wake.py" << 'PY'
+# For 200 keys: park a blocking GET on the key, PUT the key on another
+# connection, and time from sending the PUT to the watcher's answer, and
+# from the PUT's 200 (committed) to the watcher's answer.
+import http.client, socket, sys, time, urllib.request
+port = int(sys.argv[1])
+put = http.client.HTTPConnection("127.0.0.1", port)
+sent, after = [], []
+for i in range(200):
+    put.request("GET", f"/kv/wake/{i}")
+    r = put.getresponse(); r.read()
+    index = r.getheader("X-Kvs-Index")
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"GET /kv/wake/{i}?index={index}&wait=60s HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+    time.sleep(0.005)
+    t0 = time.perf_counter()
+    put.request("PUT", f"/kv/wake/{i}", body=b'{"n":1}')
+    r = put.getresponse(); r.read()
+    t1 = time.perf_counter()
+    s.recv(65536)
+    t2 = time.perf_counter()
+    s.close()
+    sent.append((t2 - t0) * 1000)
+    after.append(max(0.0, (t2 - t1) * 1000))
+def pct(v, p):
+    v = sorted(v); return v[min(len(v) - 1, int(len(v) * p))]
+print(f"{pct(sent, .5):.2f} {pct(sent, .99):.2f} {pct(after, .5):.2f} {pct(after, .99):.2f}")
+PY
+  read -r s50 s99 a50 a99 < <(python3 "$WORK/wake.py" "${PORT[wt]}")
+  row "wake-up: PUT sent -> watcher answered" "p50 $s50 ms" "p99 $s99 ms (includes the commit's fsync)"
+  row "wake-up: PUT answered (committed) -> watcher answered" "p50 $a50 ms" "p99 $a99 ms"
+  cat > "$WORK/batch.lua" << 'LUA'
+-- POST /batch of 100 puts of ~200-byte documents to fresh keys.
+local counter = 0
+local threads = 0
+function setup(thread) thread:set("tid", threads); threads = threads + 1 end
+function init(args)
+  doc = '{"user":"bench","tags":["a","b","c"],"payload":"' .. string.rep("x", 140) .. '"}'
+  headers = { ["Content-Type"] = "application/json" }
+end
+function request()
+  local ops = {}
+  for i = 1, 100 do
+    counter = counter + 1
+    ops[i] = '{"op":"put","key":"batch/' .. tid .. '/' .. counter .. '","value":' .. doc .. '}'
+  end
+  return wrk.format("POST", "/batch", headers, "[" .. table.concat(ops, ",") .. "]")
+end
+LUA
+  read -r brps bp50 bp99 _ < <(wrk_run batch 64 "$WORK/batch.lua" "$base")
+  row "POST /batch of 100 puts, 64 connections" "$((brps * 100)) keys/s" "$brps batches/s, p50 $bp50 ms, p99 $bp99 ms (single PUTs: $prps keys/s above)"
+  cat > "$WORK/ttl.py" << 'PY'
+# Writes N keys with ?ttl=T from 8 threads, then waits until the node has
+# expired all of them; prints the time from the last key's expiry to the
+# moment kvs_expired_total counts them all, and the write rate.
+import http.client, json, sys, threading, time
+port, n, ttl = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def metric(name):
+    c = http.client.HTTPConnection("127.0.0.1", port); c.request("GET", "/metrics")
+    for line in c.getresponse().read().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+before = metric("kvs_expired_total")
+latest = [0]
+def writer(t):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    last = 0
+    for i in range(t, n, 8):
+        c.request("PUT", f"/kv/ttl/{i}?ttl={ttl}", body=b'{"s":1}')
+        last = max(last, json.loads(c.getresponse().read())["timestamp"])
+    latest.append(last)
+t0 = time.time()
+ts = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+for t in ts: t.start()
+for t in ts: t.join()
+wrote = time.time() - t0
+deadline = (max(latest) + ttl * 1000) / 1000.0
+while metric("kvs_expired_total") - before < n:
+    time.sleep(0.02)
+print(f"{(time.time() - deadline) * 1000:.0f} {n / wrote:.0f}")
+PY
+  read -r late wrate < <(python3 "$WORK/ttl.py" "${PORT[wt]}" 100000 20)
+  row "expiry of 100 000 keys (ttl 20 s): last one gone after its deadline" "$late ms" "written at $wrate keys/s from 8 threads"
+  stop wt
+  cmd "python3 watchers.py PORT 400 (400 blocking GETs), wrk as in http; wake.py, batch.lua, ttl.py in scripts/bench.sh"
+fi
+
+# ----------------------------------------------------------------- ops
+if want ops; then
+  echo "== ops: backup of 1 000 000 keys under write load; export and import of 100 000 keys" >&2
+  t0=$(now_ms)
+  "$BIN" load "$WORK/op" --count 1000000 --prefix load/ --size 200 > /dev/null
+  row "kvs load of 1 000 000 keys (200 B values, offline)" "$(( $(now_ms) - t0 )) ms"
+  node op
+  up op
+  base="http://127.0.0.1:${PORT[op]}"
+  t0=$(now_ms)
+  curl -s -o "$WORK/op.mdb" "$base/backup"
+  t1=$(now_ms)
+  row "GET /backup of 1 000 000 keys, idle node" "$((t1 - t0)) ms" "$(stat -c %s "$WORK/op.mdb") bytes; data.mdb is $(stat -c %s "$WORK/op/data.mdb") bytes"
+  read -r rps0 p50a p99a _ < <(wrk_run opput0 64 "$WORK/put.lua" "$base")
+  # Back-to-back backups for the whole wrk run.
+  ( while :; do curl -s -o "$WORK/op2.mdb" "$base/backup" || true; echo x >> "$WORK/backups"; done ) &
+  BPID=$!; PIDS+=("$BPID")
+  read -r rps1 p50b p99b _ < <(wrk_run opput1 64 "$WORK/put.lua" "$base")
+  kill "$BPID" 2> /dev/null || true; wait "$BPID" 2> /dev/null || true
+  row "durable PUT, 64 connections, no backup" "$rps0 req/s" "p50 $p50a ms, p99 $p99a ms"
+  row "durable PUT, 64 connections, backups back to back" "$rps1 req/s" "p50 $p50b ms, p99 $p99b ms; $(wc -l < "$WORK/backups") backups finished in ${SECS} s"
+  stop op
+  "$BIN" load "$WORK/ex" --count 100000 --prefix load/ --size 200 > /dev/null
+  node ex
+  node im
+  up ex
+  up im
+  t0=$(now_ms)
+  KVS_ADDR="127.0.0.1:${PORT[ex]}" "$BIN" export > "$WORK/ex.jsonl" 2> /dev/null
+  t1=$(now_ms)
+  KVS_ADDR="127.0.0.1:${PORT[im]}" "$BIN" import "$WORK/ex.jsonl" 2> /dev/null
+  t2=$(now_ms)
+  row "kvs export of 100 000 keys" "$((100000 * 1000 / (t1 - t0))) keys/s" "$((t1 - t0)) ms, $(wc -l < "$WORK/ex.jsonl") lines"
+  row "kvs import of 100 000 keys (POST /batch of 1 000)" "$((100000 * 1000 / (t2 - t1))) keys/s" "$((t2 - t1)) ms"
+  stop ex
+  stop im
+  cmd "$BIN load DIR --count 1000000 --size 200; curl -o F /backup; wrk PUT c=64 with and without back-to-back backups; kvs export | kvs import"
 fi
 
 # ---------------------------------------------------------------- size

@@ -15,7 +15,7 @@
 //! - Parked requests are bounded (`MAX_PARKED`); beyond it a blocking
 //!   request is answered at once, as if it had not asked to wait.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,6 +46,15 @@ impl Scope {
             Scope::Prefix(p) => key.starts_with(p.as_str()),
         }
     }
+
+    /// Whether any of `keys` is in the scope (a lookup for a key, a scan
+    /// for a prefix).
+    fn touched_by(&self, keys: &HashSet<Arc<str>>) -> bool {
+        match self {
+            Scope::Key(k) => keys.contains(k.as_str()),
+            Scope::Prefix(_) => keys.iter().any(|k| self.covers(k)),
+        }
+    }
 }
 
 /// Answers a parked request (runs the query again and responds).
@@ -67,6 +76,8 @@ struct Inner {
     /// Changes up to this index have been matched against `parked`.
     matched: u64,
     parked: Vec<Parked>,
+    /// The watch thread holds the parked list, matching it.
+    matching: bool,
     stopping: bool,
 }
 
@@ -100,6 +111,7 @@ impl Watch {
                 index,
                 matched: index,
                 parked: Vec::new(),
+                matching: false,
                 stopping: false,
             }),
             wake: Condvar::new(),
@@ -135,8 +147,11 @@ impl Watch {
             }
         }
         inner.index = last;
+        let anyone = !inner.parked.is_empty();
         drop(inner);
-        self.wake.notify_all();
+        if anyone {
+            self.wake.notify_all();
+        }
     }
 
     /// Whether anything in `scope` changed after `after`; `Err` when the
@@ -186,6 +201,11 @@ impl Watch {
         {
             return Err(job);
         }
+        if inner.parked.is_empty() && !inner.matching {
+            // Nobody waits: the changes so far need no matching (and must
+            // not wake this request, which `changed_since` just checked).
+            inner.matched = inner.index;
+        }
         inner.parked.push(Parked {
             scope,
             deadline: Instant::now() + wait,
@@ -209,13 +229,14 @@ impl Watch {
 
     /// Takes the parked requests that are due: touched by changes not yet
     /// matched, past their deadline, or every one when stopping. Waits
-    /// until there is one, or until `stopped` and none is left.
+    /// until there is one, or until stopped and none is left. The matching
+    /// runs without the lock, which the writer takes after every commit.
     fn due(&self) -> Option<Vec<Job>> {
         let mut inner = self.lock();
         loop {
             let now = Instant::now();
             let start = inner.ring.partition_point(|(i, _)| *i <= inner.matched);
-            let fresh: Vec<Arc<str>> = inner
+            let fresh: HashSet<Arc<str>> = inner
                 .ring
                 .iter()
                 .skip(start)
@@ -223,17 +244,28 @@ impl Watch {
                 .collect();
             inner.matched = inner.index;
             let stopping = inner.stopping;
-            let (ready, waiting): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut inner.parked)
-                .into_iter()
-                .partition(|p| {
-                    stopping || p.deadline <= now || fresh.iter().any(|k| p.scope.covers(k))
-                });
-            inner.parked = waiting;
+            let mut parked = std::mem::take(&mut inner.parked);
+            inner.matching = true;
+            drop(inner);
+            let ready: Vec<Job> = parked
+                .extract_if(.., |p| {
+                    stopping || p.deadline <= now || p.scope.touched_by(&fresh)
+                })
+                .map(|p| p.job)
+                .collect();
+            inner = self.lock();
+            inner.matching = false;
+            // Requests parked meanwhile were checked by `park` itself.
+            parked.append(&mut inner.parked);
+            inner.parked = parked;
             if !ready.is_empty() {
-                return Some(ready.into_iter().map(|p| p.job).collect());
+                return Some(ready);
             }
             if stopping {
                 return None;
+            }
+            if inner.matched < inner.index {
+                continue;
             }
             let next_deadline = inner.parked.iter().map(|p| p.deadline).min();
             let timeout = next_deadline
