@@ -1,15 +1,21 @@
 //! `GET /backup`: a consistent, compacted copy of the database, streamed.
 //!
-//! LMDB copies the database from one read transaction into a file in the
-//! data directory (unlinked as soon as it is created, so nothing is left
-//! behind, whatever happens); the writer keeps committing meanwhile. Then
-//! the file is streamed to the client, which holds no transaction: a slow
-//! download costs a worker thread and disk space, never the writer.
+//! LMDB's own compacting copy runs in a thread of its own from one read
+//! transaction and writes into a pipe; the response streams the other end
+//! to the client (chunked: the compacted size is not known in advance), so
+//! the copy needs no disk space and writes nothing to the node's disk, and
+//! the writer keeps committing meanwhile. The read transaction lasts as
+//! long as the download: pages freed meanwhile are reused only after it,
+//! so a slow download lets the data file grow by what is written in the
+//! meantime (bounded by the download's deadline). A copy that fails ends
+//! the response without its last chunk, which clients report as an error.
 //! One backup runs at a time.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tiny_http::{Method, Request, Response, StatusCode};
@@ -18,6 +24,7 @@ use super::{allow, check_client_auth, header, send_error, ApiError};
 use crate::clock;
 use crate::metrics::Route;
 use crate::node::Node;
+use crate::store::StoreError;
 
 /// A download gets at least this long, and one more second per MiB.
 const MIN_DOWNLOAD_TIME: Duration = Duration::from_secs(60);
@@ -46,15 +53,31 @@ pub fn backup(node: &Node, rq: Request, started: Instant) {
                 ));
             }
             let running = Running;
-            let copy = make_copy(node)?;
-            Ok((copy, running))
+            let (reader, writer) = std::io::pipe()
+                .map_err(|e| ApiError::Internal(format!("backup: cannot make a pipe: {e}")))?;
+            Ok((reader, writer, running))
         });
-    let ((file, len), _running) = match prepared {
+    let (reader, writer, _running) = match prepared {
         Ok(p) => p,
         Err(e) => return send_error(node, rq, e, Route::Other, started),
     };
-    let took = started.elapsed();
-    let secs = (len / (1024 * 1024)).min(MAX_DOWNLOAD_TIME.as_secs());
+    let store = node.store.clone();
+    let copier = std::thread::Builder::new()
+        .name("backup".into())
+        .spawn(move || {
+            let mut out = File::from(OwnedFd::from(writer));
+            store.backup_to(&mut out)
+        });
+    let copier = match copier {
+        Ok(c) => c,
+        Err(e) => {
+            let e = ApiError::Internal(format!("backup: cannot start the copy: {e}"));
+            return send_error(node, rq, e, Route::Other, started);
+        }
+    };
+    // A size-based deadline cannot be known up front: allow the longest.
+    let size = node.store.data_file_bytes().unwrap_or(0);
+    let secs = (size / (1024 * 1024)).min(MAX_DOWNLOAD_TIME.as_secs());
     rq.allow_response_time((MIN_DOWNLOAD_TIME + Duration::from_secs(secs)).min(MAX_DOWNLOAD_TIME));
     let name = format!(
         "attachment; filename=\"kvs-{}-{}.mdb\"",
@@ -69,44 +92,38 @@ pub fn backup(node: &Node, rq: Request, started: Instant) {
     .into_iter()
     .filter_map(|(k, v)| header(k, v))
     .collect();
-    let response = Response::new(StatusCode(200), headers, file, Some(len as usize), None)
-        .with_chunked_threshold(usize::MAX);
-    match rq.respond(response) {
-        Ok(()) => log::info!(
-            "backup: {len} bytes copied in {} ms, sent in {} ms",
-            took.as_millis(),
-            (started.elapsed() - took).as_millis()
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counted = Counted {
+        inner: reader,
+        bytes: bytes.clone(),
+    };
+    let response = Response::new(StatusCode(200), headers, counted, None, None);
+    let sent = rq.respond(response);
+    let copied = copier
+        .join()
+        .unwrap_or_else(|_| Err(StoreError::Io("the copy thread failed".into())));
+    let n = bytes.load(Ordering::Relaxed);
+    match (copied, sent) {
+        (Ok(()), Ok(())) => log::info!(
+            "backup: {n} bytes sent in {} ms",
+            started.elapsed().as_millis()
         ),
-        Err(e) => log::warn!("backup: {len} bytes copied, not all sent: {e}"),
+        (Err(e), _) => log::warn!("backup failed after {n} bytes: {e}"),
+        (Ok(()), Err(e)) => log::warn!("backup: the client stopped reading after {n} bytes: {e}"),
     }
     node.metrics.observe(Route::Other, 200, started.elapsed());
 }
 
-/// Copies the database into an unlinked file of the data directory;
-/// returns it at its start, with its length.
-fn make_copy(node: &Node) -> Result<(File, u64), ApiError> {
-    let path = node.config.data_dir.join(format!(
-        "backup-{}-{}.tmp",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let io = |what: &str, e: std::io::Error| {
-        if e.raw_os_error() == Some(28) {
-            ApiError::NoSpace
-        } else {
-            ApiError::Internal(format!("backup: cannot {what} {}: {e}", path.display()))
-        }
-    };
-    let mut file = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| io("create", e))?;
-    // The open descriptor keeps the data; no name is left behind.
-    std::fs::remove_file(&path).map_err(|e| io("unlink", e))?;
-    node.store.backup_to(&mut file)?;
-    let len = file.seek(SeekFrom::End(0)).map_err(|e| io("measure", e))?;
-    file.seek(SeekFrom::Start(0)).map_err(|e| io("rewind", e))?;
-    Ok((file, len))
+/// A reader that counts what went through it.
+struct Counted<R> {
+    inner: R,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }

@@ -842,6 +842,13 @@ impl Store {
         Ok(())
     }
 
+    /// The size of `data.mdb` in bytes.
+    pub fn data_file_bytes(&self) -> Option<u64> {
+        std::fs::metadata(self.dir.join("data.mdb"))
+            .ok()
+            .map(|m| m.len())
+    }
+
     /// Writes a consistent, compacted copy of the database into `file`
     /// (LMDB's own copy: one read transaction, writers keep going).
     pub fn backup_to(&self, file: &mut File) -> Result<()> {
