@@ -672,6 +672,27 @@ mod tests {
         Config::from_raw(RawConfig::from_yaml(yaml)?)
     }
 
+    /// The file written for a new node documents every default: setting
+    /// each key to the value it shows changes nothing.
+    #[test]
+    fn every_documented_default_is_the_default() {
+        let mut yaml = String::new();
+        for (key, default, _) in KEYS {
+            if default.starts_with('(') {
+                continue; // derived (host name, bind address and port)
+            }
+            yaml.push_str(&format!("{key}: {default}\n"));
+        }
+        let documented = parse(&yaml).unwrap();
+        let built_in = parse("").unwrap();
+        assert_eq!(documented.changed_keys(&built_in), Vec::<&str>::new());
+        assert!(
+            yaml.lines().count() >= KEYS.len() - 2,
+            "only {} keys have a literal default",
+            yaml.lines().count()
+        );
+    }
+
     #[test]
     fn defaults_match_the_original() {
         let c = parse("").unwrap();

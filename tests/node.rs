@@ -145,9 +145,15 @@ fn a_full_map_answers_507_and_keeps_serving() {
         assert!(got == value.as_bytes(), "big/{i}: {} bytes back", got.len());
     }
     assert_eq!(call(&node.addr, "GET", "/health", b"").status, 200);
-    // Small writes that fit still succeed or are refused cleanly.
+    // A small write either fits and is stored, or is refused and leaves
+    // nothing behind: never half written.
     let small = call(&node.addr, "PUT", "/kv/small", b"1").status;
-    assert!(small == 200 || small == 507, "status {small}");
+    let read = call(&node.addr, "GET", "/kv/small", b"");
+    match small {
+        200 => assert_eq!((read.status, read.body.as_slice()), (200, &b"1"[..])),
+        507 => assert_eq!(read.status, 404, "a refused write left a value"),
+        other => panic!("a small write on a full map answered {other}"),
+    }
 }
 
 #[test]

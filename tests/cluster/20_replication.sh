@@ -32,13 +32,12 @@ wait_until 20 "n3 has all 200 keys" has_all n3
 for i in 1 100 200; do expect_eq "$(get n3 "batch/$i")" "$i" "batch/$i on n3"; done
 has_all ro || wait_until 10 "the read-only node has all 200 keys" has_all ro
 
-step "a SIGSTOPped peer does not slow writes on the others"
+step "with a SIGSTOPped peer, writes are answered and reach the healthy one"
+# Each write must be answered within curl's 10 s (put_many fails
+# otherwise) although the frozen peer never acknowledges its pushes; how
+# fast is for scripts/bench.sh.
 kill -STOP "$(pid_of n3)"
-start=$(date +%s%N)
 put_many n1 frozen/ 200
-ms=$(( ($(date +%s%N) - start) / 1000000 ))
-step "200 sequential writes with n3 frozen took ${ms} ms"
-[ "$ms" -lt 20000 ] || fail "writes were slowed by the frozen peer: ${ms} ms"
 wait_until 5 "frozen/200 on n2" has_value n2 frozen/200 200
 kill -CONT "$(pid_of n3)"
 wait_until 30 "n3 gets the writes made while it was frozen" has_value n3 frozen/200 200
