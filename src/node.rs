@@ -244,7 +244,7 @@ pub fn save_last_contact(node: &Node, saved: u64, force: bool) -> u64 {
     let due = last > saved && (force || last - saved >= 60_000);
     if due
         && node
-            .store
+            .writer
             .meta_put(META_LAST_CONTACT, last.to_string().as_bytes())
             .is_ok()
     {

@@ -58,17 +58,9 @@ fn number(opts: &[(String, String)], name: &str, default: u64) -> Result<u64, St
 /// Writes versions into a data directory in one transaction.
 fn write_all(dir: &str, versions: &[(String, Version)]) -> Result<(), String> {
     let store = Store::open(&PathBuf::from(dir), TOOL_MAP_SIZE_MB).map_err(|e| e.to_string())?;
-    let mut txn = store.write_txn().map_err(|e| e.to_string())?;
-    let mut touched = crate::store::Touched::default();
-    for (key, v) in versions {
-        let old = store.stamp_in(&txn, key).map_err(|e| e.to_string())?;
-        store
-            .put_version(&mut txn, key, old.as_ref(), v, &mut touched)
-            .map_err(|e| e.to_string())?;
-    }
     store
-        .commit(txn, &touched)
-        .map_err(|e| format!("committing to {dir}: {e}"))?;
+        .write_versions(versions)
+        .map_err(|e| format!("writing to {dir}: {e}"))?;
     Ok(())
 }
 

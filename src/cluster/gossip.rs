@@ -177,7 +177,7 @@ pub fn gossip_loop(node: Arc<Node>) {
         let known = cluster.members.known_addresses();
         if known.keys().ne(known_saved.keys()) {
             if let Ok(bytes) = serde_json::to_vec(&known) {
-                let _ = node.store.meta_put(META_KNOWN, &bytes);
+                let _ = node.writer.meta_put(META_KNOWN, &bytes);
             }
             known_saved = known;
         }

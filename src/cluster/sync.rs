@@ -377,7 +377,7 @@ fn page_through(
 /// Fetches the last `bootstrap_max_age_hours` of history from a peer, then
 /// turns the node `normal`. Returns false if the node stopped first.
 fn bootstrap(node: &Node) -> bool {
-    let _ = node.store.meta_put(META_BOOTSTRAP_PENDING, b"1");
+    let _ = node.writer.meta_put(META_BOOTSTRAP_PENDING, b"1");
     let start = clock::now_ms().saturating_sub(node.config.bootstrap_max_age.as_millis() as u64);
     let started = Instant::now();
     log::info!("bootstrap: syncing history since {start} before accepting client writes");
@@ -403,7 +403,7 @@ fn bootstrap(node: &Node) -> bool {
                     "bootstrap: no seed answered within join_timeout{why}; serving as a cluster \
                      of one, to merge with the cluster when a seed answers"
                 );
-                let _ = node.store.meta_put(META_BOOTSTRAP_PENDING, b"0");
+                let _ = node.writer.meta_put(META_BOOTSTRAP_PENDING, b"0");
                 node.set_mode(Mode::Normal);
                 return true;
             }
@@ -448,8 +448,8 @@ fn bootstrap(node: &Node) -> bool {
             }
         }
     }
-    let _ = node.store.meta_put(META_BOOTSTRAPPED, b"1");
-    let _ = node.store.meta_put(META_BOOTSTRAP_PENDING, b"0");
+    let _ = node.writer.meta_put(META_BOOTSTRAPPED, b"1");
+    let _ = node.writer.meta_put(META_BOOTSTRAP_PENDING, b"0");
     node.set_mode(Mode::Normal);
     log::info!(
         "bootstrap complete: {} keys in {:.1}s; accepting client writes",

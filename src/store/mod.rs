@@ -359,7 +359,7 @@ impl Store {
         Ok(self.env.read_txn()?)
     }
 
-    pub fn write_txn(&self) -> Result<RwTxn<'_>> {
+    fn write_txn(&self) -> Result<RwTxn<'_>> {
         Ok(self.env.write_txn()?)
     }
 
@@ -857,7 +857,38 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Stores one metadata entry in its own (durable) transaction.
+    /// Sets or removes a metadata entry inside the writer's transaction.
+    pub(crate) fn meta_set_in(
+        &self,
+        txn: &mut RwTxn<'_>,
+        name: &str,
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        match value {
+            Some(v) => self.meta.put(txn, name.as_bytes(), v)?,
+            None => {
+                self.meta.delete(txn, name.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes versions in one transaction, each over the current one: for
+    /// the offline tools, on a stopped node's directory (a running node
+    /// writes through its writer thread). Returns the commit index.
+    pub fn write_versions(&self, versions: &[(String, Version)]) -> Result<u64> {
+        let mut txn = self.write_txn()?;
+        let mut touched = Touched::default();
+        for (key, v) in versions {
+            let old = self.stamp_in(&txn, key)?;
+            self.put_version(&mut txn, key, old.as_ref(), v, &mut touched)?;
+        }
+        self.commit(txn, &touched)
+    }
+
+    /// Stores one metadata entry in its own (durable) transaction: only
+    /// while a node starts (before its writer thread runs) and in the
+    /// offline tools; a running node writes metadata through the writer.
     pub fn meta_put(&self, name: &str, value: &[u8]) -> Result<()> {
         let mut wtxn = self.write_txn()?;
         self.meta.put(&mut wtxn, name.as_bytes(), value)?;

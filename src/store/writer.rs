@@ -123,6 +123,12 @@ pub enum Op {
         versions: Vec<(String, Stamp)>,
         reply: SyncSender<Result<usize>>,
     },
+    /// Sets (`Some`) or removes (`None`) a metadata entry.
+    Meta {
+        name: &'static str,
+        value: Option<Vec<u8>>,
+        reply: SyncSender<Result<usize>>,
+    },
     /// Turns values whose expiry has come into their expiry tombstones (a
     /// bounded number per op).
     Expire {
@@ -144,6 +150,7 @@ impl Op {
                 .iter()
                 .map(|(_, d)| d.as_ref().map_or(0, Vec::len))
                 .sum(),
+            Op::Meta { value, .. } => value.as_ref().map_or(0, Vec::len),
             Op::Purge { .. }
             | Op::Drop { .. }
             | Op::DeleteMany { .. }
@@ -163,7 +170,10 @@ impl Op {
             Op::Resolve { reply: Some(r), .. } => {
                 let _ = r.send(Err(copy()));
             }
-            Op::Purge { reply, .. } | Op::Drop { reply, .. } => {
+            Op::Purge { reply, .. }
+            | Op::Drop { reply, .. }
+            | Op::Expire { reply, .. }
+            | Op::Meta { reply, .. } => {
                 let _ = reply.send(Err(copy()));
             }
             Op::Repair { reply, .. } => {
@@ -249,6 +259,18 @@ impl WriterHandle {
     /// Applies a client batch in one commit; returns each op's new stamp.
     pub fn batch(&self, ops: Vec<(String, Option<Vec<u8>>)>) -> Result<Vec<Stamp>> {
         self.call(|tx| Op::Batch { ops, reply: tx })
+    }
+
+    /// Stores a metadata entry (in the writer's next commit) and waits for
+    /// the commit.
+    pub fn meta_put(&self, name: &'static str, value: &[u8]) -> Result<()> {
+        let value = Some(value.to_vec());
+        self.call(|tx| Op::Meta {
+            name,
+            value,
+            reply: tx,
+        })
+        .map(|_| ())
     }
 
     /// Expires the values due at `now_ms` (at most `EXPIRE_BATCH`); returns
@@ -462,7 +484,8 @@ fn finish(
             (Op::Purge { reply, .. }, Outcome::Purge(n))
             | (Op::Drop { reply, .. }, Outcome::Purge(n))
             | (Op::DeleteMany { reply, .. }, Outcome::Purge(n))
-            | (Op::Expire { reply, .. }, Outcome::Purge(n)) => {
+            | (Op::Expire { reply, .. }, Outcome::Purge(n))
+            | (Op::Meta { reply, .. }, Outcome::Purge(n)) => {
                 let _ = reply.send(Ok(n));
             }
             _ => {}
@@ -618,6 +641,10 @@ fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
                 Outcome::Resolve(replace)
             }
             Op::Stop => Outcome::Purge(0),
+            Op::Meta { name, value, .. } => {
+                store.meta_set_in(&mut txn, name, value.as_deref())?;
+                Outcome::Purge(1)
+            }
             Op::Expire { now_ms, .. } => Outcome::Purge(store.expire_in(
                 &mut txn,
                 *now_ms,
@@ -758,6 +785,18 @@ mod tests {
         let d = h.client("k", None, Condition::default()).unwrap();
         assert!(d.stamp.deleted && d.stamp.timestamp > b.stamp.timestamp);
         assert_eq!(*h.local.lock().unwrap(), ["k", "k", "k"]);
+    }
+
+    #[test]
+    fn metadata_goes_through_the_writer_and_gives_no_index() {
+        let h = Harness::new();
+        let base = h.store.commit_index();
+        h.writer.meta_put("known_addresses", b"{}").unwrap();
+        assert_eq!(
+            h.store.meta_get("known_addresses").unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert_eq!(h.store.commit_index(), base, "metadata is not a version");
     }
 
     #[test]
