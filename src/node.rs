@@ -19,12 +19,17 @@ use crate::clock;
 use crate::cluster::conflict::ConflictQueue;
 use crate::cluster::membership::{MemberEntry, MemberTable};
 use crate::cluster::replicate::Replicator;
-use crate::cluster::sync::{SyncState, META_BOOTSTRAPPED, META_BOOTSTRAP_PENDING};
+use crate::cluster::sync::SyncState;
 use crate::cluster::{antientropy, conflict, gossip, scrub, sync, Members, Stopper};
 use crate::config::Config;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::peer::PeerClient;
+use crate::store::schema::{
+    BOOTSTRAPPED as META_BOOTSTRAPPED, BOOTSTRAP_PENDING as META_BOOTSTRAP_PENDING,
+    GENERATION as META_GENERATION, JOINED as META_JOINED, KNOWN_ADDRESSES as META_KNOWN,
+    LAST_CONTACT as META_LAST_CONTACT, NODE_ID as META_NODE_ID,
+};
 use crate::store::writer::{self, Hooks, WriterHandle};
 use crate::store::Store;
 use crate::watch::Watch;
@@ -218,25 +223,6 @@ impl Node {
     }
 }
 
-/// Meta entries of the node's identity.
-const META_NODE_ID: &str = "node_id";
-const META_JOINED: &str = "joined_timestamp";
-const META_GENERATION: &str = "generation";
-
-/// Metadata that belongs to the node that wrote a data directory rather
-/// than to its data: a restored backup drops it, so that the node started
-/// on it is a new member (its own id, age and peers).
-pub const META_IDENTITY: [&str; 6] = [
-    META_NODE_ID,
-    META_JOINED,
-    META_GENERATION,
-    META_LAST_CONTACT,
-    gossip::META_KNOWN,
-    crate::cluster::sync::META_BOOTSTRAP_PENDING,
-];
-/// Meta entry: the last time (ms) this node heard from a peer.
-pub const META_LAST_CONTACT: &str = "last_contact";
-
 /// Persists the last contact time, if it moved by more than a minute since
 /// `saved` (or `force`); returns what is now saved.
 pub fn save_last_contact(node: &Node, saved: u64, force: bool) -> u64 {
@@ -349,7 +335,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
         left: false,
     };
     let known = store
-        .meta_get(gossip::META_KNOWN)
+        .meta_get(META_KNOWN)
         .ok()
         .flatten()
         .and_then(|b| serde_json::from_slice(&b).ok())

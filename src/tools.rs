@@ -269,7 +269,7 @@ fn restore_into(file: &str, dir: &std::path::Path, len: u64) -> Result<(), Strin
         ));
     }
     store
-        .meta_delete(&crate::node::META_IDENTITY)
+        .meta_delete(&crate::store::schema::IDENTITY)
         .map_err(|e| e.to_string())?;
     println!(
         "restored {} keys ({versions} versions, {tombstones} tombstones) into {}; \

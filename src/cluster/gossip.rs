@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::membership::MemberEntry;
 use crate::node::Node;
 use crate::peer::{self, PeerError};
+use crate::store::schema::KNOWN_ADDRESSES as META_KNOWN;
 
 /// Longest wait between join attempts while no seed answers.
 const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -40,8 +41,6 @@ const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Known addresses unreachable for this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Meta entry holding the known addresses.
-pub const META_KNOWN: &str = "known_addresses";
 
 /// Rumors one gossip message carries at most.
 const RUMORS_PER_MESSAGE: usize = 32;

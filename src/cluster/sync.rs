@@ -26,6 +26,9 @@ use super::wire::{decode_versions, WireVersion};
 use crate::clock;
 use crate::node::{Mode, Node};
 use crate::peer::{self, PeerError, Traffic};
+use crate::store::schema::{
+    BOOTSTRAPPED as META_BOOTSTRAPPED, BOOTSTRAP_PENDING as META_BOOTSTRAP_PENDING,
+};
 use crate::store::{merge, Merge};
 
 /// Versions compared by a regular sync (compatible).
@@ -41,9 +44,6 @@ pub const FETCH_MAX_KEYS: usize = 1000;
 const CATCHUP_SLACK_MS: u64 = 60_000;
 /// Wait between attempts while no peer is available.
 const NO_PEER_RETRY: Duration = Duration::from_millis(250);
-/// Meta entries: a bootstrap in progress, and one completed.
-pub const META_BOOTSTRAP_PENDING: &str = "bootstrap_pending";
-pub const META_BOOTSTRAPPED: &str = "bootstrapped";
 
 /// `GET /internal/since` reply: a page of full versions, oldest first.
 #[derive(Debug, Default, Serialize, Deserialize)]
