@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::http::percent_encode;
+use crate::escape::percent_encode;
 
 /// The commands this module runs.
 pub const COMMANDS: [&str; 9] = [

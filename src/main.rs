@@ -8,6 +8,7 @@ mod cli;
 mod clock;
 mod cluster;
 mod config;
+mod escape;
 mod http;
 mod logging;
 mod metrics;

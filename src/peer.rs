@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use ureq::Agent;
 
-use crate::http::SECRET_HEADER;
+/// Header carrying the cluster secret on internal calls.
+pub const SECRET_HEADER: &str = "X-Kvs-Cluster-Secret";
 
 /// Time to open a TCP connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

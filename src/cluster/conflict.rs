@@ -243,7 +243,7 @@ fn resolve(node: &Node, c: ConflictFound) {
     if !repeat {
         let path = format!(
             "/internal/version?key={}",
-            crate::http::percent_encode(&key)
+            crate::escape::percent_encode(&key)
         );
         for p in &peers {
             let reply: VersionReply =

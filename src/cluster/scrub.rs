@@ -158,7 +158,10 @@ fn repair(node: &Node, key: &str) -> bool {
     }
     let mut peers = node.cluster.members.healthy_peers();
     fastrand::shuffle(&mut peers);
-    let path = format!("/internal/version?key={}", crate::http::percent_encode(key));
+    let path = format!(
+        "/internal/version?key={}",
+        crate::escape::percent_encode(key)
+    );
     for p in &peers {
         let reply: VersionReply = match node.cluster.peer.get(&p.address, &path, peer::NORMAL, None)
         {

@@ -331,7 +331,7 @@ fn page_through(
         );
         if !first {
             path.push_str("&after_key=");
-            path.push_str(&crate::http::percent_encode(&cursor.key));
+            path.push_str(&crate::escape::percent_encode(&cursor.key));
         }
         let reply: SinceReply = node
             .cluster

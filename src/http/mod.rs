@@ -15,6 +15,9 @@
 //! their worker for the commit. Blocking queries wait in `watch`, not on a
 //! worker.
 
+pub use crate::escape::{percent_decode, percent_encode};
+pub use crate::peer::SECRET_HEADER;
+
 pub mod backup;
 pub mod client;
 pub mod error;
@@ -286,26 +289,6 @@ impl<'a> Target<'a> {
     }
 }
 
-/// Decodes %XX escapes; None on a malformed escape.
-pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hi = (hex[0] as char).to_digit(16)?;
-            let lo = (hex[1] as char).to_digit(16)?;
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    Some(out)
-}
-
 /// Routes one request and answers it (or hands it to the writer, which
 /// answers after commit).
 fn handle(node: &Node, mut rq: Request) {
@@ -427,19 +410,6 @@ pub fn send_with(metrics: &Metrics, rq: Request, reply: Reply, route: Route, sta
     metrics.observe(route, status, started.elapsed());
 }
 
-/// Percent-encodes everything but unreserved characters and `/`.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Answers a request with an error.
 pub fn send_error(node: &Node, rq: Request, e: ApiError, route: Route, started: Instant) {
     send(node, rq, Reply::error(&e), route, started)
@@ -492,9 +462,6 @@ fn client_auth_ok(node: &Node, headers: &[Header]) -> bool {
     })
 }
 
-/// Header carrying the cluster secret on internal calls.
-pub const SECRET_HEADER: &str = "X-Kvs-Cluster-Secret";
-
 /// Checks the cluster secret on internal endpoints when one is configured.
 pub fn check_cluster_auth(node: &Node, rq: &Request) -> Result<(), ApiError> {
     if cluster_auth_ok(node, rq.headers()) {
@@ -529,15 +496,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%20b").unwrap(), b"a b");
-        assert_eq!(percent_decode("%2F%2f").unwrap(), b"//");
-        assert!(percent_decode("%2").is_none());
-        assert!(percent_decode("%zz").is_none());
-        assert_eq!(percent_decode("plain").unwrap(), b"plain");
-    }
-
-    #[test]
     fn query_parameters() {
         let t = Target::parse("/kv/users/?keys&separator=%2F&limit=10");
         assert_eq!(t.path, "/kv/users/");
@@ -546,14 +504,6 @@ mod tests {
         assert_eq!(t.param("separator").unwrap().unwrap(), "/");
         assert_eq!(t.param("limit").unwrap().unwrap(), "10");
         assert!(Target::parse("/x?a=%zz").param("a").unwrap().is_err());
-    }
-
-    #[test]
-    fn percent_encoding_round_trips() {
-        let key = "a b/é?&%";
-        let enc = percent_encode(key);
-        assert_eq!(enc, "a%20b/%C3%A9%3F%26%25");
-        assert_eq!(percent_decode(&enc).unwrap(), key.as_bytes());
     }
 
     #[test]
