@@ -38,6 +38,9 @@ pub enum PeerError {
     Status(u16, String),
     /// The peer answered something we cannot read.
     BadReply(String),
+    /// This node's own store failed while handling the exchange (not the
+    /// peer's fault).
+    Local(crate::store::StoreError),
 }
 
 impl fmt::Display for PeerError {
@@ -46,6 +49,7 @@ impl fmt::Display for PeerError {
             PeerError::Unreachable(m) => write!(f, "unreachable: {m}"),
             PeerError::Status(code, m) => write!(f, "answered {code}: {m}"),
             PeerError::BadReply(m) => write!(f, "bad reply: {m}"),
+            PeerError::Local(e) => write!(f, "this node's store: {e}"),
         }
     }
 }

@@ -235,7 +235,7 @@ pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report,
             let local = node
                 .store
                 .tree_children(level, chunk)
-                .map_err(|e| PeerError::BadReply(format!("reading the local summary: {e}")))?
+                .map_err(PeerError::Local)?
                 .ok_or_else(|| PeerError::BadReply("bad tree node".into()))?;
             if reply.children.len() != chunk.len() {
                 return Err(PeerError::BadReply("children count does not match".into()));
@@ -270,7 +270,7 @@ pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report,
             report.dropped += node
                 .writer
                 .drop_versions(plan.drop)
-                .map_err(|e| PeerError::BadReply(format!("dropping deleted keys: {e}")))?;
+                .map_err(PeerError::Local)?;
         }
     }
     Ok(report)
@@ -320,7 +320,7 @@ fn compare_buckets(
                 cursor.as_ref().map(|(l, k)| (*l, k.as_str())),
                 BUCKET_PAGE_ENTRIES,
             )
-            .map_err(|e| PeerError::BadReply(format!("reading local buckets: {e}")))?;
+            .map_err(PeerError::Local)?;
         for (_, key, stamp) in page.entries {
             local.insert(key, stamp);
         }

@@ -352,6 +352,7 @@ pub fn join_failure(e: &PeerError) -> String {
         PeerError::Unreachable(m) if m.to_ascii_lowercase().contains("time") => "timeout".into(),
         PeerError::Unreachable(m) => format!("unreachable ({m})"),
         PeerError::BadReply(m) => format!("bad reply ({m})"),
+        PeerError::Local(e) => format!("this node's store failed ({e})"),
     }
 }
 

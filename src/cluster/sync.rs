@@ -265,7 +265,7 @@ pub fn fetch(
             .fetch_add(versions.len() as u64, Ordering::Relaxed);
         node.writer
             .apply_remote(versions)
-            .map_err(|e| PeerError::BadReply(format!("applying fetched versions: {e}")))?;
+            .map_err(PeerError::Local)?;
     }
     Ok(total)
 }
@@ -344,12 +344,9 @@ fn page_through(
         node.metrics
             .sync_fetched
             .fetch_add(versions.len() as u64, Ordering::Relaxed);
-        node.writer.apply_remote(versions).map_err(|e| {
-            (
-                cursor.timestamp,
-                PeerError::BadReply(format!("applying a page: {e}")),
-            )
-        })?;
+        node.writer
+            .apply_remote(versions)
+            .map_err(|e| (cursor.timestamp, PeerError::Local(e)))?;
         progress(total);
         match reply.next {
             Some(next)
