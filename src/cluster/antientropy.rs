@@ -429,6 +429,53 @@ fn send_push(
     Ok(n)
 }
 
+/// The serving half of an exchange: the summary's root
+/// (`GET /internal/tree/root`).
+pub fn serve_root(node: &Node) -> RootReply {
+    RootReply {
+        root: hex_hashes(&[node.store.tree_root()]),
+    }
+}
+
+/// The children of some nodes of one level (`POST /internal/tree/children`).
+pub fn serve_children(node: &Node, req: &ChildrenRequest) -> Result<ChildrenReply, super::Refused> {
+    if req.level >= crate::store::merkle::DEPTH || req.nodes.len() > CHILDREN_MAX_NODES {
+        return Err(super::Refused::Invalid(format!(
+            "level must be below {} and at most {CHILDREN_MAX_NODES} nodes asked",
+            crate::store::merkle::DEPTH
+        )));
+    }
+    let children = node
+        .store
+        .tree_children(req.level, &req.nodes)?
+        .ok_or_else(|| super::Refused::Invalid("no such tree node".into()))?;
+    Ok(ChildrenReply {
+        children: children.iter().map(|c| hex_hashes(c)).collect(),
+    })
+}
+
+/// A page of the stamps in some buckets (`POST /internal/tree/buckets`).
+pub fn serve_buckets(node: &Node, req: &BucketsRequest) -> Result<BucketsReply, super::Refused> {
+    if req.leaves.len() > BUCKETS_PER_REQUEST {
+        return Err(super::Refused::Invalid(format!(
+            "at most {BUCKETS_PER_REQUEST} buckets per request"
+        )));
+    }
+    let page = node.store.bucket_entries(
+        &req.leaves,
+        req.after.as_ref().map(|c| (c.leaf, c.key.as_str())),
+        BUCKET_PAGE_ENTRIES,
+    )?;
+    Ok(BucketsReply {
+        entries: page
+            .entries
+            .iter()
+            .map(|(_, k, s)| WireVersion::from_stamp(k, s))
+            .collect(),
+        next: page.next.map(|(leaf, key)| BucketCursor { leaf, key }),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

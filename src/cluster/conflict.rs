@@ -367,6 +367,16 @@ fn resolve(node: &Node, c: ConflictFound) {
     }
 }
 
+/// The serving half of a vote or a repair (`GET /internal/version`): the
+/// version this node holds for `key`, if any.
+pub fn serve_version(node: &Node, key: &str) -> Result<VersionReply, super::Refused> {
+    let version = node
+        .store
+        .get(key)?
+        .and_then(|v| WireVersion::from_version(key, &v));
+    Ok(VersionReply { version })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

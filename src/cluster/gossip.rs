@@ -406,6 +406,58 @@ pub fn announce_leave(node: &Node) {
     log::info!("left the cluster: told {told} of {} peers", peers.len());
 }
 
+/// Why a join was not accepted.
+pub enum JoinAnswer {
+    /// Accepted: the member list to send back.
+    Members(MemberList),
+    /// This node has left the cluster.
+    Left,
+    /// The id is taken (409).
+    Taken(String),
+}
+
+/// The receiving half of a join (`POST /members/join`).
+pub fn accept_join(node: &Node, entry: &MemberEntry) -> JoinAnswer {
+    if node.cluster.has_left() {
+        return JoinAnswer::Left;
+    }
+    let members = &node.cluster.members;
+    let me = members.me();
+    if entry.id == me.id && entry.generation == me.generation {
+        // A seed list that names this node: answer so the caller can tell.
+        return JoinAnswer::Members(MemberList { members: vec![me] });
+    }
+    if let Err(refused) = members.check_join(entry) {
+        log::warn!(
+            "refused a join from {} at {}: {}",
+            entry.id,
+            entry.address,
+            refused.0
+        );
+        return JoinAnswer::Taken(refused.0);
+    }
+    // What this node holds against the joining node goes back to it (last:
+    // the first entry is this node's own), so that it refutes.
+    let doubt = members.doubt_about(entry);
+    members.merge_direct(entry);
+    members.reached(&entry.address);
+    let mut list = members.entries();
+    list.extend(doubt);
+    JoinAnswer::Members(MemberList { members: list })
+}
+
+/// The receiving half of a leave announcement (`POST /members/leave` with
+/// the leaving member's entry).
+pub fn accept_leave(node: &Node, entry: &MemberEntry) -> Result<(), super::Refused> {
+    if !entry.left {
+        return Err(super::Refused::Invalid(
+            "a leave announcement must have \"left\": true".into(),
+        ));
+    }
+    node.cluster.members.merge(std::slice::from_ref(entry));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,24 @@ use std::time::{Duration, Instant};
 
 use membership::{Change, JoinRefused, MemberEntry, MemberTable, MemberView, Peer};
 
+use crate::store::StoreError;
+
+/// Why the receiving half of a protocol refused a peer's request (the
+/// HTTP layer turns it into a status).
+#[derive(Debug)]
+pub enum Refused {
+    /// The request itself is wrong (400).
+    Invalid(String),
+    /// This node's store failed.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refused {
+    fn from(e: StoreError) -> Self {
+        Refused::Store(e)
+    }
+}
+
 use crate::clock;
 
 /// A stop flag that background loops wait on instead of sleeping, so a

@@ -645,6 +645,23 @@ impl Replicator {
     }
 }
 
+/// The receiving half of a push (`POST /internal/push`): every version is
+/// checked, then all go through the merge rule in one commit.
+pub fn receive(node: &crate::node::Node, push: PushRequest) -> Result<PushReply, super::Refused> {
+    let n = push.versions.len();
+    let versions = super::wire::decode_versions(push.versions, node.config.max_value_bytes)
+        .map_err(|e| super::Refused::Invalid(format!("bad version from {}: {e}", push.from)))?;
+    let report = node.writer.apply_remote(versions)?;
+    node.metrics
+        .received_versions
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(PushReply {
+        applied: report.applied,
+        ignored: report.ignored,
+        conflicts: report.conflicts,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

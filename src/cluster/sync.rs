@@ -470,3 +470,54 @@ fn purge(node: &Node) {
         Err(e) => log::warn!("tombstone purge failed: {e}"),
     }
 }
+
+/// The serving half of a regular sync (`GET /internal/latest`): the `n`
+/// newest stamps.
+pub fn serve_latest(node: &Node, n: usize) -> Result<LatestReply, super::Refused> {
+    let versions = node
+        .store
+        .latest(n)?
+        .iter()
+        .map(|(k, s)| WireVersion::from_stamp(k, s))
+        .collect();
+    Ok(LatestReply { versions })
+}
+
+/// The serving half of catch-up and bootstrap (`GET /internal/since`): a
+/// page of versions from the time index after `(after_ts, after_key)`.
+pub fn serve_since(
+    node: &Node,
+    after_ts: u64,
+    after_key: Option<&str>,
+    limit: usize,
+) -> Result<SinceReply, super::Refused> {
+    let page = node
+        .store
+        .since(after_ts, after_key, limit.max(1), PAGE_MAX_BYTES)?;
+    Ok(SinceReply {
+        versions: page
+            .versions
+            .iter()
+            .filter_map(|(k, v)| WireVersion::from_version(k, v))
+            .collect(),
+        next: page.next.map(|(timestamp, key)| Cursor { timestamp, key }),
+    })
+}
+
+/// The serving half of a fetch (`POST /internal/fetch`): the versions held
+/// for the keys asked (at most `FETCH_MAX_KEYS`).
+pub fn serve_fetch(node: &Node, req: &FetchRequest) -> Result<FetchReply, super::Refused> {
+    if req.keys.len() > FETCH_MAX_KEYS {
+        return Err(super::Refused::Invalid(format!(
+            "at most {FETCH_MAX_KEYS} keys per fetch"
+        )));
+    }
+    let rtxn = node.store.read_txn()?;
+    let mut versions = Vec::with_capacity(req.keys.len());
+    for key in &req.keys {
+        if let Some(v) = node.store.get_in(&rtxn, key)? {
+            versions.extend(WireVersion::from_version(key, &v));
+        }
+    }
+    Ok(FetchReply { versions })
+}

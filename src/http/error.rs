@@ -125,3 +125,12 @@ impl From<StoreError> for ApiError {
         }
     }
 }
+
+impl From<crate::cluster::Refused> for ApiError {
+    fn from(r: crate::cluster::Refused) -> Self {
+        match r {
+            crate::cluster::Refused::Invalid(m) => ApiError::BadRequest(m),
+            crate::cluster::Refused::Store(e) => ApiError::from(e),
+        }
+    }
+}

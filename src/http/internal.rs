@@ -2,23 +2,14 @@
 //! README, "Internal API"). Every endpoint checks the cluster secret when
 //! one is set, validates what it is sent, and answers a bounded page.
 
-use std::sync::atomic::Ordering;
-
 use serde::de::DeserializeOwned;
 use tiny_http::{Method, Request};
 
 use super::{allow, check_client_auth, check_cluster_auth, read_body, ApiError, Reply, Target};
-use crate::cluster::antientropy::{
-    self, BucketCursor, BucketsReply, BucketsRequest, ChildrenReply, ChildrenRequest, RootReply,
-};
-use crate::cluster::conflict::VersionReply;
-use crate::cluster::gossip::{self, Gossip, MemberList};
+use crate::cluster::gossip::{self, Gossip, JoinAnswer};
 use crate::cluster::membership::MemberEntry;
-use crate::cluster::replicate::{PushReply, PushRequest};
-use crate::cluster::sync::{self, Cursor, FetchReply, FetchRequest, LatestReply, SinceReply};
-use crate::cluster::wire::{decode_versions, WireVersion};
+use crate::cluster::{antientropy, conflict, replicate, sync};
 use crate::node::Node;
-use crate::store::merkle::DEPTH;
 
 /// Largest internal request body: a push of `PUSH_MAX_BYTES` of values,
 /// JSON-escaped, or one value at the limit.
@@ -54,31 +45,11 @@ pub fn join(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
     check_cluster_auth(node, rq)?;
     let entry: MemberEntry = read_json(node, rq)?;
     entry.validate().map_err(ApiError::BadRequest)?;
-    if node.cluster.has_left() {
-        return Err(ApiError::Stopping);
+    match gossip::accept_join(node, &entry) {
+        JoinAnswer::Members(list) => Ok(Reply::json_value(200, &list)),
+        JoinAnswer::Left => Err(ApiError::Stopping),
+        JoinAnswer::Taken(why) => Err(ApiError::Conflict(why)),
     }
-    let me = node.cluster.members.me();
-    if entry.id == me.id && entry.generation == me.generation {
-        // A seed list that names this node: answer so the caller can tell.
-        return Ok(Reply::json_value(200, &MemberList { members: vec![me] }));
-    }
-    node.cluster.members.check_join(&entry).map_err(|refused| {
-        log::warn!(
-            "refused a join from {} at {}: {}",
-            entry.id,
-            entry.address,
-            refused.0
-        );
-        ApiError::Conflict(refused.0)
-    })?;
-    // What this node holds against the joining node goes back to it (last:
-    // the first entry is this node's own), so that it refutes.
-    let doubt = node.cluster.members.doubt_about(&entry);
-    node.cluster.members.merge_direct(&entry);
-    node.cluster.members.reached(&entry.address);
-    let mut members = node.cluster.members.entries();
-    members.extend(doubt);
-    Ok(Reply::json_value(200, &MemberList { members }))
 }
 
 /// `POST /members/leave`: with a member entry (marked `left`) in the body,
@@ -99,16 +70,18 @@ pub fn leave(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
     let entry: MemberEntry = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed member entry: {e}")))?;
     entry.validate().map_err(ApiError::BadRequest)?;
-    if !entry.left {
-        return Err(ApiError::BadRequest(
-            "a leave announcement must have \"left\": true".into(),
-        ));
-    }
-    node.cluster.members.merge(std::slice::from_ref(&entry));
+    gossip::accept_leave(node, &entry)?;
     Ok(Reply::json_value(200, &serde_json::json!({ "ok": true })))
 }
 
-/// `/internal/...`.
+/// A 200 with a JSON body.
+fn ok<T: serde::Serialize>(body: &T) -> Result<Reply, ApiError> {
+    Ok(Reply::json_value(200, body))
+}
+
+/// `/internal/...`: a routing table. Each protocol's receiving half lives
+/// with its sending half in `cluster/`; this parses the request and turns
+/// the answer into a reply.
 pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply, ApiError> {
     check_cluster_auth(node, rq)?;
     let hands_out_versions = matches!(
@@ -127,83 +100,33 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
             for e in msg.entries() {
                 e.validate().map_err(ApiError::BadRequest)?;
             }
-            Ok(Reply::json_value(200, &gossip::answer(node, &msg)))
+            ok(&gossip::answer(node, &msg))
         }
         "/internal/push" => {
             allow(rq, "POST", &[Method::Post])?;
-            let push: PushRequest = read_json(node, rq)?;
-            let n = push.versions.len();
-            let versions =
-                decode_versions(push.versions, node.config.max_value_bytes).map_err(|e| {
-                    ApiError::BadRequest(format!("bad version from {}: {e}", push.from))
-                })?;
-            let report = node.writer.apply_remote(versions)?;
-            node.metrics
-                .received_versions
-                .fetch_add(n as u64, Ordering::Relaxed);
-            Ok(Reply::json_value(
-                200,
-                &PushReply {
-                    applied: report.applied,
-                    ignored: report.ignored,
-                    conflicts: report.conflicts,
-                },
-            ))
+            ok(&replicate::receive(node, read_json(node, rq)?)?)
         }
         "/internal/latest" => {
             allow(rq, "GET", &[Method::Get])?;
             let n = number(target, "n", sync::LATEST_N as u64, 1000)? as usize;
-            let versions = node
-                .store
-                .latest(n)?
-                .iter()
-                .map(|(k, s)| WireVersion::from_stamp(k, s))
-                .collect();
-            Ok(Reply::json_value(200, &LatestReply { versions }))
+            ok(&sync::serve_latest(node, n)?)
         }
         "/internal/since" => {
             allow(rq, "GET", &[Method::Get])?;
             let after_ts = number(target, "after_ts", 0, u64::MAX)?;
-            let limit = number(
-                target,
-                "limit",
-                sync::PAGE_MAX_VERSIONS as u64,
-                sync::PAGE_MAX_VERSIONS as u64,
-            )?
-            .max(1) as usize;
+            let max = sync::PAGE_MAX_VERSIONS as u64;
+            let limit = number(target, "limit", max, max)? as usize;
             let after_key = target.param("after_key").transpose()?;
-            let page =
-                node.store
-                    .since(after_ts, after_key.as_deref(), limit, sync::PAGE_MAX_BYTES)?;
-            Ok(Reply::json_value(
-                200,
-                &SinceReply {
-                    versions: page
-                        .versions
-                        .iter()
-                        .filter_map(|(k, v)| WireVersion::from_version(k, v))
-                        .collect(),
-                    next: page.next.map(|(timestamp, key)| Cursor { timestamp, key }),
-                },
-            ))
+            ok(&sync::serve_since(
+                node,
+                after_ts,
+                after_key.as_deref(),
+                limit,
+            )?)
         }
         "/internal/fetch" => {
             allow(rq, "POST", &[Method::Post])?;
-            let req: FetchRequest = read_json(node, rq)?;
-            if req.keys.len() > sync::FETCH_MAX_KEYS {
-                return Err(ApiError::BadRequest(format!(
-                    "at most {} keys per fetch",
-                    sync::FETCH_MAX_KEYS
-                )));
-            }
-            let rtxn = node.store.read_txn()?;
-            let mut versions = Vec::with_capacity(req.keys.len());
-            for key in &req.keys {
-                if let Some(v) = node.store.get_in(&rtxn, key)? {
-                    versions.extend(WireVersion::from_version(key, &v));
-                }
-            }
-            Ok(Reply::json_value(200, &FetchReply { versions }))
+            ok(&sync::serve_fetch(node, &read_json(node, rq)?)?)
         }
         "/internal/version" => {
             allow(rq, "GET", &[Method::Get])?;
@@ -211,69 +134,19 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
                 .param("key")
                 .transpose()?
                 .ok_or_else(|| ApiError::BadRequest("missing key parameter".into()))?;
-            let version = node
-                .store
-                .get(&key)?
-                .and_then(|v| WireVersion::from_version(&key, &v));
-            Ok(Reply::json_value(200, &VersionReply { version }))
+            ok(&conflict::serve_version(node, &key)?)
         }
         "/internal/tree/root" => {
             allow(rq, "GET", &[Method::Get])?;
-            Ok(Reply::json_value(
-                200,
-                &RootReply {
-                    root: antientropy::hex_hashes(&[node.store.tree_root()]),
-                },
-            ))
+            ok(&antientropy::serve_root(node))
         }
         "/internal/tree/children" => {
             allow(rq, "POST", &[Method::Post])?;
-            let req: ChildrenRequest = read_json(node, rq)?;
-            if req.level >= DEPTH || req.nodes.len() > antientropy::CHILDREN_MAX_NODES {
-                return Err(ApiError::BadRequest(format!(
-                    "level must be below {DEPTH} and at most {} nodes asked",
-                    antientropy::CHILDREN_MAX_NODES
-                )));
-            }
-            let children = node
-                .store
-                .tree_children(req.level, &req.nodes)?
-                .ok_or_else(|| ApiError::BadRequest("no such tree node".into()))?;
-            Ok(Reply::json_value(
-                200,
-                &ChildrenReply {
-                    children: children
-                        .iter()
-                        .map(|c| antientropy::hex_hashes(c))
-                        .collect(),
-                },
-            ))
+            ok(&antientropy::serve_children(node, &read_json(node, rq)?)?)
         }
         "/internal/tree/buckets" => {
             allow(rq, "POST", &[Method::Post])?;
-            let req: BucketsRequest = read_json(node, rq)?;
-            if req.leaves.len() > antientropy::BUCKETS_PER_REQUEST {
-                return Err(ApiError::BadRequest(format!(
-                    "at most {} buckets per request",
-                    antientropy::BUCKETS_PER_REQUEST
-                )));
-            }
-            let page = node.store.bucket_entries(
-                &req.leaves,
-                req.after.as_ref().map(|c| (c.leaf, c.key.as_str())),
-                antientropy::BUCKET_PAGE_ENTRIES,
-            )?;
-            Ok(Reply::json_value(
-                200,
-                &BucketsReply {
-                    entries: page
-                        .entries
-                        .iter()
-                        .map(|(_, k, s)| WireVersion::from_stamp(k, s))
-                        .collect(),
-                    next: page.next.map(|(leaf, key)| BucketCursor { leaf, key }),
-                },
-            ))
+            ok(&antientropy::serve_buckets(node, &read_json(node, rq)?)?)
         }
         other => Err(ApiError::NotFound(format!("no such endpoint: {other}"))),
     }
