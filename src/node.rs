@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::clock;
 use crate::cluster::conflict::ConflictQueue;
+use crate::cluster::gc::Reconcile;
 use crate::cluster::membership::{MemberEntry, MemberTable};
 use crate::cluster::replicate::Replicator;
 use crate::cluster::sync::SyncState;
@@ -51,14 +52,9 @@ pub struct Cluster {
     pub conflicts: Arc<ConflictQueue>,
     pub stopper: Arc<Stopper>,
     left: AtomicBool,
-    /// Back from an absence longer than bootstrap_max_age_hours: tombstones
-    /// of keys deleted meanwhile may be purged everywhere else, so this
-    /// node's old versions cannot be trusted until it has reconciled.
-    stale: AtomicBool,
-    /// While stale: the last time (ms) this node had heard from a peer.
-    absent_since: u64,
-    /// bootstrap_max_age_hours in ms: tombstones older than this are purged.
-    purge_age_ms: u64,
+    /// Back from an absence longer than bootstrap_max_age_hours: see
+    /// `cluster::gc`.
+    pub reconcile: Reconcile,
     /// Why the last attempt to join failed (every seed and known address
     /// refused or did not answer); None once joined.
     join_error: std::sync::Mutex<Option<String>>,
@@ -68,22 +64,6 @@ impl Cluster {
     /// True once this node has left the cluster (it then works alone).
     pub fn has_left(&self) -> bool {
         self.left.load(Ordering::Relaxed)
-    }
-
-    pub fn is_stale(&self) -> bool {
-        self.stale.load(Ordering::Relaxed)
-    }
-
-    /// While stale: when this node last heard from a peer (ms).
-    pub fn absent_since(&self) -> u64 {
-        self.absent_since
-    }
-
-    /// While stale: the purge horizon, below which a key the peers lack
-    /// was deleted (anti-entropy drops it here instead of pushing it).
-    pub fn stale_horizon(&self) -> Option<u64> {
-        self.is_stale()
-            .then(|| clock::now_ms().saturating_sub(self.purge_age_ms))
     }
 
     /// Records why joining failed (None: it worked). True when the reason
@@ -102,9 +82,9 @@ impl Cluster {
             .clone()
     }
 
-    /// Ends the stale state after a completed exchange.
+    /// Ends reconciling after a completed exchange with a witness.
     pub fn reconciled(&self) {
-        self.stale.store(false, Ordering::Relaxed);
+        self.reconcile.done();
         self.members.touch();
     }
 }
@@ -310,18 +290,12 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
         == Some(b"1");
     let bootstrapped = store.meta_get(META_BOOTSTRAPPED).ok().flatten().is_some();
     let syncing = !config.seed_nodes.is_empty() && ((versions == 0 && !bootstrapped) || pending);
-    let max_age_ms = config.bootstrap_max_age.as_millis() as u64;
-    let last_contact = meta_u64(&store, META_LAST_CONTACT);
-    let stale = !syncing
-        && versions > 0
-        && last_contact.is_some_and(|t| clock::real_now_ms().saturating_sub(t) > max_age_ms);
-    if stale {
-        log::warn!(
-            "this node has not heard from a peer since {} ms ago, longer than bootstrap_max_age_hours: \
-             its old keys are checked against a peer (keys deleted meanwhile are dropped) before it serves anti-entropy",
-            clock::real_now_ms().saturating_sub(last_contact.unwrap_or(0))
-        );
-    }
+    let reconcile = Reconcile::at_start(
+        syncing,
+        versions,
+        meta_u64(&store, META_LAST_CONTACT),
+        config.bootstrap_max_age,
+    );
 
     let metrics = Arc::new(Metrics::new());
     let stopper = Arc::new(Stopper::new());
@@ -394,9 +368,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
             conflicts,
             stopper,
             left: AtomicBool::new(false),
-            stale: AtomicBool::new(stale),
-            absent_since: if stale { last_contact.unwrap_or(0) } else { 0 },
-            purge_age_ms: max_age_ms,
+            reconcile,
             join_error: std::sync::Mutex::new(None),
         },
         mode: AtomicU8::new(if syncing { Mode::Syncing } else { Mode::Normal } as u8),
@@ -474,7 +446,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
     for t in threads {
         let _ = t.join();
     }
-    if !node.cluster.is_stale() {
+    if !node.cluster.reconcile.is_active() {
         save_last_contact(&node, 0, true);
     }
     log::info!("stopping: cluster threads stopped");

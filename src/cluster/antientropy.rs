@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::gc;
 use super::replicate::{PushReply, PushRequest, PUSH_MAX_BYTES, PUSH_MAX_VERSIONS};
 use super::sync::fetch;
 use super::wire::WireVersion;
-use crate::cluster::membership::Peer;
 use crate::node::Node;
 use crate::peer::{self, PeerError, Traffic};
 use crate::store::merkle::{differing_children, DEPTH, FANOUT};
@@ -116,7 +116,7 @@ pub struct Report {
 pub fn antientropy_loop(node: Arc<Node>) {
     let started_at = Instant::now();
     loop {
-        let wait = if node.cluster.is_stale() {
+        let wait = if node.cluster.reconcile.is_active() {
             STALE_RETRY
         } else {
             node.config.antientropy_interval
@@ -128,8 +128,8 @@ pub fn antientropy_loop(node: Arc<Node>) {
             continue;
         }
         let mut peers = node.cluster.members.healthy_peers();
-        if node.cluster.is_stale() {
-            peers = witnesses(peers, node.cluster.absent_since());
+        if node.cluster.reconcile.is_active() {
+            peers = gc::witnesses(peers, node.cluster.reconcile.last_contact());
             if peers.is_empty() {
                 if started_at.elapsed() >= node.config.removal_timeout {
                     node.cluster.reconciled();
@@ -160,7 +160,7 @@ pub fn antientropy_loop(node: Arc<Node>) {
             .fetch_add(bytes, Ordering::Relaxed);
         match result {
             Ok(r) => {
-                if node.cluster.is_stale() {
+                if node.cluster.reconcile.is_active() {
                     node.cluster.reconciled();
                     log::info!(
                         "reconciled with {} after a long absence: dropped {} keys deleted meanwhile, fetched {}",
@@ -189,18 +189,6 @@ pub fn antientropy_loop(node: Arc<Node>) {
             Err(e) => log::debug!("anti-entropy with {} failed: {e}", p.id),
         }
     }
-}
-
-/// The peers a node back from a long absence may reconcile with: those
-/// that were members already before it went away (joined before its last
-/// contact), so that a key they lack was deleted, not never seen. A node
-/// restored from an old copy into a newer cluster finds none, and then
-/// keeps its data (after removal_timeout, in case one is just slow to show).
-pub fn witnesses(peers: Vec<Peer>, absent_since: u64) -> Vec<Peer> {
-    peers
-        .into_iter()
-        .filter(|p| p.joined_timestamp < absent_since)
-        .collect()
 }
 
 /// One exchange with the peer at `address`.
@@ -329,7 +317,7 @@ fn compare_buckets(
             None => break,
         }
     }
-    Ok(plan(&local, &remote, node.cluster.stale_horizon()))
+    Ok(plan(&local, &remote, node.cluster.reconcile.horizon()))
 }
 
 /// What an exchange does with the keys of the differing buckets.
@@ -527,19 +515,6 @@ mod tests {
         // Newer than the purge horizon: the peer may just not have it yet.
         // Present on the peer: not a deletion, the merge rule decides.
         assert_eq!(p.push, vec!["ours-newer", "written-since"]);
-    }
-
-    #[test]
-    fn only_members_older_than_the_absence_vouch_for_deletes() {
-        let peer = |id: &str, joined| Peer {
-            id: id.into(),
-            address: "127.0.0.1:1".into(),
-            joined_timestamp: joined,
-        };
-        let peers = vec![peer("old", 100), peer("new", 900)];
-        let w = witnesses(peers.clone(), 500);
-        assert_eq!(w, vec![peer("old", 100)]);
-        assert!(witnesses(vec![peer("new", 900)], 500).is_empty());
     }
 
     #[test]

@@ -180,7 +180,7 @@ pub fn gossip_loop(node: Arc<Node>) {
             }
             known_saved = known;
         }
-        if !cluster.is_stale() {
+        if !cluster.reconcile.is_active() {
             contact_saved = crate::node::save_last_contact(&node, contact_saved, false);
         }
         if cluster.stopper.wait(wait) {

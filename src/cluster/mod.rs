@@ -7,6 +7,9 @@
 //! - `sync`: pull: regular sync, catch-up, bootstrap, tombstone purge.
 //! - `conflict`: settling equal-timestamp conflicts by vote or rule.
 //! - `antientropy`: Merkle summary exchange that finds every difference.
+//! - `gc`: tombstones and their purge, and the reconciling of a node back
+//!   from an absence longer than they live: "a deleted key never comes
+//!   back".
 //! - `scrub`: the background check of every stored version, and the
 //!   repair of damaged versions from a peer's copy.
 //! - `wire`: versions as they travel.
@@ -16,6 +19,7 @@
 
 pub mod antientropy;
 pub mod conflict;
+pub mod gc;
 pub mod gossip;
 pub mod membership;
 pub mod replicate;

@@ -170,7 +170,7 @@ pub fn sync_loop(node: Arc<Node>) {
             next_regular = Instant::now() + cfg.sync_interval;
         }
         if now >= next_purge {
-            purge(&node);
+            super::gc::purge(&node);
             next_purge = Instant::now() + purge_every;
         }
     }
@@ -454,21 +454,6 @@ fn bootstrap(node: &Node) -> bool {
         started.elapsed().as_secs_f64()
     );
     true
-}
-
-/// Removes tombstones older than `bootstrap_max_age_hours`.
-fn purge(node: &Node) {
-    let horizon = clock::now_ms().saturating_sub(node.config.bootstrap_max_age.as_millis() as u64);
-    match node.writer.purge(horizon) {
-        Ok(0) => {}
-        Ok(n) => {
-            node.metrics
-                .tombstones_purged
-                .fetch_add(n as u64, Ordering::Relaxed);
-            log::info!("purged {n} tombstones older than bootstrap_max_age_hours");
-        }
-        Err(e) => log::warn!("tombstone purge failed: {e}"),
-    }
 }
 
 /// The serving half of a regular sync (`GET /internal/latest`): the `n`

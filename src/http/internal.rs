@@ -88,7 +88,7 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
         target.path,
         "/internal/latest" | "/internal/since" | "/internal/fetch" | "/internal/version"
     ) || target.path.starts_with("/internal/tree/");
-    if hands_out_versions && node.cluster.is_stale() {
+    if hands_out_versions && node.cluster.reconcile.is_active() {
         // Back from a long absence, our old versions may be keys deleted
         // meanwhile: hand none out until reconciled with a peer.
         return Err(ApiError::Reconciling);
