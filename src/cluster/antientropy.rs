@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::gc;
-use super::replicate::{PushReply, PushRequest, PUSH_MAX_BYTES, PUSH_MAX_VERSIONS};
+use super::replicate::{self, PUSH_MAX_BYTES, PUSH_MAX_VERSIONS};
 use super::sync::fetch;
 use super::wire::WireVersion;
 use crate::node::Node;
@@ -403,14 +403,11 @@ fn send_push(
         return Ok(0);
     }
     let n = versions.len();
-    let request = PushRequest {
-        from: node.config.node_id.clone(),
-        versions,
-    };
-    let _: PushReply = node.cluster.peer.post(
+    replicate::push(
+        &node.cluster.peer,
+        &node.config.node_id,
         address,
-        "/internal/push",
-        &request,
+        versions,
         peer::LONG,
         Some(traffic),
     )?;

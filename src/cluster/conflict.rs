@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::replicate::{PushReply, PushRequest};
+use super::replicate;
 use super::wire::WireVersion;
 use crate::node::Node;
 use crate::peer;
@@ -89,10 +89,7 @@ impl Decision {
 pub fn decide(me: &str, ballots: &[Ballot], candidates: &[VersionId]) -> Decision {
     let larger = || {
         Decision::LargerUuid(
-            candidates
-                .iter()
-                .copied()
-                .max()
+            crate::store::version::rule_winner(candidates.iter().copied())
                 .unwrap_or(VersionId([0; 16])),
         )
     };
@@ -343,21 +340,19 @@ fn resolve(node: &Node, c: ConflictFound) {
         }
     }
     // Tell the voters that hold another version.
-    let push = PushRequest {
-        from: me,
-        versions: WireVersion::from_version(&key, &winner)
-            .into_iter()
-            .collect(),
-    };
+    let versions: Vec<WireVersion> = WireVersion::from_version(&key, &winner)
+        .into_iter()
+        .collect();
     for b in ballots
         .iter()
         .filter(|b| b.uuid.is_some_and(|u| u != winner_id))
     {
         if let Some(p) = peers.iter().find(|p| p.id == b.member) {
-            if let Err(e) = node.cluster.peer.post::<_, PushReply>(
+            if let Err(e) = replicate::push(
+                &node.cluster.peer,
+                &me,
                 &p.address,
-                "/internal/push",
-                &push,
+                versions.clone(),
                 peer::QUICK,
                 None,
             ) {

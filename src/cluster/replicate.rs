@@ -556,14 +556,11 @@ impl Replicator {
             .map(|b| b.version().stamp.timestamp)
             .min()
             .unwrap_or(0);
-        let request = PushRequest {
-            from: self.me.clone(),
-            versions: batch
-                .iter()
-                .filter_map(|b| WireVersion::from_version(b.key(), b.version()))
-                .collect(),
-        };
-        match self.send(address, &request) {
+        let versions = batch
+            .iter()
+            .filter_map(|b| WireVersion::from_version(b.key(), b.version()))
+            .collect();
+        match self.send(address, versions) {
             Ok(()) => {
                 let now = Instant::now();
                 for b in batch {
@@ -585,11 +582,8 @@ impl Replicator {
         }
     }
 
-    fn send(&self, address: &str, request: &PushRequest) -> Result<(), ()> {
-        match self
-            .peer
-            .post::<_, PushReply>(address, "/internal/push", request, peer::NORMAL, None)
-        {
+    fn send(&self, address: &str, versions: Vec<WireVersion>) -> Result<(), ()> {
+        match push(&self.peer, &self.me, address, versions, peer::NORMAL, None) {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.metrics.push_failures.fetch_add(1, Ordering::Relaxed);
@@ -628,21 +622,36 @@ impl Replicator {
                 from
             })?;
         if !page.versions.is_empty() {
-            let request = PushRequest {
-                from: self.me.clone(),
-                versions: page
-                    .versions
-                    .iter()
-                    .filter_map(|(k, v)| WireVersion::from_version(k, v))
-                    .collect(),
-            };
-            self.send(address, &request).map_err(|_| from)?;
+            let versions = page
+                .versions
+                .iter()
+                .filter_map(|(k, v)| WireVersion::from_version(k, v))
+                .collect();
+            self.send(address, versions).map_err(|_| from)?;
         }
         if page.next.is_none() {
             log::info!("resend to {} done", q.peer_id);
         }
         Ok(page.next)
     }
+}
+
+/// The sending half of a push, for every sender (replication, anti-entropy,
+/// conflict winners): `versions` of this node (`me`) to the peer at
+/// `address`.
+pub fn push(
+    client: &peer::PeerClient,
+    me: &str,
+    address: &str,
+    versions: Vec<WireVersion>,
+    timeout: Duration,
+    traffic: Option<&peer::Traffic>,
+) -> Result<PushReply, peer::PeerError> {
+    let request = PushRequest {
+        from: me.to_string(),
+        versions,
+    };
+    client.post(address, "/internal/push", &request, timeout, traffic)
 }
 
 /// The receiving half of a push (`POST /internal/push`): every version is

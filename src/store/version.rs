@@ -271,9 +271,20 @@ pub fn merge(local: Option<&Stamp>, incoming: &Stamp) -> Merge {
 }
 
 /// The rule every node computes alike when no vote can settle a conflict:
-/// the larger uuid wins. Returns true when `a` beats `b`.
+/// of versions with the same timestamp, the one with the larger uuid wins.
+/// This is the one place it is written.
+pub fn rule_winner(candidates: impl IntoIterator<Item = VersionId>) -> Option<VersionId> {
+    candidates.into_iter().max()
+}
+
+/// Whether `a` beats `b`: a later timestamp, or the same one and the rule.
 pub fn settles_over(a: &Stamp, b: &Stamp) -> bool {
-    (a.timestamp, a.uuid) > (b.timestamp, b.uuid)
+    match a.timestamp.cmp(&b.timestamp) {
+        std::cmp::Ordering::Equal => {
+            a.uuid != b.uuid && rule_winner([a.uuid, b.uuid]) == Some(a.uuid)
+        }
+        later => later == std::cmp::Ordering::Greater,
+    }
 }
 
 /// The timestamp of a new local write replacing `old`: the wall clock, or
