@@ -30,184 +30,79 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
-/// The keys as written in YAML; `None` means "not given".
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub node_id: Option<String>,
-    pub bind_address: Option<String>,
-    pub port: Option<u16>,
-    pub data_dir: Option<PathBuf>,
-    pub seed_nodes: Option<Vec<String>>,
-    pub read_only: Option<bool>,
-    pub log_level: Option<String>,
-    pub log_file: Option<String>,
-    pub log_format: Option<String>,
-    pub join_timeout: Option<f64>,
-    pub gossip_interval_min: Option<f64>,
-    pub gossip_interval_max: Option<f64>,
-    pub sync_interval: Option<f64>,
-    pub catchup_interval: Option<f64>,
-    pub bootstrap_max_age_hours: Option<f64>,
-    pub throttle_delay_ms: Option<u64>,
-    pub fetch_delay_ms: Option<u64>,
-    pub failure_timeout: Option<f64>,
-    pub removal_timeout: Option<f64>,
-    pub antientropy_interval: Option<f64>,
-    pub advertise_address: Option<String>,
-    pub max_value_bytes: Option<usize>,
-    pub http_threads: Option<usize>,
-    pub max_connections: Option<usize>,
-    pub header_timeout: Option<f64>,
-    pub max_members: Option<usize>,
-    pub scrub_interval: Option<f64>,
-    pub map_size_mb: Option<u64>,
-    pub client_tokens: Option<Vec<String>>,
-    pub cluster_secret: Option<String>,
+/// Every key once: its type in YAML, whether an option's value is text
+/// (so that `--node-id 123` stays a string), its default as the new
+/// `config.yaml` shows it, and its meaning. From this one list come
+/// [`RawConfig`], [`KEYS`] (the file template and `--help`),
+/// `RawConfig::merge` and `is_string_key`; [`Config::from_raw`] gives each
+/// its validated type.
+macro_rules! config_keys {
+    ($( $name:ident : $ty:ty, $kind:ident, $default:literal, $meaning:literal; )*) => {
+        /// The keys as written in YAML; `None` means "not given".
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawConfig {
+            $( pub $name: Option<$ty>, )*
+        }
+
+        /// Every key, with its default and meaning, as written into a new
+        /// `config.yaml`. The order here is the order of the file and of
+        /// `--help`.
+        pub const KEYS: &[(&str, &str, &str)] = &[
+            $( (stringify!($name), $default, $meaning), )*
+        ];
+
+        impl RawConfig {
+            /// Takes every key that `other` sets.
+            fn merge(&mut self, other: RawConfig) {
+                $( if other.$name.is_some() { self.$name = other.$name; } )*
+            }
+        }
+
+        /// Whether a key's option value is taken as text.
+        fn is_string_key(key: &str) -> bool {
+            match key {
+                $( stringify!($name) => config_keys!(@text $kind), )*
+                _ => false,
+            }
+        }
+    };
+    (@text text) => { true };
+    (@text value) => { false };
 }
 
-/// Every key, with its meaning, default and unit, as written into a new
-/// `config.yaml`. The order here is the order of the file and of `--help`.
-pub const KEYS: &[(&str, &str, &str)] = &[
-    (
-        "node_id",
-        "(host name)",
-        "unique name of this node in the cluster",
-    ),
-    (
-        "bind_address",
-        "\"127.0.0.1\"",
-        "address the HTTP server binds",
-    ),
-    ("port", "8080", "HTTP port, for clients and peers alike"),
-    (
-        "data_dir",
-        "\"./data\"",
-        "LMDB directory, created if missing",
-    ),
-    (
-        "seed_nodes",
-        "[]",
-        "\"host:port\" peers to join through; empty = standalone",
-    ),
-    (
-        "read_only",
-        "false",
-        "refuse client writes (403); replication still applies",
-    ),
-    ("log_level", "\"info\"", "debug, info, warn or error"),
-    (
-        "log_file",
-        "\"\"",
-        "file to append the log to (empty: stderr); SIGHUP reopens it",
-    ),
-    (
-        "log_format",
-        "\"text\"",
-        "text (one line per event) or json",
-    ),
-    (
-        "join_timeout",
-        "60",
-        "seconds a new node waits for a seed before serving as a cluster of one",
-    ),
-    (
-        "gossip_interval_min",
-        "60",
-        "seconds; each gossip round waits a random time",
-    ),
-    (
-        "gossip_interval_max",
-        "120",
-        "seconds; ... between min and max",
-    ),
-    (
-        "sync_interval",
-        "300",
-        "seconds between regular syncs (latest 15 versions)",
-    ),
-    (
-        "catchup_interval",
-        "120",
-        "seconds between catch-up syncs while behind",
-    ),
-    (
-        "bootstrap_max_age_hours",
-        "720",
-        "hours of history a new node fetches; tombstone lifetime",
-    ),
-    (
-        "throttle_delay_ms",
-        "100",
-        "milliseconds between sync pages asked of one peer",
-    ),
-    (
-        "fetch_delay_ms",
-        "50",
-        "milliseconds between individual fetches",
-    ),
-    (
-        "failure_timeout",
-        "300",
-        "seconds unheard before a member is unhealthy",
-    ),
-    (
-        "removal_timeout",
-        "600",
-        "seconds unheard before a member is dropped",
-    ),
-    (
-        "antientropy_interval",
-        "600",
-        "seconds between Merkle exchanges with a random peer",
-    ),
-    (
-        "advertise_address",
-        "(bind_address:port)",
-        "host:port that peers should dial",
-    ),
-    (
-        "max_value_bytes",
-        "1048576",
-        "largest accepted body in bytes (413 above)",
-    ),
-    ("http_threads", "8", "request worker threads"),
-    (
-        "max_connections",
-        "512",
-        "open client connections; more wait for a free slot",
-    ),
-    (
-        "header_timeout",
-        "10",
-        "seconds a client has to send a whole request head",
-    ),
-    (
-        "max_members",
-        "1024",
-        "largest member table; entries beyond are refused and logged",
-    ),
-    (
-        "scrub_interval",
-        "86400",
-        "seconds between background checks of every stored version",
-    ),
-    (
-        "map_size_mb",
-        "1024",
-        "LMDB map size in MiB (507 when full)",
-    ),
-    (
-        "client_tokens",
-        "[]",
-        "bearer tokens for client endpoints; empty = open",
-    ),
-    (
-        "cluster_secret",
-        "\"\"",
-        "shared secret for internal endpoints; empty = open",
-    ),
-];
+config_keys! {
+    node_id: String, text, "(host name)", "unique name of this node in the cluster";
+    bind_address: String, text, "\"127.0.0.1\"", "address the HTTP server binds";
+    port: u16, value, "8080", "HTTP port, for clients and peers alike";
+    data_dir: PathBuf, text, "\"./data\"", "LMDB directory, created if missing";
+    seed_nodes: Vec<String>, value, "[]", "\"host:port\" peers to join through; empty = standalone";
+    read_only: bool, value, "false", "refuse client writes (403); replication still applies";
+    log_level: String, text, "\"info\"", "debug, info, warn or error";
+    log_file: String, text, "\"\"", "file to append the log to (empty: stderr); SIGHUP reopens it";
+    log_format: String, text, "\"text\"", "text (one line per event) or json";
+    join_timeout: f64, value, "60", "seconds a new node waits for a seed before serving as a cluster of one";
+    gossip_interval_min: f64, value, "60", "seconds; each gossip round waits a random time";
+    gossip_interval_max: f64, value, "120", "seconds; ... between min and max";
+    sync_interval: f64, value, "300", "seconds between regular syncs (latest 15 versions)";
+    catchup_interval: f64, value, "120", "seconds between catch-up syncs while behind";
+    bootstrap_max_age_hours: f64, value, "720", "hours of history a new node fetches; tombstone lifetime";
+    throttle_delay_ms: u64, value, "100", "milliseconds between sync pages asked of one peer";
+    fetch_delay_ms: u64, value, "50", "milliseconds between individual fetches";
+    failure_timeout: f64, value, "300", "seconds a member stays suspected (its probes unanswered) before it is unhealthy";
+    removal_timeout: f64, value, "600", "seconds a member stays suspected before it is dropped";
+    antientropy_interval: f64, value, "600", "seconds between Merkle exchanges with a random peer";
+    advertise_address: String, text, "(bind_address:port)", "host:port that peers should dial";
+    max_value_bytes: usize, value, "1048576", "largest accepted body in bytes (413 above)";
+    http_threads: usize, value, "8", "request worker threads";
+    max_connections: usize, value, "512", "open client connections; more wait for a free slot";
+    header_timeout: f64, value, "10", "seconds a client has to send a whole request head";
+    max_members: usize, value, "1024", "largest member table; entries beyond are refused and logged";
+    scrub_interval: f64, value, "86400", "seconds between background checks of every stored version";
+    map_size_mb: u64, value, "1024", "LMDB map size in MiB (507 when full)";
+    client_tokens: Vec<String>, value, "[]", "bearer tokens for client endpoints; empty = open";
+    cluster_secret: String, text, "\"\"", "shared secret for internal endpoints; empty = open";
+}
 
 /// The validated configuration of one node.
 #[derive(Debug, Clone)]
@@ -309,59 +204,6 @@ impl RawConfig {
         self.merge(one);
         Ok(())
     }
-
-    /// Takes every key that `other` sets.
-    fn merge(&mut self, other: RawConfig) {
-        macro_rules! take {
-            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
-        }
-        take!(
-            node_id,
-            bind_address,
-            port,
-            data_dir,
-            seed_nodes,
-            read_only,
-            log_level,
-            log_file,
-            log_format,
-            join_timeout,
-            gossip_interval_min,
-            gossip_interval_max,
-            sync_interval,
-            catchup_interval,
-            bootstrap_max_age_hours,
-            throttle_delay_ms,
-            fetch_delay_ms,
-            failure_timeout,
-            removal_timeout,
-            antientropy_interval,
-            advertise_address,
-            max_value_bytes,
-            http_threads,
-            max_connections,
-            header_timeout,
-            max_members,
-            scrub_interval,
-            map_size_mb,
-            client_tokens,
-            cluster_secret
-        );
-    }
-}
-
-fn is_string_key(key: &str) -> bool {
-    matches!(
-        key,
-        "node_id"
-            | "bind_address"
-            | "data_dir"
-            | "log_level"
-            | "log_file"
-            | "log_format"
-            | "advertise_address"
-            | "cluster_secret"
-    )
 }
 
 /// Seconds given as a number (fractions allowed) become a duration.
