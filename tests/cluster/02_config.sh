@@ -19,10 +19,15 @@ for key in node_id bind_address port data_dir seed_nodes read_only log_level gos
     gossip_interval_max sync_interval catchup_interval bootstrap_max_age_hours throttle_delay_ms \
     fetch_delay_ms failure_timeout removal_timeout antientropy_interval advertise_address \
     max_value_bytes http_threads max_connections header_timeout max_members scrub_interval \
-    map_size_mb client_tokens cluster_secret; do
+    map_size_mb client_tokens cluster_secret log_file log_format join_timeout; do
   grep -q "^#$key: " "$WORK/fresh/config.yaml" || fail "default config lacks $key"
 done
 stop_node fresh
+
+step "etc/config.yaml is the default file (under its own header)"
+diff <(grep -v '^# kvs configuration\|^# leading' "$WORK/fresh/config.yaml" | sed '/./,$!d') \
+     <(sed '1,4d' "$ROOT/etc/config.yaml" | sed '/./,$!d') > "$WORK/cfg.diff" \
+  || fail "etc/config.yaml differs from the file kvs writes: $(head -20 "$WORK/cfg.diff")"
 
 step "a config file is read, and options override it"
 cat > "$WORK/c.yaml" <<YAML
