@@ -1,12 +1,30 @@
 //! A running node: owns the store, the writer, the HTTP server and the
 //! cluster threads; starts them in order and stops them in reverse.
 //!
-//! Start: open the store (locking the data directory), restore the node's
-//! identity, bind the port, start the writer, the HTTP workers, then the
-//! gossip, sync, anti-entropy and conflict threads. Stop (SIGTERM/SIGINT):
-//! stop accepting, answer what was received, tell peers this node leaves,
-//! stop the cluster threads, let the writer commit what is queued, close
-//! LMDB. Each step is one log line.
+//! Every thread of a node, in the order `run` starts them:
+//!
+//! | thread | count | started by | what it does |
+//! |---|---|---|---|
+//! | `writer` (+ `respond-0..1`) | 1 (+2) | `store::writer::start` | every write transaction; responders answer committed client writes |
+//! | `push` | ≤ 16, started as writes need them | `cluster::replicate` | push senders, shared by all peers |
+//! | HTTP connection threads | ≤ `max_connections` | vendored tiny_http | read each request whole |
+//! | `http-N` | `http_threads` | `http::start` | answer requests (after stop, `http-closed` answers 503) |
+//! | `gossip` (+ `gossip-call`) | 1 (+ one per call of a round) | here | joins, gossip rounds (probes), leaves |
+//! | `sync` | 1 | here | regular sync, catch-up, bootstrap, tombstone purge |
+//! | `antientropy` | 1 | here | Merkle exchanges |
+//! | `conflict` | 1 | here | votes on equal-timestamp conflicts |
+//! | `scrub` | 1 | here | checksums of every stored version, repairs |
+//! | `expiry` | 1 | here | ttl expiries through the time index |
+//! | `watch` (+ `watch-answer-0..1`) | 1 (+2) | `watch::start` | wakes and answers parked blocking queries |
+//! | `backup` | ≤ 1 | `http::backup` | LMDB's copy into the response's pipe |
+//! | signals | 1 | `watch_signals` | SIGTERM, SIGINT, SIGHUP |
+//!
+//! Stop (SIGTERM/SIGINT), one log line per step: stop accepting; answer the
+//! parked blocking queries (watch thread ends); answer what was received
+//! (HTTP workers end); tell peers this node leaves; stop the cluster
+//! threads (gossip, sync, anti-entropy, conflict, scrub, expiry) and the
+//! push senders; let the writer commit what is queued (writer ends); close
+//! LMDB.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
