@@ -1046,4 +1046,24 @@ mod tests {
         assert!(h.store.get("v-old").unwrap().is_some());
         assert!(h.store.verify_tree().unwrap());
     }
+
+    #[test]
+    fn a_purge_of_more_than_one_batch_removes_them_all() {
+        let h = Harness::new();
+        let n = PURGE_BATCH * 2 + 17;
+        for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
+            let versions = chunk
+                .iter()
+                .map(|i| (format!("t/{i:06}"), version(100 + *i as u64, None)))
+                .collect();
+            h.writer.apply_remote(versions).unwrap();
+        }
+        h.writer
+            .apply_remote(vec![("t/young".into(), version(1_000_000, None))])
+            .unwrap();
+        assert_eq!(h.store.counts().unwrap(), (n as u64 + 1, n as u64 + 1));
+        assert_eq!(h.writer.purge(500_000).unwrap(), n);
+        assert_eq!(h.store.counts().unwrap(), (1, 1), "only the young one left");
+        assert!(h.store.verify_tree().unwrap());
+    }
 }
