@@ -535,150 +535,218 @@ fn write_local(
 
 /// Applies a batch in one transaction and commits it.
 fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
-    let mut txn = store.write_txn()?;
-    let mut effects = Effects::default();
+    let mut tx = Tx {
+        store,
+        txn: store.write_txn()?,
+        effects: Effects::default(),
+    };
     let mut outcomes = Vec::with_capacity(batch.len());
     for op in batch {
-        let outcome = match op {
+        outcomes.push(tx.apply(op)?);
+    }
+    let Tx {
+        txn, mut effects, ..
+    } = tx;
+    effects.index = store.commit(txn, &effects.touched)?;
+    Ok((outcomes, effects))
+}
+
+/// One write transaction being filled, with what it produced so far.
+struct Tx<'s> {
+    store: &'s Store,
+    txn: heed::RwTxn<'s>,
+    effects: Effects,
+}
+
+impl Tx<'_> {
+    fn apply(&mut self, op: &Op) -> Result<Outcome> {
+        Ok(match op {
             Op::Client {
                 key,
                 data,
                 ttl_ms,
                 condition,
                 ..
-            } => {
-                let old = store.stamp_in(&txn, key)?;
-                let live = old.filter(|s| !s.deleted);
-                let holds = condition.holds(live.as_ref());
-                if !holds {
-                    Outcome::Client(Err(WriteError::PreconditionFailed(live)))
-                } else {
-                    let stamp =
-                        write_local(store, &mut txn, key, old, data, *ttl_ms, &mut effects)?;
-                    Outcome::Client(Ok(Written { stamp }))
-                }
-            }
-            Op::Remote { versions, .. } => {
-                let mut report = RemoteReport::default();
-                for (key, incoming) in versions {
-                    let old = store.stamp_in(&txn, key)?;
-                    match merge(old.as_ref(), &incoming.stamp) {
-                        Merge::TakeIncoming => {
-                            store.put_version(
-                                &mut txn,
-                                key,
-                                old.as_ref(),
-                                incoming,
-                                &mut effects.touched,
-                            )?;
-                            report.applied += 1;
-                        }
-                        Merge::KeepLocal | Merge::Same => report.ignored += 1,
-                        Merge::Conflict => {
-                            report.conflicts += 1;
-                            if let Some(local) = old {
-                                effects.conflicts.push(ConflictFound {
-                                    key: key.clone(),
-                                    local,
-                                    incoming: incoming.clone(),
-                                });
-                            }
-                        }
-                    }
-                }
-                Outcome::Remote(report)
-            }
-            Op::Resolve { key, winner, .. } => {
-                let old = store.stamp_in(&txn, key)?;
-                let replace = match merge(old.as_ref(), &winner.stamp) {
-                    Merge::TakeIncoming | Merge::Conflict => true,
-                    Merge::KeepLocal | Merge::Same => false,
-                };
-                if replace {
-                    store.put_version(&mut txn, key, old.as_ref(), winner, &mut effects.touched)?;
-                }
-                Outcome::Resolve(replace)
-            }
-            Op::Batch { ops, .. } => {
-                let mut stamps = Vec::with_capacity(ops.len());
-                for (key, data) in ops {
-                    let old = store.stamp_in(&txn, key)?;
-                    stamps.push(write_local(
-                        store,
-                        &mut txn,
-                        key,
-                        old,
-                        data,
-                        None,
-                        &mut effects,
-                    )?);
-                }
-                Outcome::Batch(stamps)
-            }
-            Op::DeleteMany { keys, .. } => {
-                let mut deleted = 0;
-                for key in keys {
-                    let old = store.stamp_in(&txn, key)?;
-                    if old.is_none_or(|s| s.deleted) {
-                        continue;
-                    }
-                    write_local(store, &mut txn, key, old, &None, None, &mut effects)?;
-                    deleted += 1;
-                }
-                Outcome::Purge(deleted)
-            }
-            Op::Repair { key, copy, .. } => {
-                let old = store.stamp_in(&txn, key)?;
-                let damaged = store.is_damaged_in(&txn, key)?;
-                let replace = match merge(old.as_ref(), &copy.stamp) {
-                    Merge::TakeIncoming => true,
-                    Merge::Same | Merge::Conflict => damaged,
-                    Merge::KeepLocal => false,
-                };
-                if replace {
-                    store.put_version(&mut txn, key, old.as_ref(), copy, &mut effects.touched)?;
-                }
-                Outcome::Resolve(replace)
-            }
-            Op::Stop => Outcome::Purge(0),
+            } => Outcome::Client(self.client(key, data, *ttl_ms, condition)?),
+            Op::Remote { versions, .. } => Outcome::Remote(self.remote(versions)?),
+            Op::Resolve { key, winner, .. } => Outcome::Resolve(self.resolve(key, winner)?),
+            Op::Batch { ops, .. } => Outcome::Batch(self.batch(ops)?),
+            Op::DeleteMany { keys, .. } => Outcome::Purge(self.delete_many(keys)?),
+            Op::Repair { key, copy, .. } => Outcome::Resolve(self.repair(key, copy)?),
             Op::Meta { name, value, .. } => {
-                store.meta_set_in(&mut txn, name, value.as_deref())?;
+                self.store
+                    .meta_set_in(&mut self.txn, name, value.as_deref())?;
                 Outcome::Purge(1)
             }
-            Op::Expire { now_ms, .. } => Outcome::Purge(store.expire_in(
-                &mut txn,
+            Op::Expire { now_ms, .. } => Outcome::Purge(self.store.expire_in(
+                &mut self.txn,
                 *now_ms,
                 EXPIRE_BATCH,
-                &mut effects.touched,
+                &mut self.effects.touched,
             )?),
-            Op::Drop { versions, .. } => {
-                let mut dropped = 0;
-                for (key, stamp) in versions {
-                    if store.stamp_in(&txn, key)? == Some(*stamp) {
-                        store.remove_version(&mut txn, key, stamp, &mut effects.touched)?;
-                        dropped += 1;
-                    }
-                }
-                Outcome::Purge(dropped)
-            }
-            Op::Purge { horizon_ms, .. } => {
-                let doomed = store.tombstones_before(&txn, *horizon_ms, PURGE_BATCH)?;
-                let mut purged = 0;
-                for (key, ts) in doomed {
-                    if let Some(old) = store.stamp_in(&txn, &key)? {
-                        if old.deleted && old.timestamp == ts {
-                            store.remove_version(&mut txn, &key, &old, &mut effects.touched)?;
-                            purged += 1;
-                        }
-                    }
-                }
-                Outcome::Purge(purged)
-            }
-        };
-        outcomes.push(outcome);
+            Op::Drop { versions, .. } => Outcome::Purge(self.drop_versions(versions)?),
+            Op::Purge { horizon_ms, .. } => Outcome::Purge(self.purge(*horizon_ms)?),
+            Op::Stop => Outcome::Purge(0),
+        })
     }
-    effects.index = store.commit(txn, &effects.touched)?;
-    Ok((outcomes, effects))
+
+    fn stamp(&self, key: &str) -> Result<Option<Stamp>> {
+        self.store.stamp_in(&self.txn, key)
+    }
+
+    fn put(&mut self, key: &str, old: Option<&Stamp>, new: &Version) -> Result<()> {
+        self.store
+            .put_version(&mut self.txn, key, old, new, &mut self.effects.touched)
+    }
+
+    /// A new local version of `key` (see [`write_local`]).
+    fn local(
+        &mut self,
+        key: &str,
+        old: Option<Stamp>,
+        data: &Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+    ) -> Result<Stamp> {
+        write_local(
+            self.store,
+            &mut self.txn,
+            key,
+            old,
+            data,
+            ttl_ms,
+            &mut self.effects,
+        )
+    }
+
+    /// A client PUT or DELETE, if its condition holds.
+    fn client(
+        &mut self,
+        key: &str,
+        data: &Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+        condition: &Condition,
+    ) -> Result<std::result::Result<Written, WriteError>> {
+        let old = self.stamp(key)?;
+        let live = old.filter(|s| !s.deleted);
+        if !condition.holds(live.as_ref()) {
+            return Ok(Err(WriteError::PreconditionFailed(live)));
+        }
+        let stamp = self.local(key, old, data, ttl_ms)?;
+        Ok(Ok(Written { stamp }))
+    }
+
+    /// Versions from a peer, each through the merge rule; conflicts are
+    /// kept for the resolver.
+    fn remote(&mut self, versions: &[(String, Version)]) -> Result<RemoteReport> {
+        let mut report = RemoteReport::default();
+        for (key, incoming) in versions {
+            let old = self.stamp(key)?;
+            match merge(old.as_ref(), &incoming.stamp) {
+                Merge::TakeIncoming => {
+                    self.put(key, old.as_ref(), incoming)?;
+                    report.applied += 1;
+                }
+                Merge::KeepLocal | Merge::Same => report.ignored += 1,
+                Merge::Conflict => {
+                    report.conflicts += 1;
+                    if let Some(local) = old {
+                        self.effects.conflicts.push(ConflictFound {
+                            key: key.clone(),
+                            local,
+                            incoming: incoming.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// A conflict's winner: replaces a version with the same timestamp.
+    fn resolve(&mut self, key: &str, winner: &Version) -> Result<bool> {
+        let old = self.stamp(key)?;
+        let replace = match merge(old.as_ref(), &winner.stamp) {
+            Merge::TakeIncoming | Merge::Conflict => true,
+            Merge::KeepLocal | Merge::Same => false,
+        };
+        if replace {
+            self.put(key, old.as_ref(), winner)?;
+        }
+        Ok(replace)
+    }
+
+    fn batch(&mut self, ops: &[(String, Option<Vec<u8>>)]) -> Result<Vec<Stamp>> {
+        let mut stamps = Vec::with_capacity(ops.len());
+        for (key, data) in ops {
+            let old = self.stamp(key)?;
+            stamps.push(self.local(key, old, data, None)?);
+        }
+        Ok(stamps)
+    }
+
+    /// Tombstones for the keys that hold a live value.
+    fn delete_many(&mut self, keys: &[String]) -> Result<usize> {
+        let mut deleted = 0;
+        for key in keys {
+            let old = self.stamp(key)?;
+            if old.is_none_or(|s| s.deleted) {
+                continue;
+            }
+            self.local(key, old, &None, None)?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// A peer's copy of a version damaged here (see [`Op::Repair`]).
+    fn repair(&mut self, key: &str, copy: &Version) -> Result<bool> {
+        let old = self.stamp(key)?;
+        let damaged = self.store.is_damaged_in(&self.txn, key)?;
+        let replace = match merge(old.as_ref(), &copy.stamp) {
+            Merge::TakeIncoming => true,
+            Merge::Same | Merge::Conflict => damaged,
+            Merge::KeepLocal => false,
+        };
+        if replace {
+            self.put(key, old.as_ref(), copy)?;
+        }
+        Ok(replace)
+    }
+
+    /// Removes versions that are still the current ones.
+    fn drop_versions(&mut self, versions: &[(String, Stamp)]) -> Result<usize> {
+        let mut dropped = 0;
+        for (key, stamp) in versions {
+            if self.stamp(key)? == Some(*stamp) {
+                self.store
+                    .remove_version(&mut self.txn, key, stamp, &mut self.effects.touched)?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Removes up to `PURGE_BATCH` tombstones older than the horizon.
+    fn purge(&mut self, horizon_ms: u64) -> Result<usize> {
+        let doomed = self
+            .store
+            .tombstones_before(&self.txn, horizon_ms, PURGE_BATCH)?;
+        let mut purged = 0;
+        for (key, ts) in doomed {
+            if let Some(old) = self.stamp(&key)? {
+                if old.deleted && old.timestamp == ts {
+                    self.store.remove_version(
+                        &mut self.txn,
+                        &key,
+                        &old,
+                        &mut self.effects.touched,
+                    )?;
+                    purged += 1;
+                }
+            }
+        }
+        Ok(purged)
+    }
 }
 
 #[cfg(test)]
