@@ -246,10 +246,10 @@ fn meta_u64(store: &Store, name: &str) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
-/// Runs a node until a signal or a fatal error; returns the exit code.
 /// Builds the configuration again (file and options), for SIGHUP.
 pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send>;
 
+/// Runs a node until a signal or a fatal error; returns the exit code.
 pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
     let loaded = config.clone();
     let listener = TcpListener::bind((config.bind_address, config.port)).map_err(|e| {
@@ -260,11 +260,71 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
     })?;
     let store =
         Arc::new(Store::open(&config.data_dir, config.map_size_mb).map_err(|e| e.to_string())?);
+    let (joined, generation) = identity(&store, &config)?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    if config.port == 0 {
+        config.port = local.port();
+        if let Some(host) = config.advertise_address.strip_suffix(":0") {
+            config.advertise_address = format!("{host}:{}", local.port());
+        }
+    }
+    let (versions, _) = store.counts().map_err(|e| e.to_string())?;
+    let syncing = starts_syncing(&store, &config, versions);
+    let (node, writer_thread, exit_rx) =
+        assemble(config, store, joined, generation, syncing, versions);
 
-    // Identity: joined_timestamp is set once; the generation grows with
-    // every start, so this start's entries beat any from before.
+    let http = crate::http::start(node.clone(), listener)
+        .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
+    let threads = start_threads(&node)?;
+    let watch_thread = crate::watch::start(node.clone())
+        .map_err(|e| format!("cannot start the watch thread: {e}"))?;
+    watch_signals(
+        node.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        loaded,
+        reload,
+    )?;
+    log_start(&node, local, versions, syncing);
+
+    let code = exit_rx.recv().unwrap_or(1);
+
+    log::info!("stopping: no longer accepting connections");
+    node.stopping.store(true, Ordering::SeqCst);
+    // Parked blocking queries are answered (with what is current) first.
+    node.watch.stop();
+    let _ = watch_thread.join();
+    http.stop();
+    log::info!("stopping: in-flight requests answered");
+    if !node.cluster.has_left() && node.cluster.members.healthy_count() > 1 {
+        node.leave_cluster();
+    }
+    node.cluster.stopper.stop();
+    node.cluster.replicator.stop();
+    for t in threads {
+        let _ = t.join();
+    }
+    if !node.cluster.reconcile.is_active() {
+        save_last_contact(&node, 0, true);
+    }
+    log::info!("stopping: cluster threads stopped");
+    node.writer.stop();
+    let _ = writer_thread.join();
+    log::info!("stopping: queued writes committed");
+    match Arc::try_unwrap(node) {
+        Ok(node) => {
+            drop(node);
+            log::info!("stopped: LMDB closed");
+        }
+        Err(_) => log::info!("stopped"),
+    }
+    Ok(code)
+}
+
+/// The node's identity in its data directory: `joined_timestamp` is set
+/// once; the generation grows with every start, so this start's entries
+/// beat any from before. Written directly: the writer does not run yet.
+fn identity(store: &Store, config: &Config) -> Result<(u64, u64), String> {
     let now = clock::real_now_ms();
-    let joined = match meta_u64(&store, META_JOINED) {
+    let joined = match meta_u64(store, META_JOINED) {
         Some(j) => j,
         None => {
             store
@@ -273,7 +333,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
             now
         }
     };
-    let generation = now.max(meta_u64(&store, META_GENERATION).map_or(0, |g| g + 1));
+    let generation = now.max(meta_u64(store, META_GENERATION).map_or(0, |g| g + 1));
     store
         .meta_put(META_GENERATION, generation.to_string().as_bytes())
         .map_err(|e| e.to_string())?;
@@ -290,16 +350,13 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
     store
         .meta_put(META_NODE_ID, config.node_id.as_bytes())
         .map_err(|e| e.to_string())?;
+    Ok((joined, generation))
+}
 
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    if config.port == 0 {
-        config.port = local.port();
-        if let Some(host) = config.advertise_address.strip_suffix(":0") {
-            config.advertise_address = format!("{host}:{}", local.port());
-        }
-    }
-
-    let (versions, _) = store.counts().map_err(|e| e.to_string())?;
+/// Whether the node starts by bootstrapping (client writes 503 until it
+/// has the cluster's history): a node with seeds and no data that never
+/// completed a bootstrap, or one interrupted in the middle of it.
+fn starts_syncing(store: &Store, config: &Config, versions: u64) -> bool {
     let pending = store
         .meta_get(META_BOOTSTRAP_PENDING)
         .ok()
@@ -307,14 +364,25 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
         .as_deref()
         == Some(b"1");
     let bootstrapped = store.meta_get(META_BOOTSTRAPPED).ok().flatten().is_some();
-    let syncing = !config.seed_nodes.is_empty() && ((versions == 0 && !bootstrapped) || pending);
+    !config.seed_nodes.is_empty() && ((versions == 0 && !bootstrapped) || pending)
+}
+
+/// Builds the node around its store: the member table, the replicator,
+/// the changes history and the writer (started here, with its hooks).
+fn assemble(
+    config: Config,
+    store: Arc<Store>,
+    joined: u64,
+    generation: u64,
+    syncing: bool,
+    versions: u64,
+) -> (Arc<Node>, JoinHandle<()>, mpsc::Receiver<i32>) {
     let reconcile = Reconcile::at_start(
         syncing,
         versions,
         meta_u64(&store, META_LAST_CONTACT),
         config.bootstrap_max_age,
     );
-
     let metrics = Arc::new(Metrics::new());
     let stopper = Arc::new(Stopper::new());
     let me = MemberEntry {
@@ -393,34 +461,36 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
         stopping: AtomicBool::new(false),
         exit: Mutex::new(exit_tx),
     });
+    (node, writer_thread, exit_rx)
+}
 
-    let http = crate::http::start(node.clone(), listener)
-        .map_err(|e| format!("cannot start the HTTP server: {e}"))?;
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    let spawn =
-        |name: &str, f: fn(Arc<Node>), threads: &mut Vec<JoinHandle<()>>| -> Result<(), String> {
-            let n = node.clone();
-            let handle = std::thread::Builder::new()
-                .name(name.to_string())
-                .spawn(move || f(n))
-                .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
-            threads.push(handle);
-            Ok(())
-        };
-    spawn("gossip", gossip::gossip_loop, &mut threads)?;
-    spawn("sync", sync::sync_loop, &mut threads)?;
-    spawn("antientropy", antientropy::antientropy_loop, &mut threads)?;
-    spawn("conflict", conflict::resolver_loop, &mut threads)?;
-    spawn("scrub", scrub::scrub_loop, &mut threads)?;
-    spawn("expiry", expiry_loop, &mut threads)?;
-    let watch_thread = crate::watch::start(node.clone())
-        .map_err(|e| format!("cannot start the watch thread: {e}"))?;
-    watch_signals(
-        node.exit.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        loaded,
-        reload,
-    )?;
+/// The body of a cluster thread.
+type ThreadLoop = fn(Arc<Node>);
 
+/// Starts the cluster threads (see the table at the top of this file).
+fn start_threads(node: &Arc<Node>) -> Result<Vec<JoinHandle<()>>, String> {
+    let loops: [(&str, ThreadLoop); 6] = [
+        ("gossip", gossip::gossip_loop),
+        ("sync", sync::sync_loop),
+        ("antientropy", antientropy::antientropy_loop),
+        ("conflict", conflict::resolver_loop),
+        ("scrub", scrub::scrub_loop),
+        ("expiry", expiry_loop),
+    ];
+    let mut threads = Vec::with_capacity(loops.len());
+    for (name, f) in loops {
+        let n = node.clone();
+        let handle = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || f(n))
+            .map_err(|e| format!("cannot start the {name} thread: {e}"))?;
+        threads.push(handle);
+    }
+    Ok(threads)
+}
+
+/// The start line, and the warning for an open internal API.
+fn log_start(node: &Node, local: std::net::SocketAddr, versions: u64, syncing: bool) {
     let cfg = &node.config;
     log::info!(
         "kvs {} node {} listening on {} (peers dial {}), data in {} ({} keys), mode {}, {} seed(s)",
@@ -446,39 +516,6 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, String> {
              set cluster_secret unless this network is trusted"
         );
     }
-
-    let code = exit_rx.recv().unwrap_or(1);
-
-    log::info!("stopping: no longer accepting connections");
-    node.stopping.store(true, Ordering::SeqCst);
-    // Parked blocking queries are answered (with what is current) first.
-    node.watch.stop();
-    let _ = watch_thread.join();
-    http.stop();
-    log::info!("stopping: in-flight requests answered");
-    if !node.cluster.has_left() && node.cluster.members.healthy_count() > 1 {
-        node.leave_cluster();
-    }
-    node.cluster.stopper.stop();
-    node.cluster.replicator.stop();
-    for t in threads {
-        let _ = t.join();
-    }
-    if !node.cluster.reconcile.is_active() {
-        save_last_contact(&node, 0, true);
-    }
-    log::info!("stopping: cluster threads stopped");
-    node.writer.stop();
-    let _ = writer_thread.join();
-    log::info!("stopping: queued writes committed");
-    match Arc::try_unwrap(node) {
-        Ok(node) => {
-            drop(node);
-            log::info!("stopped: LMDB closed");
-        }
-        Err(_) => log::info!("stopped"),
-    }
-    Ok(code)
 }
 
 /// SIGTERM and SIGINT ask the node to stop, with exit code 0.
