@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::membership::Peer;
 use super::replicate;
 use super::wire::WireVersion;
 use crate::node::Node;
@@ -204,7 +205,9 @@ pub fn resolver_loop(node: Arc<Node>) {
     }
 }
 
-/// Settles one conflict (see the module comment for the rules).
+/// Settles one conflict (see the module comment for the rules): asks the
+/// healthy peers, decides, stores the winner and tells the voters that
+/// hold another version.
 fn resolve(node: &Node, c: ConflictFound) {
     node.metrics
         .conflicts_detected
@@ -212,77 +215,36 @@ fn resolve(node: &Node, c: ConflictFound) {
     let key = c.key;
     let ts = c.local.timestamp;
     let local = match node.store.get(&key) {
-        Ok(Some(v)) => v,
-        Ok(None) => return,
+        Ok(Some(v)) if v.stamp.timestamp == ts => v,
+        // Gone, or a newer version arrived meanwhile: nothing to settle.
+        Ok(_) => return,
         Err(e) => {
             log::error!("conflict on {key}: cannot read it: {e}");
             return;
         }
     };
-    if local.stamp.timestamp != ts {
-        // A newer version arrived meanwhile; nothing left to settle.
-        return;
-    }
     // Every version known with this timestamp, by uuid.
     let mut known: HashMap<VersionId, Version> = HashMap::new();
     known.insert(local.stamp.uuid, local.clone());
     known.insert(c.incoming.stamp.uuid, c.incoming.clone());
 
     let me = node.config.node_id.clone();
-    let repeat = node.cluster.conflicts.seen_before(&key, ts);
     let mut ballots = vec![Ballot {
         member: me.clone(),
         joined_timestamp: node.cluster.members.me().joined_timestamp,
         uuid: Some(local.stamp.uuid),
     }];
-    let mut newer: Option<Version> = None;
     let peers = node.cluster.members.healthy_peers();
-    if !repeat {
-        let path = format!(
-            "/internal/version?key={}",
-            crate::escape::percent_encode(&key)
-        );
+    let mut newer: Option<Version> = None;
+    if !node.cluster.conflicts.seen_before(&key, ts) {
         for p in &peers {
-            let reply: VersionReply =
-                match node.cluster.peer.get(&p.address, &path, peer::QUICK, None) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        log::debug!("conflict on {key}: no vote from {}: {e}", p.id);
-                        continue;
-                    }
-                };
-            let held = match reply
-                .version
-                .map(|w| w.into_version(node.config.max_value_bytes))
-            {
-                Some(Ok((_, v))) => Some(v),
-                Some(Err(e)) => {
-                    log::warn!("conflict on {key}: {} sent a bad version: {e}", p.id);
-                    continue;
-                }
-                None => None,
-            };
-            let uuid = match held {
-                Some(v) if v.stamp.timestamp == ts => {
-                    let u = v.stamp.uuid;
-                    known.entry(u).or_insert(v);
-                    Some(u)
-                }
-                Some(v) if v.stamp.timestamp > ts => {
-                    if newer
-                        .as_ref()
-                        .is_none_or(|n| crate::store::version::settles_over(&v.stamp, &n.stamp))
-                    {
-                        newer = Some(v);
-                    }
-                    None
-                }
-                _ => None,
+            let Some(held) = ask(node, &key, p) else {
+                continue;
             };
             ballots.push(Ballot {
                 member: p.id.clone(),
                 joined_timestamp: p.joined_timestamp,
-                uuid,
+                uuid: count(held, ts, &mut known, &mut newer),
             });
         }
     }
@@ -304,45 +266,105 @@ fn resolve(node: &Node, c: ConflictFound) {
         log::error!("conflict on {key}: the winning version {winner_id} is not at hand");
         return;
     };
-    let tally: Vec<String> = candidates
-        .iter()
-        .map(|u| {
-            let votes = ballots.iter().filter(|b| b.uuid == Some(*u)).count();
-            format!(
-                "{u} ({votes} votes{})",
-                if known[u].stamp.deleted {
-                    ", tombstone"
-                } else {
-                    ""
-                }
-            )
-        })
-        .collect();
     log::info!(
         "conflict on {key} at {ts}: {} -> {winner_id} wins by {}",
-        tally.join(", "),
+        tally(&candidates, &ballots, &known),
         decision.how()
     );
-    match decision {
-        Decision::LargerUuid(_) => node
-            .metrics
-            .conflicts_resolved_rule
-            .fetch_add(1, Ordering::Relaxed),
-        _ => node
-            .metrics
-            .conflicts_resolved_vote
-            .fetch_add(1, Ordering::Relaxed),
+    let counter = match decision {
+        Decision::LargerUuid(_) => &node.metrics.conflicts_resolved_rule,
+        _ => &node.metrics.conflicts_resolved_vote,
     };
+    counter.fetch_add(1, Ordering::Relaxed);
     if winner_id != local.stamp.uuid {
         if let Err(e) = node.writer.resolve(key.clone(), winner.clone()) {
             log::error!("conflict on {key}: storing the winner failed: {e}");
             return;
         }
     }
-    // Tell the voters that hold another version.
-    let versions: Vec<WireVersion> = WireVersion::from_version(&key, &winner)
-        .into_iter()
-        .collect();
+    tell_voters(node, &key, &winner, &ballots, &peers);
+}
+
+/// A peer's version of `key`: `Some(None)` when it holds none, `None`
+/// when it could not be asked or sent something invalid (no ballot).
+fn ask(node: &Node, key: &str, p: &Peer) -> Option<Option<Version>> {
+    let path = format!(
+        "/internal/version?key={}",
+        crate::escape::percent_encode(key)
+    );
+    let reply: VersionReply = match node.cluster.peer.get(&p.address, &path, peer::QUICK, None) {
+        Ok(r) => r,
+        Err(e) => {
+            log::debug!("conflict on {key}: no vote from {}: {e}", p.id);
+            return None;
+        }
+    };
+    match reply
+        .version
+        .map(|w| w.into_version(node.config.max_value_bytes))
+    {
+        Some(Ok((_, v))) => Some(Some(v)),
+        Some(Err(e)) => {
+            log::warn!("conflict on {key}: {} sent a bad version: {e}", p.id);
+            None
+        }
+        None => Some(None),
+    }
+}
+
+/// What a peer's version counts for in a conflict at `ts`: a vote for it
+/// when it has that timestamp (and it joins the candidates); no vote when
+/// it is older, absent, or newer (the newest such version is kept, and
+/// then wins without a vote).
+fn count(
+    held: Option<Version>,
+    ts: u64,
+    known: &mut HashMap<VersionId, Version>,
+    newer: &mut Option<Version>,
+) -> Option<VersionId> {
+    match held {
+        Some(v) if v.stamp.timestamp == ts => {
+            let u = v.stamp.uuid;
+            known.entry(u).or_insert(v);
+            Some(u)
+        }
+        Some(v) if v.stamp.timestamp > ts => {
+            let beats = newer
+                .as_ref()
+                .is_none_or(|n| crate::store::version::settles_over(&v.stamp, &n.stamp));
+            if beats {
+                *newer = Some(v);
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// The candidates with their votes, for the log.
+fn tally(
+    candidates: &[VersionId],
+    ballots: &[Ballot],
+    known: &HashMap<VersionId, Version>,
+) -> String {
+    candidates
+        .iter()
+        .map(|u| {
+            let votes = ballots.iter().filter(|b| b.uuid == Some(*u)).count();
+            let tomb = known.get(u).is_some_and(|v| v.stamp.deleted);
+            format!(
+                "{u} ({votes} votes{})",
+                if tomb { ", tombstone" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Pushes the winner to the voters that hold another version.
+fn tell_voters(node: &Node, key: &str, winner: &Version, ballots: &[Ballot], peers: &[Peer]) {
+    let versions: Vec<WireVersion> = WireVersion::from_version(key, winner).into_iter().collect();
+    let winner_id = winner.stamp.uuid;
     for b in ballots
         .iter()
         .filter(|b| b.uuid.is_some_and(|u| u != winner_id))
@@ -350,7 +372,7 @@ fn resolve(node: &Node, c: ConflictFound) {
         if let Some(p) = peers.iter().find(|p| p.id == b.member) {
             if let Err(e) = replicate::push(
                 &node.cluster.peer,
-                &me,
+                &node.config.node_id,
                 &p.address,
                 versions.clone(),
                 peer::QUICK,
@@ -378,6 +400,44 @@ mod tests {
 
     fn id(n: u8) -> VersionId {
         VersionId([n; 16])
+    }
+
+    fn at(ts: u64, n: u8) -> Version {
+        Version {
+            stamp: crate::store::Stamp {
+                timestamp: ts,
+                uuid: id(n),
+                deleted: false,
+            },
+            data: b"1".to_vec(),
+            expires: None,
+        }
+    }
+
+    #[test]
+    fn a_peer_votes_only_for_a_version_at_the_conflicting_timestamp() {
+        let mut known = HashMap::new();
+        let mut newer = None;
+        // Same timestamp: a vote, and a candidate.
+        assert_eq!(
+            count(Some(at(50, 3)), 50, &mut known, &mut newer),
+            Some(id(3))
+        );
+        assert!(known.contains_key(&id(3)));
+        // Older, or none: no vote.
+        assert_eq!(count(Some(at(40, 4)), 50, &mut known, &mut newer), None);
+        assert_eq!(count(None, 50, &mut known, &mut newer), None);
+        assert!(newer.is_none());
+        // Newer: no vote, and the newest of them is kept.
+        assert_eq!(count(Some(at(60, 5)), 50, &mut known, &mut newer), None);
+        assert_eq!(count(Some(at(70, 1)), 50, &mut known, &mut newer), None);
+        assert_eq!(count(Some(at(70, 0)), 50, &mut known, &mut newer), None);
+        assert_eq!(
+            newer.map(|v| v.stamp.uuid),
+            Some(id(1)),
+            "70 beats 60; at 70, the larger uuid"
+        );
+        assert_eq!(known.len(), 1);
     }
 
     fn ballot(member: &str, joined: u64, uuid: Option<u8>) -> Ballot {
