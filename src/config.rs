@@ -206,6 +206,18 @@ impl RawConfig {
     }
 }
 
+/// A whole number within bounds, or its default.
+fn within<T>(key: &str, value: Option<T>, default: T, lo: T, hi: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + fmt::Display + Copy,
+{
+    let v = value.unwrap_or(default);
+    if v < lo || v > hi {
+        return err(format!("{key}: {v} is not between {lo} and {hi}"));
+    }
+    Ok(v)
+}
+
 /// Seconds given as a number (fractions allowed) become a duration.
 fn seconds(key: &str, value: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
     let v = value.unwrap_or(default);
@@ -243,6 +255,10 @@ pub fn check_host_port(key: &str, addr: &str) -> Result<(), ConfigError> {
 
 impl Config {
     /// Fills in defaults and checks every value.
+    ///
+    /// Long on purpose: one check after another, in the order of the file,
+    /// each naming its key; the helpers (`seconds`, `within`,
+    /// `check_host_port`) hold what they share.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         let node_id = raw.node_id.unwrap_or_else(host_name);
         if node_id.is_empty() || node_id.len() > 128 {
@@ -350,38 +366,19 @@ impl Config {
             }
         };
 
-        let max_value_bytes = raw.max_value_bytes.unwrap_or(1_048_576);
-        if max_value_bytes == 0 || max_value_bytes > 512 * 1024 * 1024 {
-            return err(format!(
-                "max_value_bytes: {max_value_bytes} is not between 1 and 536870912"
-            ));
-        }
-        let http_threads = raw.http_threads.unwrap_or(8);
-        if http_threads == 0 || http_threads > 1024 {
-            return err(format!(
-                "http_threads: {http_threads} is not between 1 and 1024"
-            ));
-        }
-        let max_connections = raw.max_connections.unwrap_or(512);
-        if max_connections == 0 || max_connections > 65_536 {
-            return err(format!(
-                "max_connections: {max_connections} is not between 1 and 65536"
-            ));
-        }
+        let max_value_bytes = within(
+            "max_value_bytes",
+            raw.max_value_bytes,
+            1_048_576,
+            1,
+            512 * 1024 * 1024,
+        )?;
+        let http_threads = within("http_threads", raw.http_threads, 8, 1, 1024)?;
+        let max_connections = within("max_connections", raw.max_connections, 512, 1, 65_536)?;
         let header_timeout = seconds("header_timeout", raw.header_timeout, 10.0)?;
         let scrub_interval = seconds("scrub_interval", raw.scrub_interval, 86_400.0)?;
-        let max_members = raw.max_members.unwrap_or(1024);
-        if !(2..=100_000).contains(&max_members) {
-            return err(format!(
-                "max_members: {max_members} is not between 2 and 100000"
-            ));
-        }
-        let map_size_mb = raw.map_size_mb.unwrap_or(1024);
-        if map_size_mb == 0 || map_size_mb > 16 * 1024 * 1024 {
-            return err(format!(
-                "map_size_mb: {map_size_mb} is not between 1 and 16777216"
-            ));
-        }
+        let max_members = within("max_members", raw.max_members, 1024, 2, 100_000)?;
+        let map_size_mb = within("map_size_mb", raw.map_size_mb, 1024, 1, 16 * 1024 * 1024)?;
         if (max_value_bytes as u64) > map_size_mb * 1024 * 1024 / 2 {
             return err(format!(
                 "max_value_bytes: {max_value_bytes} does not fit twice in map_size_mb ({map_size_mb} MiB)"

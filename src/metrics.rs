@@ -188,6 +188,9 @@ impl Metrics {
     }
 
     /// The Prometheus text; `gauges` are values read at scrape time.
+    ///
+    /// Long on purpose: most of it is the table of counters with their
+    /// names and help texts, kept in one place next to their output.
     pub fn render(&self, gauges: &[(&str, &str, String, f64)]) -> String {
         let mut out = String::with_capacity(8192);
         out.push_str("# HELP kvs_requests_total HTTP requests answered, by route and status.\n");
