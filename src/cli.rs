@@ -126,110 +126,146 @@ pub enum Command {
     },
 }
 
+fn usage(m: String) -> CliError {
+    CliError::Usage(format!("{m} (see kvs --help)"))
+}
+
+/// The options of one command line, and its other arguments.
+#[derive(Default)]
+struct Options {
+    addr: Option<String>,
+    token: Option<String>,
+    recurse: bool,
+    if_match: Option<String>,
+    ttl: Option<u64>,
+    wait: Option<u64>,
+    positional: Vec<String>,
+}
+
 /// Parses `args` (the command name first); `env` reads the environment.
 pub fn parse(
     args: &[String],
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Invocation, CliError> {
-    let usage = |m: String| CliError::Usage(format!("{m} (see kvs --help)"));
     let name = args.first().ok_or_else(|| usage("no command".into()))?;
-    let takes = |option: &str| -> bool {
-        matches!(
-            (name.as_str(), option),
-            (_, "addr" | "token") | ("put", "if-match" | "ttl") | ("watch", "wait")
-        )
-    };
-    let mut addr = env("KVS_ADDR").filter(|a| !a.is_empty());
-    let mut token = env("KVS_TOKEN").filter(|t| !t.is_empty());
-    let mut recurse = false;
-    let mut if_match = None;
-    let mut ttl = None;
-    let mut wait = None;
-    let mut positional: Vec<&String> = Vec::new();
-    let mut i = 1;
-    while i < args.len() {
-        let arg = &args[i];
-        if arg == "--recurse" && name == "delete" {
-            recurse = true;
-        } else if let Some(opt) = arg.strip_prefix("--") {
-            let (opt, inline) = match opt.split_once('=') {
-                Some((o, v)) => (o, Some(v.to_string())),
-                None => (opt, None),
-            };
-            if !takes(opt) {
-                return Err(usage(format!("kvs {name}: unknown option --{opt}")));
-            }
-            let value = match inline {
-                Some(v) => v,
-                None => {
-                    i += 1;
-                    args.get(i)
-                        .cloned()
-                        .ok_or_else(|| usage(format!("option --{opt} needs a value")))?
-                }
-            };
-            let number = |v: &str| {
-                v.parse::<u64>()
-                    .map_err(|_| usage(format!("--{opt}: {v:?} is not a whole number")))
-            };
-            match opt {
-                "addr" => addr = Some(value),
-                "token" => token = Some(value),
-                "if-match" => if_match = Some(value),
-                "ttl" => ttl = Some(number(&value)?),
-                _ => wait = Some(number(&value)?),
-            }
-        } else {
-            positional.push(arg);
-        }
-        i += 1;
-    }
-    let addr = addr.unwrap_or_else(|| "127.0.0.1:8080".into());
+    let mut o = options(name, &args[1..])?;
+    let addr = o
+        .addr
+        .take()
+        .or_else(|| env("KVS_ADDR").filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
     if addr.contains('/') || addr.is_empty() {
         return Err(usage(format!("--addr {addr:?}: give HOST:PORT")));
     }
+    let token = o
+        .token
+        .take()
+        .or_else(|| env("KVS_TOKEN").filter(|t| !t.is_empty()));
+    Ok(Invocation {
+        addr,
+        token,
+        command: command(name, o)?,
+    })
+}
+
+/// Reads the options a command takes (`--name value` or `--name=value`).
+fn options(name: &str, args: &[String]) -> Result<Options, CliError> {
+    let takes = |option: &str| -> bool {
+        matches!(
+            (name, option),
+            (_, "addr" | "token") | ("put", "if-match" | "ttl") | ("watch", "wait")
+        )
+    };
+    let mut o = Options::default();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        if arg == "--recurse" && name == "delete" {
+            o.recurse = true;
+            continue;
+        }
+        let Some(opt) = arg.strip_prefix("--") else {
+            o.positional.push(arg.clone());
+            continue;
+        };
+        let (opt, inline) = match opt.split_once('=') {
+            Some((o, v)) => (o, Some(v.to_string())),
+            None => (opt, None),
+        };
+        if !takes(opt) {
+            return Err(usage(format!("kvs {name}: unknown option --{opt}")));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => {
+                i += 1;
+                args.get(i - 1)
+                    .cloned()
+                    .ok_or_else(|| usage(format!("option --{opt} needs a value")))?
+            }
+        };
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| usage(format!("--{opt}: {v:?} is not a whole number")))
+        };
+        match opt {
+            "addr" => o.addr = Some(value),
+            "token" => o.token = Some(value),
+            "if-match" => o.if_match = Some(value),
+            "ttl" => o.ttl = Some(number(&value)?),
+            _ => o.wait = Some(number(&value)?),
+        }
+    }
+    Ok(o)
+}
+
+/// The command, once its arguments are counted.
+fn command(name: &str, o: Options) -> Result<Command, CliError> {
+    let n = o.positional.len();
     let arity = |min: usize, max: usize, shape: &str| {
-        if positional.len() < min || positional.len() > max {
+        if n < min || n > max {
             Err(usage(format!("usage: kvs {name} {shape}")))
         } else {
             Ok(())
         }
     };
-    let at = |i: usize| positional.get(i).map(|s| s.to_string());
-    let command = match name.as_str() {
+    let mut args = o.positional.into_iter();
+    let mut next = || args.next();
+    Ok(match name {
         "get" => {
             arity(1, 1, "KEY")?;
             Command::Get {
-                key: positional[0].clone(),
+                key: next().unwrap_or_default(),
             }
         }
         "put" => {
             arity(1, 2, "KEY [VALUE]")?;
             Command::Put {
-                key: positional[0].clone(),
-                value: at(1),
-                if_match,
-                ttl,
+                key: next().unwrap_or_default(),
+                value: next(),
+                if_match: o.if_match,
+                ttl: o.ttl,
             }
         }
         "delete" => {
             arity(1, 1, "KEY [--recurse]")?;
             Command::Delete {
-                key: positional[0].clone(),
-                recurse,
+                key: next().unwrap_or_default(),
+                recurse: o.recurse,
             }
         }
         "ls" => {
             arity(0, 1, "[PREFIX]")?;
             Command::Ls {
-                prefix: at(0).unwrap_or_default(),
+                prefix: next().unwrap_or_default(),
             }
         }
         "watch" => {
             arity(1, 1, "KEY|PREFIX/ [--wait SECONDS]")?;
             Command::Watch {
-                target: positional[0].clone(),
-                wait,
+                target: next().unwrap_or_default(),
+                wait: o.wait,
             }
         }
         "members" => {
@@ -239,27 +275,22 @@ pub fn parse(
         "backup" => {
             arity(1, 1, "FILE")?;
             Command::Backup {
-                file: positional[0].clone(),
+                file: next().unwrap_or_default(),
             }
         }
         "export" => {
             arity(0, 1, "[PREFIX]")?;
             Command::Export {
-                prefix: at(0).unwrap_or_default(),
+                prefix: next().unwrap_or_default(),
             }
         }
         "import" => {
             arity(0, 1, "[FILE]")?;
             Command::Import {
-                file: at(0).filter(|f| f != "-"),
+                file: next().filter(|f| f != "-"),
             }
         }
         other => return Err(usage(format!("unknown command {other:?}"))),
-    };
-    Ok(Invocation {
-        addr,
-        token,
-        command,
     })
 }
 
