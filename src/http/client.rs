@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{Method, Request};
 
-use super::{allow, check_client_auth, header_value, send, send_error, ApiError, Reply, Target};
+use super::{allow, check_client_auth, header_value, send, ApiError, Reply, Target};
 use crate::metrics::{Metrics, Route};
 use crate::node::{Mode, Node};
 use crate::store::condition::{Tags, Verdict};
@@ -67,7 +67,7 @@ pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started:
         _ => Route::Other,
     };
     if let Err(e) = check_client_auth(node, &rq) {
-        return send_error(node, rq, e, route, started);
+        return fail(node, rq, e, route, started);
     }
     if matches!(method, Method::Get | Method::Head) {
         if target.has("changes") {
@@ -112,6 +112,11 @@ fn ttl_of(target: &Target<'_>, is_put: bool) -> Result<Option<u64>, ApiError> {
             ))),
         },
     }
+}
+
+/// Answers a `/kv/` request with an error (and the commit index).
+fn fail(node: &Node, rq: Request, e: ApiError, route: Route, started: Instant) {
+    send(node, rq, with_index(node, Reply::error(&e)), route, started)
 }
 
 /// Adds this node's commit index to a `/kv/` reply.
@@ -185,7 +190,7 @@ fn blocking(
     let parsed = index_and_wait(target).and_then(|iw| scope.map(|s| (iw, s)));
     let ((index, wait), scope) = match parsed {
         Ok(p) => p,
-        Err(e) => return send_error(node, rq, e, route, started),
+        Err(e) => return fail(node, rq, e, route, started),
     };
     let job: watch::Job = Box::new(move |node: &Node| {
         let url = rq.url().to_string();
@@ -216,13 +221,14 @@ fn changes(node: &Node, rq: Request, raw: &str, target: &Target<'_>, started: In
     let parsed = index_and_wait(target).and_then(|iw| parse_prefix(raw).map(|p| (iw, p)));
     let ((index, wait), prefix) = match parsed {
         Ok(p) => p,
-        Err(e) => return send_error(node, rq, e, route, started),
+        Err(e) => return fail(node, rq, e, route, started),
     };
     let scope = Scope::Prefix(prefix);
     let job: watch::Job = {
         let scope = scope.clone();
         Box::new(move |node: &Node| {
-            let reply = changes_reply(node, &scope, index).unwrap_or_else(|e| Reply::error(&e));
+            let reply = changes_reply(node, &scope, index)
+                .unwrap_or_else(|e| with_index(node, Reply::error(&e)));
             send(node, rq, reply, route, started);
         })
     };

@@ -25,11 +25,14 @@ i1=$(index_of "$(url b /kv/jobs/1)")
 [ "$i1" -gt "$i0" ] || fail "b's index did not grow with a replicated change ($i0 -> $i1)"
 iw=$(curl -s -D - -o /dev/null -X PUT --data-binary 1 "$(url a /kv/other)" | tr -d '\r' | awk -F': ' 'tolower($1) == "x-kvs-index" {print $2}')
 [ -n "$iw" ] || fail "no X-Kvs-Index on a write"
+[ -n "$(index_of "$(url a /kv/no/such/key)")" ] || fail "no X-Kvs-Index on a 404"
+[ -n "$(index_of "$(url a "/kv/jobs/1?index=x")")" ] || fail "no X-Kvs-Index on a 400"
 
 step "a blocking GET on b is woken by a write on a"
 curl -s --max-time 30 "$(url b "/kv/jobs/1?index=$i1&wait=20s")" > "$WORK/woken" &
 NODE_PID[blocked]=$!
-wait_until 5 "the request is parked" test "$(metric b kvs_parked_requests)" -ge 1
+parked_on_b() { [ "$(metric b kvs_parked_requests)" -ge 1 ]; }
+wait_until 5 "the request is parked" parked_on_b
 put a jobs/1 '{"state":"done"}'
 returned() { ! kill -0 "${NODE_PID[blocked]}" 2>/dev/null; }
 wait_until 5 "the parked GET returns after the write" returned
