@@ -38,6 +38,8 @@ pub enum PeerError {
     Status(u16, String),
     /// The peer answered something we cannot read.
     BadReply(String),
+    /// The peer sent a version that breaks the rules.
+    BadVersion(crate::cluster::wire::WireError),
     /// This node's own store failed while handling the exchange (not the
     /// peer's fault).
     Local(crate::store::StoreError),
@@ -50,6 +52,7 @@ impl fmt::Display for PeerError {
             PeerError::Status(code, m) => write!(f, "answered {code}: {m}"),
             PeerError::BadReply(m) => write!(f, "bad reply: {m}"),
             PeerError::Local(e) => write!(f, "this node's store: {e}"),
+            PeerError::BadVersion(e) => write!(f, "bad version: {e}"),
         }
     }
 }

@@ -289,7 +289,7 @@ fn compare_buckets(
             Some(traffic),
         )?;
         for w in &reply.entries {
-            let stamp = w.stamp().map_err(PeerError::BadReply)?;
+            let stamp = w.stamp().map_err(PeerError::BadVersion)?;
             remote.insert(w.key.clone(), stamp);
         }
         match reply.next {

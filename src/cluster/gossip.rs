@@ -353,6 +353,7 @@ pub fn join_failure(e: &PeerError) -> String {
         PeerError::Unreachable(m) => format!("unreachable ({m})"),
         PeerError::BadReply(m) => format!("bad reply ({m})"),
         PeerError::Local(e) => format!("this node's store failed ({e})"),
+        PeerError::BadVersion(e) => format!("bad reply ({e})"),
     }
 }
 

@@ -258,7 +258,7 @@ pub fn fetch(
             traffic,
         )?;
         let versions = decode_versions(reply.versions, node.config.max_value_bytes)
-            .map_err(PeerError::BadReply)?;
+            .map_err(PeerError::BadVersion)?;
         total += versions.len();
         node.metrics
             .sync_fetched
@@ -339,7 +339,7 @@ fn page_through(
             .get(address, &path, peer::NORMAL, None)
             .map_err(|e| (cursor.timestamp, e))?;
         let versions = decode_versions(reply.versions, node.config.max_value_bytes)
-            .map_err(|e| (cursor.timestamp, PeerError::BadReply(e)))?;
+            .map_err(|e| (cursor.timestamp, PeerError::BadVersion(e)))?;
         total += versions.len();
         node.metrics
             .sync_fetched

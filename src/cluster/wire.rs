@@ -10,6 +10,39 @@ use crate::store::{check_key, Stamp, Version, VersionId};
 /// lying or badly skewed peer must not pin a key forever.
 pub const MAX_FUTURE_MS: u64 = 24 * 3600 * 1000;
 
+/// What is wrong with a version a peer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// The key breaks the key rules.
+    Key(String, String),
+    /// The uuid does not parse.
+    Uuid(String, String),
+    /// The timestamp is more than `MAX_FUTURE_MS` ahead.
+    Future(String, u64),
+    /// A value without data.
+    NoData(String),
+    /// A value over `max_value_bytes`.
+    TooLarge(String),
+    /// A value that is not JSON.
+    NotJson(String),
+    /// An expiry at or before the write.
+    ExpiresEarly(String),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Key(k, why) => write!(f, "{k:?}: {why}"),
+            WireError::Uuid(k, u) => write!(f, "{k:?}: bad uuid {u:?}"),
+            WireError::Future(k, ts) => write!(f, "{k:?}: timestamp {ts} is more than a day ahead"),
+            WireError::NoData(k) => write!(f, "{k:?}: a value without data"),
+            WireError::TooLarge(k) => write!(f, "{k:?}: value over max_value_bytes"),
+            WireError::NotJson(k) => write!(f, "{k:?}: value is not valid JSON"),
+            WireError::ExpiresEarly(k) => write!(f, "{k:?}: expires before it was written"),
+        }
+    }
+}
+
 /// One version of a key on the wire.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireVersion {
@@ -72,18 +105,15 @@ impl WireVersion {
     }
 
     /// The stamp, after checking key, uuid and timestamp.
-    pub fn stamp(&self) -> Result<Stamp, String> {
-        check_key(&self.key, false).map_err(|e| format!("{:?}: {e}", self.key))?;
+    pub fn stamp(&self) -> Result<Stamp, WireError> {
+        check_key(&self.key, false).map_err(|e| WireError::Key(self.key.clone(), e))?;
         if self.key.is_empty() {
-            return Err("empty key".into());
+            return Err(WireError::Key(String::new(), "empty key".into()));
         }
         let uuid = VersionId::parse(&self.uuid)
-            .ok_or_else(|| format!("{:?}: bad uuid {:?}", self.key, self.uuid))?;
+            .ok_or_else(|| WireError::Uuid(self.key.clone(), self.uuid.clone()))?;
         if self.timestamp > clock::now_ms().saturating_add(MAX_FUTURE_MS) {
-            return Err(format!(
-                "{:?}: timestamp {} is more than a day ahead",
-                self.key, self.timestamp
-            ));
+            return Err(WireError::Future(self.key.clone(), self.timestamp));
         }
         Ok(Stamp {
             timestamp: self.timestamp,
@@ -94,24 +124,24 @@ impl WireVersion {
 
     /// The full version, after checking everything a peer could get wrong:
     /// key rules, uuid, timestamp, and data (valid JSON within the limit).
-    pub fn into_version(self, max_value_bytes: usize) -> Result<(String, Version), String> {
+    pub fn into_version(self, max_value_bytes: usize) -> Result<(String, Version), WireError> {
         let stamp = self.stamp()?;
         let data = match (stamp.deleted, self.data) {
             (true, _) => Vec::new(),
-            (false, None) => return Err(format!("{:?}: a value without data", self.key)),
+            (false, None) => return Err(WireError::NoData(self.key)),
             (false, Some(d)) => {
                 if d.len() > max_value_bytes {
-                    return Err(format!("{:?}: value over max_value_bytes", self.key));
+                    return Err(WireError::TooLarge(self.key));
                 }
                 if serde_json::from_str::<serde::de::IgnoredAny>(&d).is_err() {
-                    return Err(format!("{:?}: value is not valid JSON", self.key));
+                    return Err(WireError::NotJson(self.key));
                 }
                 d.into_bytes()
             }
         };
         let expires = self.expires.filter(|_| !stamp.deleted);
         if expires.is_some_and(|at| at <= stamp.timestamp) {
-            return Err(format!("{:?}: expires before it was written", self.key));
+            return Err(WireError::ExpiresEarly(self.key));
         }
         Ok((
             self.key,
@@ -128,7 +158,7 @@ impl WireVersion {
 pub fn decode_versions(
     list: Vec<WireVersion>,
     max_value_bytes: usize,
-) -> Result<Vec<(String, Version)>, String> {
+) -> Result<Vec<(String, Version)>, WireError> {
     list.into_iter()
         .map(|w| w.into_version(max_value_bytes))
         .collect()
