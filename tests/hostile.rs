@@ -483,3 +483,72 @@ fn with_a_cluster_secret_strangers_cannot_touch_membership() {
     assert_eq!(listed, 1, "only the node itself");
     assert_serving(&mut node);
 }
+
+/// A client that asks for a backup and never reads it holds one worker and
+/// the one backup slot, nothing else: fresh clients are served, a second
+/// backup gets 503 with Retry-After, and a blocking query that waits does
+/// not take a worker either.
+#[test]
+fn a_backup_nobody_reads_and_waiting_queries_hold_no_one_up() {
+    let mut node = TestNode::start(&["--http-threads", "2"]);
+    // 20 MB of values: more than the socket buffers can swallow, so the
+    // backup cannot finish while nobody reads it.
+    let filler = "x".repeat(4000);
+    for batch in 0..10 {
+        let ops: Vec<String> = (0..500)
+            .map(|i| {
+                format!("{{\"op\":\"put\",\"key\":\"fill/{batch}/{i}\",\"value\":\"{filler}\"}}")
+            })
+            .collect();
+        let r = call(
+            &node.addr,
+            "POST",
+            "/batch",
+            format!("[{}]", ops.join(",")).as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // Ask for a backup and read nothing of it.
+    let mut stalled = TcpStream::connect(&node.addr).unwrap();
+    stalled
+        .write_all(b"GET /backup HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        let r = call(&node.addr, "GET", "/backup", b"");
+        if r.status != 200 || Instant::now() > deadline {
+            break r;
+        }
+        // The stalled one had not started yet; this one was served whole.
+    };
+    assert_eq!(second.status, 503, "a second backup while one is running");
+    assert!(
+        second
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("retry-after")),
+        "no Retry-After"
+    );
+    // Waiting queries: more of them than there are workers.
+    let index = call(&node.addr, "GET", "/kv/w/0", b"")
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-kvs-index"))
+        .map(|(_, v)| v.clone())
+        .expect("X-Kvs-Index");
+    let waiting: Vec<TcpStream> = (0..10)
+        .map(|i| {
+            let mut s = TcpStream::connect(&node.addr).unwrap();
+            let rq = format!("GET /kv/w/{i}?index={index}&wait=60s HTTP/1.1\r\nHost: t\r\n\r\n");
+            s.write_all(rq.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    assert_serving(&mut node);
+    put(&node, "after", "1");
+    assert_value(&node, "after", "1");
+    assert_value(&node, "fill/9/499", &format!("\"{filler}\""));
+    assert!(node.rss_mib() < 100, "RSS {} MiB", node.rss_mib());
+    drop(waiting);
+    drop(stalled);
+}
