@@ -71,6 +71,10 @@ bad max_connections 'max_connections: 0'
 bad port $'port: 0\nseed_nodes: ["127.0.0.1:9"]'
 bad max_members 'max_members: 1'
 bad header_timeout 'header_timeout: 0'
+bad log_format 'log_format: xml'
+bad join_timeout 'join_timeout: -1'
+touch "$WORK/afile.log.parent"
+bad log_file "log_file: \"$WORK/afile.log.parent/kvs.log\""
 # Tokens without a secret protect nothing (the internal API serves every
 # value): refused as a bad configuration, exit 2, naming both keys.
 bad client_tokens 'client_tokens: ["t"]'
