@@ -1,19 +1,19 @@
 //! kvs: a small clustered key-value database daemon.
 //!
 //! `main` reads the command line, sets up logging and hands over to
-//! `node::run` (or to one of the offline tools in `tools`). Every failure
+//! `daemon::run` (or to one of the offline tools in `tools`). Every failure
 //! becomes one line on stderr and a non-zero exit code.
 
 mod cli;
 mod clock;
 mod cluster;
 mod config;
+mod daemon;
 mod escape;
 mod http;
 mod logging;
 mod metrics;
 mod node;
-mod peer;
 mod store;
 mod sys;
 mod tools;
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     }
     // SIGHUP reads the file and the options again, the same way.
     let reload = Box::new(move || load_config(&args));
-    match node::run(config, reload) {
+    match daemon::run(config, reload) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
@@ -95,12 +95,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn exit(result: Result<(), String>) -> ExitCode {
+fn exit(result: Result<(), tools::ToolError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kvs: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_status())
         }
     }
 }

@@ -6,7 +6,50 @@
 use std::path::PathBuf;
 
 use crate::clock;
-use crate::store::{check_key, Stamp, Store, Version, VersionId};
+use crate::store::{check_key, Stamp, Store, StoreError, Version, VersionId};
+
+/// Why a tool failed.
+#[derive(Debug)]
+pub enum ToolError {
+    /// Wrong arguments (exit status 2, like the client's usage errors).
+    Usage(String),
+    /// A file or directory could not be read or written.
+    Io(String, std::io::Error),
+    /// A data directory's store failed (what was being done, why).
+    Store(String, StoreError),
+    /// The data does not pass a check, or is not what the tool needs.
+    Rejected(String),
+}
+
+impl std::fmt::Display for ToolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolError::Usage(m) | ToolError::Rejected(m) => write!(f, "{m}"),
+            ToolError::Io(what, e) => write!(f, "{what}: {e}"),
+            ToolError::Store(what, e) => write!(f, "{what}: {e}"),
+        }
+    }
+}
+
+impl ToolError {
+    /// The process's exit status.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            ToolError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A store failure while doing `what`.
+fn in_store(what: impl std::fmt::Display) -> impl FnOnce(StoreError) -> ToolError {
+    move |e| ToolError::Store(what.to_string(), e)
+}
+
+/// An I/O failure on `what`.
+fn in_io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> ToolError {
+    move |e| ToolError::Io(what.to_string(), e)
+}
 
 /// Map size the tools open data directories with (MiB).
 const TOOL_MAP_SIZE_MB: u64 = 1024;
@@ -17,18 +60,18 @@ const VERIFY_LIST_MAX: usize = 100;
 type Options = Vec<(String, String)>;
 
 /// Splits `args` into positional arguments and `--name value` options.
-fn parse(args: &[String], options: &[&str]) -> Result<(Vec<String>, Options), String> {
+fn parse(args: &[String], options: &[&str]) -> Result<(Vec<String>, Options), ToolError> {
     let mut positional = Vec::new();
     let mut opts = Vec::new();
     let mut i = 0;
     while i < args.len() {
         if let Some(name) = args[i].strip_prefix("--") {
             if !options.contains(&name) {
-                return Err(format!("unknown option --{name}"));
+                return Err(ToolError::Usage(format!("unknown option --{name}")));
             }
             let value = args
                 .get(i + 1)
-                .ok_or_else(|| format!("option --{name} needs a value"))?;
+                .ok_or_else(|| ToolError::Usage(format!("option --{name} needs a value")))?;
             opts.push((name.to_string(), value.clone()));
             i += 2;
         } else {
@@ -46,39 +89,41 @@ fn option<'a>(opts: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn number(opts: &[(String, String)], name: &str, default: u64) -> Result<u64, String> {
+fn number(opts: &[(String, String)], name: &str, default: u64) -> Result<u64, ToolError> {
     match option(opts, name) {
         None => Ok(default),
         Some(v) => v
             .parse()
-            .map_err(|_| format!("--{name}: {v:?} is not a number")),
+            .map_err(|_| ToolError::Usage(format!("--{name}: {v:?} is not a number"))),
     }
 }
 
 /// Writes versions into a data directory in one transaction.
-fn write_all(dir: &str, versions: &[(String, Version)]) -> Result<(), String> {
-    let store = Store::open(&PathBuf::from(dir), TOOL_MAP_SIZE_MB).map_err(|e| e.to_string())?;
+fn write_all(dir: &str, versions: &[(String, Version)]) -> Result<(), ToolError> {
+    let store = Store::open(&PathBuf::from(dir), TOOL_MAP_SIZE_MB).map_err(in_store(dir))?;
     store
         .write_versions(versions)
-        .map_err(|e| format!("writing to {dir}: {e}"))?;
+        .map_err(in_store(format!("writing to {dir}")))?;
     Ok(())
 }
 
 /// `kvs test-conflict DIR1 DIR2 [DIR3...] [--key K] [--tombstone-in DIR]`:
 /// the same key, the same timestamp, different data (and uuids) in each
 /// directory; the directory named by `--tombstone-in` gets a tombstone.
-pub fn test_conflict(args: &[String]) -> Result<(), String> {
+pub fn test_conflict(args: &[String]) -> Result<(), ToolError> {
     let usage = "usage: kvs test-conflict DIR1 DIR2 [DIR3...] [--key KEY] [--tombstone-in DIR]";
     let (dirs, opts) = parse(args, &["key", "tombstone-in"])?;
     if dirs.len() < 2 {
-        return Err(usage.into());
+        return Err(ToolError::Usage(usage.into()));
     }
     let key = option(&opts, "key").unwrap_or("test/conflict").to_string();
-    check_key(&key, false).map_err(|e| format!("--key: {e}"))?;
+    check_key(&key, false).map_err(|e| ToolError::Usage(format!("--key: {e}")))?;
     let tombstone_in = option(&opts, "tombstone-in");
     if let Some(t) = tombstone_in {
         if !dirs.iter().any(|d| d == t) {
-            return Err(format!("--tombstone-in {t} is not one of the directories"));
+            return Err(ToolError::Usage(format!(
+                "--tombstone-in {t} is not one of the directories"
+            )));
         }
     }
     let timestamp = clock::now_ms();
@@ -90,7 +135,7 @@ pub fn test_conflict(args: &[String]) -> Result<(), String> {
             Vec::new()
         } else {
             let doc = serde_json::json!({ "value": format!("version {}", i + 1), "dir": dir });
-            serde_json::to_vec(&doc).map_err(|e| e.to_string())?
+            doc.to_string().into_bytes()
         };
         let version = Version {
             stamp: Stamp {
@@ -117,16 +162,16 @@ pub fn test_conflict(args: &[String]) -> Result<(), String> {
 
 /// `kvs load DIR --count N [--prefix P] [--size B] [--timestamp MS]`:
 /// generated keys `P000000001`... with a JSON value of about B bytes.
-pub fn load(args: &[String]) -> Result<(), String> {
+pub fn load(args: &[String]) -> Result<(), ToolError> {
     let (dirs, opts) = parse(args, &["count", "prefix", "size", "timestamp"])?;
     let [dir] = dirs.as_slice() else {
-        return Err(
+        return Err(ToolError::Usage(
             "usage: kvs load DIR --count N [--prefix P] [--size BYTES] [--timestamp MS]".into(),
-        );
+        ));
     };
     let count = number(&opts, "count", 0)?;
     if count == 0 {
-        return Err("--count must be at least 1".into());
+        return Err(ToolError::Usage("--count must be at least 1".into()));
     }
     let prefix = option(&opts, "prefix").unwrap_or("load/").to_string();
     let size = number(&opts, "size", 100)? as usize;
@@ -152,7 +197,7 @@ pub fn load(args: &[String]) -> Result<(), String> {
                 (key, version)
             })
             .collect();
-        check_key(&versions[0].0, false).map_err(|e| format!("--prefix: {e}"))?;
+        check_key(&versions[0].0, false).map_err(|e| ToolError::Usage(format!("--prefix: {e}")))?;
         write_all(dir, &versions)?;
         start = end;
     }
@@ -162,16 +207,16 @@ pub fn load(args: &[String]) -> Result<(), String> {
 
 /// `kvs verify DIR`: the summary kept by writes equals one rebuilt from
 /// the versions.
-pub fn verify(args: &[String]) -> Result<(), String> {
+pub fn verify(args: &[String]) -> Result<(), ToolError> {
     let (dirs, _) = parse(args, &[])?;
     let [dir] = dirs.as_slice() else {
-        return Err("usage: kvs verify DIR".into());
+        return Err(ToolError::Usage("usage: kvs verify DIR".into()));
     };
-    let store = Store::open(&PathBuf::from(dir), TOOL_MAP_SIZE_MB).map_err(|e| e.to_string())?;
-    let (versions, tombstones) = store.counts().map_err(|e| e.to_string())?;
+    let store = Store::open(&PathBuf::from(dir), TOOL_MAP_SIZE_MB).map_err(in_store(dir))?;
+    let (versions, tombstones) = store.counts().map_err(in_store(dir))?;
     let (damaged, unchecked) = store
         .damaged_values(VERIFY_LIST_MAX)
-        .map_err(|e| e.to_string())?;
+        .map_err(in_store(dir))?;
     if unchecked > 0 {
         println!(
             "{unchecked} version(s) were written before checksums and cannot be checked \
@@ -187,22 +232,22 @@ pub fn verify(args: &[String]) -> Result<(), String> {
         } else {
             ""
         };
-        return Err(format!(
+        return Err(ToolError::Rejected(format!(
             "{} version(s) in {dir} cannot be served as stored (listed above{more}); \
              a node does not serve them: write those keys again",
             damaged.len()
-        ));
+        )));
     }
-    if store.verify_tree().map_err(|e| e.to_string())? {
+    if store.verify_tree().map_err(in_store(dir))? {
         println!(
             "ok: {versions} versions ({tombstones} tombstones), summary root {:016x}",
             store.tree_root()
         );
         Ok(())
     } else {
-        Err(format!(
+        Err(ToolError::Rejected(format!(
             "the anti-entropy summary of {dir} does not match its data"
-        ))
+        )))
     }
 }
 
@@ -210,31 +255,35 @@ pub fn verify(args: &[String]) -> Result<(), String> {
 /// The data is kept whole; the identity of the node that made the backup
 /// (its id, `joined_timestamp`, generation, known peers) is not, so the
 /// node started on it joins as a new member.
-pub fn restore(args: &[String]) -> Result<(), String> {
+pub fn restore(args: &[String]) -> Result<(), ToolError> {
     let (paths, _) = parse(args, &[])?;
     let [file, dir] = paths.as_slice() else {
-        return Err("usage: kvs restore BACKUP_FILE NEW_DATA_DIR".into());
+        return Err(ToolError::Usage(
+            "usage: kvs restore BACKUP_FILE NEW_DATA_DIR".into(),
+        ));
     };
     let dir = PathBuf::from(dir);
-    let meta = std::fs::metadata(file).map_err(|e| format!("{file}: {e}"))?;
+    let meta = std::fs::metadata(file).map_err(in_io(file))?;
     if !meta.is_file() || meta.len() == 0 {
-        return Err(format!("{file}: not a backup file (empty or not a file)"));
+        return Err(ToolError::Rejected(format!(
+            "{file}: not a backup file (empty or not a file)"
+        )));
     }
     let created = match std::fs::read_dir(&dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                return Err(format!(
+                return Err(ToolError::Rejected(format!(
                     "{}: not empty; restore into a new or empty directory",
                     dir.display()
-                ));
+                )));
             }
             false
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(in_io(dir.display()))?;
             true
         }
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(e) => return Err(ToolError::Io(dir.display().to_string(), e)),
     };
     let result = restore_into(file, &dir, meta.len());
     if result.is_err() {
@@ -254,23 +303,24 @@ pub fn restore(args: &[String]) -> Result<(), String> {
     result
 }
 
-fn restore_into(file: &str, dir: &std::path::Path, len: u64) -> Result<(), String> {
+fn restore_into(file: &str, dir: &std::path::Path, len: u64) -> Result<(), ToolError> {
     let target = dir.join("data.mdb");
-    std::fs::copy(file, &target).map_err(|e| format!("copying {file}: {e}"))?;
+    std::fs::copy(file, &target).map_err(in_io(format!("copying {file}")))?;
     std::fs::File::open(&target)
         .and_then(|f| f.sync_all())
-        .map_err(|e| format!("{}: {e}", target.display()))?;
+        .map_err(in_io(target.display()))?;
     let map_mb = (len / (1024 * 1024) * 2 + 64).max(TOOL_MAP_SIZE_MB);
-    let store = Store::open(dir, map_mb).map_err(|e| format!("{file} is not a kvs backup: {e}"))?;
-    let (versions, tombstones) = store.counts().map_err(|e| e.to_string())?;
-    if !store.verify_tree().map_err(|e| e.to_string())? {
-        return Err(format!(
+    let store =
+        Store::open(dir, map_mb).map_err(in_store(format!("{file} is not a kvs backup")))?;
+    let (versions, tombstones) = store.counts().map_err(in_store(file))?;
+    if !store.verify_tree().map_err(in_store(file))? {
+        return Err(ToolError::Rejected(format!(
             "{file}: its anti-entropy summary does not match its data (a damaged backup?)"
-        ));
+        )));
     }
     store
         .meta_delete(&crate::store::schema::IDENTITY)
-        .map_err(|e| e.to_string())?;
+        .map_err(in_store(dir.display()))?;
     println!(
         "restored {} keys ({versions} versions, {tombstones} tombstones) into {}; \
          start a node with data_dir: {} and its own node_id",

@@ -20,8 +20,6 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::node::Node;
-
 /// Changes kept in memory for `?changes` and blocking queries.
 pub const HISTORY: usize = 100_000;
 /// Blocking requests parked at most.
@@ -57,16 +55,17 @@ impl Scope {
     }
 }
 
-/// Answers a parked request (runs the query again and responds).
-pub type Job = Box<dyn FnOnce(&Node) + Send>;
+/// Answers a parked request (runs the query again and responds), given
+/// the context `C` the answer threads hold (the node, for the HTTP layer).
+pub type Job<C> = Box<dyn FnOnce(&C) + Send>;
 
-struct Parked {
+struct Parked<C> {
     scope: Scope,
     deadline: Instant,
-    job: Job,
+    job: Job<C>,
 }
 
-struct Inner {
+struct Inner<C> {
     /// Recent changes, oldest first: (commit index, key).
     ring: VecDeque<(u64, Arc<str>)>,
     /// Every change with an index above this is in the ring.
@@ -75,15 +74,15 @@ struct Inner {
     index: u64,
     /// Changes up to this index have been matched against `parked`.
     matched: u64,
-    parked: Vec<Parked>,
+    parked: Vec<Parked<C>>,
     /// The watch thread holds the parked list, matching it.
     matching: bool,
     stopping: bool,
 }
 
 /// The changes history and the parked requests.
-pub struct Watch {
-    inner: Mutex<Inner>,
+pub struct Watch<C> {
+    inner: Mutex<Inner<C>>,
     wake: Condvar,
 }
 
@@ -101,9 +100,9 @@ pub struct Changes {
     pub next: u64,
 }
 
-impl Watch {
+impl<C> Watch<C> {
     /// A history that starts at `index` (this node's commit index now).
-    pub fn new(index: u64) -> Watch {
+    pub fn new(index: u64) -> Watch<C> {
         Watch {
             inner: Mutex::new(Inner {
                 ring: VecDeque::new(),
@@ -118,7 +117,7 @@ impl Watch {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<C>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -193,7 +192,13 @@ impl Watch {
     /// `after`, or `wait` passes. When it changed already (or the history
     /// is gone, or too many are parked, or the node stops) the job comes
     /// back, to be run at once.
-    pub fn park(&self, scope: Scope, after: u64, wait: Duration, job: Job) -> Result<(), Job> {
+    pub fn park(
+        &self,
+        scope: Scope,
+        after: u64,
+        wait: Duration,
+        job: Job<C>,
+    ) -> Result<(), Job<C>> {
         let mut inner = self.lock();
         if inner.stopping
             || inner.parked.len() >= MAX_PARKED
@@ -231,7 +236,7 @@ impl Watch {
     /// matched, past their deadline, or every one when stopping. Waits
     /// until there is one, or until stopped and none is left. The matching
     /// runs without the lock, which the writer takes after every commit.
-    fn due(&self) -> Option<Vec<Job>> {
+    fn due(&self) -> Option<Vec<Job<C>>> {
         let mut inner = self.lock();
         loop {
             let now = Instant::now();
@@ -247,7 +252,7 @@ impl Watch {
             let mut parked = std::mem::take(&mut inner.parked);
             inner.matching = true;
             drop(inner);
-            let ready: Vec<Job> = parked
+            let ready: Vec<Job<C>> = parked
                 .extract_if(.., |p| {
                     stopping || p.deadline <= now || p.scope.touched_by(&fresh)
                 })
@@ -280,7 +285,7 @@ impl Watch {
     }
 }
 
-fn changed_since(inner: &Inner, scope: &Scope, after: u64) -> Result<bool, Gone> {
+fn changed_since<C>(inner: &Inner<C>, scope: &Scope, after: u64) -> Result<bool, Gone> {
     if after < inner.floor {
         return Err(Gone {
             current: inner.index,
@@ -292,32 +297,35 @@ fn changed_since(inner: &Inner, scope: &Scope, after: u64) -> Result<bool, Gone>
 
 /// Starts the watch thread and its answer threads; they end after
 /// [`Watch::stop`], once every parked request is answered.
-pub fn start(node: Arc<Node>) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn start<C: Send + Sync + 'static>(
+    watch: Arc<Watch<C>>,
+    context: Arc<C>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("watch".into())
         .spawn(move || {
-            let (tx, rx) = mpsc::channel::<Job>();
+            let (tx, rx) = mpsc::channel::<Job<C>>();
             let rx = Arc::new(Mutex::new(rx));
             let answerers: Vec<_> = (0..ANSWER_THREADS)
                 .filter_map(|i| {
                     let rx = rx.clone();
-                    let node = node.clone();
+                    let context = context.clone();
                     std::thread::Builder::new()
                         .name(format!("watch-answer-{i}"))
                         .spawn(move || loop {
                             let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                             match job {
-                                Ok(job) => job(&node),
+                                Ok(job) => job(&context),
                                 Err(_) => return,
                             }
                         })
                         .ok()
                 })
                 .collect();
-            while let Some(jobs) = node.watch.due() {
+            while let Some(jobs) = watch.due() {
                 for job in jobs {
                     if let Err(mpsc::SendError(job)) = tx.send(job) {
-                        job(&node);
+                        job(&context);
                     }
                 }
             }
@@ -359,7 +367,7 @@ mod tests {
 
     #[test]
     fn changes_are_each_key_once_at_its_newest_index() {
-        let w = Watch::new(10);
+        let w = Watch::<()>::new(10);
         w.record(13, &keys(&["a/1", "b/1", "a/2"]));
         w.record(15, &keys(&["a/1", "c"]));
         assert_eq!(w.index(), 15);
@@ -383,7 +391,7 @@ mod tests {
 
     #[test]
     fn changed_since_looks_at_the_scope_only() {
-        let w = Watch::new(0);
+        let w = Watch::<()>::new(0);
         w.record(2, &keys(&["users/ann", "jobs/1"]));
         assert_eq!(
             w.changed_since(&Scope::Key("users/ann".into()), 0),
@@ -402,7 +410,7 @@ mod tests {
 
     #[test]
     fn the_history_is_bounded() {
-        let w = Watch::new(0);
+        let w = Watch::<()>::new(0);
         let many: Vec<String> = (0..HISTORY + 10).map(|i| format!("k{i}")).collect();
         w.record(many.len() as u64, &many);
         assert_eq!(w.lock().ring.len(), HISTORY);
@@ -412,7 +420,7 @@ mod tests {
 
     #[test]
     fn parked_jobs_wake_on_a_change_in_scope_or_at_their_deadline() {
-        let w = Watch::new(0);
+        let w = Watch::<()>::new(0);
         let (tx, rx) = mpsc::channel();
         for name in ["users", "jobs"] {
             let tx = tx.clone();
@@ -421,7 +429,7 @@ mod tests {
                 scope,
                 0,
                 Duration::from_secs(60),
-                Box::new(move |_: &Node| {
+                Box::new(move |_: &()| {
                     let _ = tx.send(name);
                 }),
             );
@@ -434,7 +442,7 @@ mod tests {
                 Scope::Key("jobs/7".into()),
                 0,
                 MAX_WAIT,
-                Box::new(|_: &Node| {})
+                Box::new(|_: &()| {})
             )
             .is_err());
         let due = w.due().expect("a due job");
@@ -445,7 +453,7 @@ mod tests {
             Scope::Key("x".into()),
             1,
             Duration::from_millis(30),
-            Box::new(|_: &Node| {}),
+            Box::new(|_: &()| {}),
         )
         .ok()
         .expect("parked");

@@ -27,11 +27,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::gc;
+use super::membership::Peer;
+use super::peer::{self, Traffic};
 use super::replicate::{self, PUSH_MAX_BYTES, PUSH_MAX_VERSIONS};
 use super::sync::fetch;
 use super::wire::WireVersion;
-use crate::node::Node;
-use crate::peer::{self, PeerError, Traffic};
+use super::Cluster;
+use super::ClusterError;
 use crate::store::merkle::{differing_children, DEPTH, FANOUT};
 use crate::store::{merge, Merge, Stamp};
 
@@ -113,55 +115,44 @@ pub struct Report {
 
 /// The anti-entropy thread. A node back from a long absence (stale)
 /// exchanges at once, every second, until one exchange has completed.
-pub fn antientropy_loop(node: Arc<Node>) {
+pub fn antientropy_loop(cluster: Arc<Cluster>) {
     let started_at = Instant::now();
     loop {
-        let wait = if node.cluster.reconcile.is_active() {
+        let wait = if cluster.reconcile.is_active() {
             STALE_RETRY
         } else {
-            node.config.antientropy_interval
+            cluster.config.antientropy_interval
         };
-        if node.cluster.stopper.wait(wait) {
+        if cluster.stopper.wait(wait) {
             return;
         }
-        if node.cluster.has_left() || node.mode() == crate::node::Mode::Syncing {
+        if cluster.has_left() || cluster.mode() == super::Mode::Syncing {
             continue;
         }
-        let mut peers = node.cluster.members.healthy_peers();
-        if node.cluster.reconcile.is_active() {
-            peers = gc::witnesses(peers, node.cluster.reconcile.last_contact());
-            if peers.is_empty() {
-                if started_at.elapsed() >= node.config.removal_timeout {
-                    node.cluster.reconciled();
-                    log::warn!(
-                        "no member has been in the cluster since before this node's absence; keeping all its data"
-                    );
-                }
-                continue;
-            }
-        }
-        if peers.is_empty() {
+        let Some(p) = partner(&cluster, started_at) else {
             continue;
-        }
-        let p = &peers[fastrand::usize(..peers.len())];
+        };
         let started = Instant::now();
         let traffic = Traffic::default();
-        node.metrics
+        cluster
+            .metrics
             .antientropy_rounds
             .fetch_add(1, Ordering::Relaxed);
-        let result = exchange(&node, &p.address, &traffic);
+        let result = exchange(&cluster, &p.address, &traffic);
         let requests = traffic.requests.load(Ordering::Relaxed);
         let bytes = traffic.bytes.load(Ordering::Relaxed);
-        node.metrics
+        cluster
+            .metrics
             .antientropy_requests
             .fetch_add(requests, Ordering::Relaxed);
-        node.metrics
+        cluster
+            .metrics
             .antientropy_bytes
             .fetch_add(bytes, Ordering::Relaxed);
         match result {
             Ok(r) => {
-                if node.cluster.reconcile.is_active() {
-                    node.cluster.reconciled();
+                if cluster.reconcile.is_active() {
+                    cluster.reconciled();
                     log::info!(
                         "reconciled with {} after a long absence: dropped {} keys deleted meanwhile, fetched {}",
                         p.id,
@@ -173,7 +164,8 @@ pub fn antientropy_loop(node: Arc<Node>) {
                     log::debug!("anti-entropy with {}: in sync ({bytes} bytes)", p.id);
                     continue;
                 }
-                node.metrics
+                cluster
+                    .metrics
                     .antientropy_repaired
                     .fetch_add((r.fetched + r.pushed + r.dropped) as u64, Ordering::Relaxed);
                 log::info!(
@@ -191,15 +183,39 @@ pub fn antientropy_loop(node: Arc<Node>) {
     }
 }
 
+/// A random healthy peer to exchange with; while reconciling, only a
+/// witness (see `gc`). A node that finds no witness for as long as
+/// `removal_timeout` ends reconciling and keeps its data.
+fn partner(cluster: &Cluster, started_at: Instant) -> Option<Peer> {
+    let mut peers = cluster.members.healthy_peers();
+    if cluster.reconcile.is_active() {
+        peers = gc::witnesses(peers, cluster.reconcile.last_contact());
+        if peers.is_empty() && started_at.elapsed() >= cluster.config.removal_timeout {
+            cluster.reconciled();
+            log::warn!(
+                "no member has been in the cluster since before this node's absence; keeping all its data"
+            );
+        }
+    }
+    if peers.is_empty() {
+        return None;
+    }
+    Some(peers.swap_remove(fastrand::usize(..peers.len())))
+}
+
 /// One exchange with the peer at `address`.
-pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report, PeerError> {
-    let client = &node.cluster.peer;
+pub fn exchange(
+    cluster: &Cluster,
+    address: &str,
+    traffic: &Traffic,
+) -> Result<Report, ClusterError> {
+    let client = &cluster.peer;
     let root: RootReply =
         client.get(address, "/internal/tree/root", peer::NORMAL, Some(traffic))?;
     let remote_root = parse_hashes(&root.root)
         .and_then(|v| v.first().copied())
-        .ok_or_else(|| PeerError::BadReply("bad root hash".into()))?;
-    if remote_root == node.store.tree_root() {
+        .ok_or_else(|| ClusterError::BadReply("bad root hash".into()))?;
+    if remote_root == cluster.store.tree_root() {
         return Ok(Report::default());
     }
     // Descend through the differing branches.
@@ -207,7 +223,7 @@ pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report,
     for level in 0..DEPTH {
         let mut next = Vec::new();
         for chunk in frontier.chunks(CHILDREN_MAX_NODES) {
-            if node.cluster.stopper.wait(node.config.throttle_delay) {
+            if cluster.stopper.wait(cluster.config.throttle_delay) {
                 return Ok(Report::default());
             }
             let reply: ChildrenReply = client.post(
@@ -220,18 +236,20 @@ pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report,
                 peer::LONG,
                 Some(traffic),
             )?;
-            let local = node
+            let local = cluster
                 .store
                 .tree_children(level, chunk)
-                .map_err(PeerError::Local)?
-                .ok_or_else(|| PeerError::BadReply("bad tree node".into()))?;
+                .map_err(ClusterError::Store)?
+                .ok_or_else(|| ClusterError::BadReply("bad tree node".into()))?;
             if reply.children.len() != chunk.len() {
-                return Err(PeerError::BadReply("children count does not match".into()));
+                return Err(ClusterError::BadReply(
+                    "children count does not match".into(),
+                ));
             }
             for ((n, remote), mine) in chunk.iter().zip(&reply.children).zip(&local) {
                 let remote = parse_hashes(remote)
                     .filter(|h| h.len() == FANOUT)
-                    .ok_or_else(|| PeerError::BadReply("bad children hashes".into()))?;
+                    .ok_or_else(|| ClusterError::BadReply("bad children hashes".into()))?;
                 next.extend(differing_children(*n, mine, &remote));
             }
         }
@@ -247,18 +265,18 @@ pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report,
         ..Report::default()
     };
     for chunk in leaves.chunks(BUCKETS_PER_REQUEST) {
-        let plan = compare_buckets(node, address, chunk, traffic)?;
+        let plan = compare_buckets(cluster, address, chunk, traffic)?;
         if !plan.fetch.is_empty() {
-            report.fetched += fetch(node, address, plan.fetch, Some(traffic))?;
+            report.fetched += fetch(cluster, address, plan.fetch, Some(traffic))?;
         }
         if !plan.push.is_empty() {
-            report.pushed += push_keys(node, address, &plan.push, traffic)?;
+            report.pushed += push_keys(cluster, address, &plan.push, traffic)?;
         }
         if !plan.drop.is_empty() {
-            report.dropped += node
+            report.dropped += cluster
                 .writer
                 .drop_versions(plan.drop)
-                .map_err(PeerError::Local)?;
+                .map_err(ClusterError::Store)?;
         }
     }
     Ok(report)
@@ -267,18 +285,18 @@ pub fn exchange(node: &Node, address: &str, traffic: &Traffic) -> Result<Report,
 /// Compares the stamps in some leaf buckets; returns the keys to fetch from
 /// the peer and the keys to push to it.
 fn compare_buckets(
-    node: &Node,
+    cluster: &Cluster,
     address: &str,
     leaves: &[u16],
     traffic: &Traffic,
-) -> Result<Plan, PeerError> {
+) -> Result<Plan, ClusterError> {
     let mut remote: HashMap<String, Stamp> = HashMap::new();
     let mut after: Option<BucketCursor> = None;
     loop {
-        if node.cluster.stopper.wait(node.config.throttle_delay) {
+        if cluster.stopper.wait(cluster.config.throttle_delay) {
             return Ok(Plan::default());
         }
-        let reply: BucketsReply = node.cluster.peer.post(
+        let reply: BucketsReply = cluster.peer.post(
             address,
             "/internal/tree/buckets",
             &BucketsRequest {
@@ -289,26 +307,26 @@ fn compare_buckets(
             Some(traffic),
         )?;
         for w in &reply.entries {
-            let stamp = w.stamp().map_err(PeerError::BadVersion)?;
+            let stamp = w.stamp().map_err(ClusterError::BadVersion)?;
             remote.insert(w.key.clone(), stamp);
         }
         match reply.next {
             Some(next) if Some(&next) != after.as_ref() => after = Some(next),
-            Some(_) => return Err(PeerError::BadReply("bucket cursor did not move".into())),
+            Some(_) => return Err(ClusterError::BadReply("bucket cursor did not move".into())),
             None => break,
         }
     }
     let mut local: HashMap<String, Stamp> = HashMap::new();
     let mut cursor: Option<(u16, String)> = None;
     loop {
-        let page = node
+        let page = cluster
             .store
             .bucket_entries(
                 leaves,
                 cursor.as_ref().map(|(l, k)| (*l, k.as_str())),
                 BUCKET_PAGE_ENTRIES,
             )
-            .map_err(PeerError::Local)?;
+            .map_err(ClusterError::Store)?;
         for (_, key, stamp) in page.entries {
             local.insert(key, stamp);
         }
@@ -317,7 +335,7 @@ fn compare_buckets(
             None => break,
         }
     }
-    Ok(plan(&local, &remote, node.cluster.reconcile.horizon()))
+    Ok(plan(&local, &remote, cluster.reconcile.horizon()))
 }
 
 /// What an exchange does with the keys of the differing buckets.
@@ -368,44 +386,44 @@ pub fn plan(
 
 /// Pushes the local versions of `keys` to the peer.
 fn push_keys(
-    node: &Node,
+    cluster: &Cluster,
     address: &str,
     keys: &[String],
     traffic: &Traffic,
-) -> Result<usize, PeerError> {
+) -> Result<usize, ClusterError> {
     let mut batch = Vec::new();
     let mut bytes = 0;
     let mut pushed = 0;
     for key in keys {
-        let Ok(Some(v)) = node.store.get(key) else {
+        let Ok(Some(v)) = cluster.store.get(key) else {
             continue;
         };
         bytes += v.data.len();
         batch.extend(WireVersion::from_version(key, &v));
         if batch.len() >= PUSH_MAX_VERSIONS || bytes >= PUSH_MAX_BYTES {
-            pushed += send_push(node, address, std::mem::take(&mut batch), traffic)?;
+            pushed += send_push(cluster, address, std::mem::take(&mut batch), traffic)?;
             bytes = 0;
         }
     }
     if !batch.is_empty() {
-        pushed += send_push(node, address, batch, traffic)?;
+        pushed += send_push(cluster, address, batch, traffic)?;
     }
     Ok(pushed)
 }
 
 fn send_push(
-    node: &Node,
+    cluster: &Cluster,
     address: &str,
     versions: Vec<WireVersion>,
     traffic: &Traffic,
-) -> Result<usize, PeerError> {
-    if node.cluster.stopper.wait(node.config.throttle_delay) {
+) -> Result<usize, ClusterError> {
+    if cluster.stopper.wait(cluster.config.throttle_delay) {
         return Ok(0);
     }
     let n = versions.len();
     replicate::push(
-        &node.cluster.peer,
-        &node.config.node_id,
+        &cluster.peer,
+        &cluster.config.node_id,
         address,
         versions,
         peer::LONG,
@@ -416,37 +434,43 @@ fn send_push(
 
 /// The serving half of an exchange: the summary's root
 /// (`GET /internal/tree/root`).
-pub fn serve_root(node: &Node) -> RootReply {
+pub fn serve_root(cluster: &Cluster) -> RootReply {
     RootReply {
-        root: hex_hashes(&[node.store.tree_root()]),
+        root: hex_hashes(&[cluster.store.tree_root()]),
     }
 }
 
 /// The children of some nodes of one level (`POST /internal/tree/children`).
-pub fn serve_children(node: &Node, req: &ChildrenRequest) -> Result<ChildrenReply, super::Refused> {
+pub fn serve_children(
+    cluster: &Cluster,
+    req: &ChildrenRequest,
+) -> Result<ChildrenReply, super::ClusterError> {
     if req.level >= crate::store::merkle::DEPTH || req.nodes.len() > CHILDREN_MAX_NODES {
-        return Err(super::Refused::Invalid(format!(
+        return Err(super::ClusterError::Invalid(format!(
             "level must be below {} and at most {CHILDREN_MAX_NODES} nodes asked",
             crate::store::merkle::DEPTH
         )));
     }
-    let children = node
+    let children = cluster
         .store
         .tree_children(req.level, &req.nodes)?
-        .ok_or_else(|| super::Refused::Invalid("no such tree node".into()))?;
+        .ok_or_else(|| super::ClusterError::Invalid("no such tree node".into()))?;
     Ok(ChildrenReply {
         children: children.iter().map(|c| hex_hashes(c)).collect(),
     })
 }
 
 /// A page of the stamps in some buckets (`POST /internal/tree/buckets`).
-pub fn serve_buckets(node: &Node, req: &BucketsRequest) -> Result<BucketsReply, super::Refused> {
+pub fn serve_buckets(
+    cluster: &Cluster,
+    req: &BucketsRequest,
+) -> Result<BucketsReply, super::ClusterError> {
     if req.leaves.len() > BUCKETS_PER_REQUEST {
-        return Err(super::Refused::Invalid(format!(
+        return Err(super::ClusterError::Invalid(format!(
             "at most {BUCKETS_PER_REQUEST} buckets per request"
         )));
     }
-    let page = node.store.bucket_entries(
+    let page = cluster.store.bucket_entries(
         &req.leaves,
         req.after.as_ref().map(|c| (c.leaf, c.key.as_str())),
         BUCKET_PAGE_ENTRIES,

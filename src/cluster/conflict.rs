@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use super::membership::Peer;
 use super::replicate;
 use super::wire::WireVersion;
-use crate::node::Node;
-use crate::peer;
+use super::Cluster;
+use crate::cluster::peer;
 use crate::store::writer::ConflictFound;
 use crate::store::{Version, VersionId};
 
@@ -178,9 +178,8 @@ impl ConflictQueue {
 }
 
 /// The resolver thread.
-pub fn resolver_loop(node: Arc<Node>) {
-    let Some(rx) = node
-        .cluster
+pub fn resolver_loop(cluster: Arc<Cluster>) {
+    let Some(rx) = cluster
         .conflicts
         .rx
         .lock()
@@ -193,13 +192,13 @@ pub fn resolver_loop(node: Arc<Node>) {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(c) => {
                 let key = c.key.clone();
-                resolve(&node, c);
-                node.cluster.conflicts.done(&key);
+                resolve(&cluster, c);
+                cluster.conflicts.done(&key);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
-        if node.cluster.stopper.is_stopped() {
+        if cluster.stopper.is_stopped() {
             return;
         }
     }
@@ -208,13 +207,14 @@ pub fn resolver_loop(node: Arc<Node>) {
 /// Settles one conflict (see the module comment for the rules): asks the
 /// healthy peers, decides, stores the winner and tells the voters that
 /// hold another version.
-fn resolve(node: &Node, c: ConflictFound) {
-    node.metrics
+fn resolve(cluster: &Cluster, c: ConflictFound) {
+    cluster
+        .metrics
         .conflicts_detected
         .fetch_add(1, Ordering::Relaxed);
     let key = c.key;
     let ts = c.local.timestamp;
-    let local = match node.store.get(&key) {
+    let local = match cluster.store.get(&key) {
         Ok(Some(v)) if v.stamp.timestamp == ts => v,
         // Gone, or a newer version arrived meanwhile: nothing to settle.
         Ok(_) => return,
@@ -228,17 +228,17 @@ fn resolve(node: &Node, c: ConflictFound) {
     known.insert(local.stamp.uuid, local.clone());
     known.insert(c.incoming.stamp.uuid, c.incoming.clone());
 
-    let me = node.config.node_id.clone();
+    let me = cluster.config.node_id.clone();
     let mut ballots = vec![Ballot {
         member: me.clone(),
-        joined_timestamp: node.cluster.members.me().joined_timestamp,
+        joined_timestamp: cluster.members.me().joined_timestamp,
         uuid: Some(local.stamp.uuid),
     }];
-    let peers = node.cluster.members.healthy_peers();
+    let peers = cluster.members.healthy_peers();
     let mut newer: Option<Version> = None;
-    if !node.cluster.conflicts.seen_before(&key, ts) {
+    if !cluster.conflicts.seen_before(&key, ts) {
         for p in &peers {
-            let Some(held) = ask(node, &key, p) else {
+            let Some(held) = ask(cluster, &key, p) else {
                 continue;
             };
             ballots.push(Ballot {
@@ -253,7 +253,7 @@ fn resolve(node: &Node, c: ConflictFound) {
             "conflict on {key} at {ts}: a member holds a newer version ({}); taking it",
             v.stamp.uuid
         );
-        if let Err(e) = node.writer.apply_remote(vec![(key.clone(), v)]) {
+        if let Err(e) = cluster.writer.apply_remote(vec![(key.clone(), v)]) {
             log::error!("conflict on {key}: storing the newer version failed: {e}");
         }
         return;
@@ -272,27 +272,27 @@ fn resolve(node: &Node, c: ConflictFound) {
         decision.how()
     );
     let counter = match decision {
-        Decision::LargerUuid(_) => &node.metrics.conflicts_resolved_rule,
-        _ => &node.metrics.conflicts_resolved_vote,
+        Decision::LargerUuid(_) => &cluster.metrics.conflicts_resolved_rule,
+        _ => &cluster.metrics.conflicts_resolved_vote,
     };
     counter.fetch_add(1, Ordering::Relaxed);
     if winner_id != local.stamp.uuid {
-        if let Err(e) = node.writer.resolve(key.clone(), winner.clone()) {
+        if let Err(e) = cluster.writer.resolve(key.clone(), winner.clone()) {
             log::error!("conflict on {key}: storing the winner failed: {e}");
             return;
         }
     }
-    tell_voters(node, &key, &winner, &ballots, &peers);
+    tell_voters(cluster, &key, &winner, &ballots, &peers);
 }
 
 /// A peer's version of `key`: `Some(None)` when it holds none, `None`
 /// when it could not be asked or sent something invalid (no ballot).
-fn ask(node: &Node, key: &str, p: &Peer) -> Option<Option<Version>> {
+fn ask(cluster: &Cluster, key: &str, p: &Peer) -> Option<Option<Version>> {
     let path = format!(
         "/internal/version?key={}",
         crate::escape::percent_encode(key)
     );
-    let reply: VersionReply = match node.cluster.peer.get(&p.address, &path, peer::QUICK, None) {
+    let reply: VersionReply = match cluster.peer.get(&p.address, &path, peer::QUICK, None) {
         Ok(r) => r,
         Err(e) => {
             log::debug!("conflict on {key}: no vote from {}: {e}", p.id);
@@ -301,7 +301,7 @@ fn ask(node: &Node, key: &str, p: &Peer) -> Option<Option<Version>> {
     };
     match reply
         .version
-        .map(|w| w.into_version(node.config.max_value_bytes))
+        .map(|w| w.into_version(cluster.config.max_value_bytes))
     {
         Some(Ok((_, v))) => Some(Some(v)),
         Some(Err(e)) => {
@@ -362,7 +362,7 @@ fn tally(
 }
 
 /// Pushes the winner to the voters that hold another version.
-fn tell_voters(node: &Node, key: &str, winner: &Version, ballots: &[Ballot], peers: &[Peer]) {
+fn tell_voters(cluster: &Cluster, key: &str, winner: &Version, ballots: &[Ballot], peers: &[Peer]) {
     let versions: Vec<WireVersion> = WireVersion::from_version(key, winner).into_iter().collect();
     let winner_id = winner.stamp.uuid;
     for b in ballots
@@ -371,8 +371,8 @@ fn tell_voters(node: &Node, key: &str, winner: &Version, ballots: &[Ballot], pee
     {
         if let Some(p) = peers.iter().find(|p| p.id == b.member) {
             if let Err(e) = replicate::push(
-                &node.cluster.peer,
-                &node.config.node_id,
+                &cluster.peer,
+                &cluster.config.node_id,
                 &p.address,
                 versions.clone(),
                 peer::QUICK,
@@ -386,8 +386,8 @@ fn tell_voters(node: &Node, key: &str, winner: &Version, ballots: &[Ballot], pee
 
 /// The serving half of a vote or a repair (`GET /internal/version`): the
 /// version this node holds for `key`, if any.
-pub fn serve_version(node: &Node, key: &str) -> Result<VersionReply, super::Refused> {
-    let version = node
+pub fn serve_version(cluster: &Cluster, key: &str) -> Result<VersionReply, super::ClusterError> {
+    let version = cluster
         .store
         .get(key)?
         .and_then(|v| WireVersion::from_version(key, &v));

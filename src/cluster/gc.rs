@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::membership::Peer;
+use super::Cluster;
 use crate::clock;
-use crate::node::Node;
 
 /// Whether this node is reconciling after a long absence, and since when
 /// it had been away.
@@ -101,13 +101,14 @@ pub fn witnesses(peers: Vec<Peer>, absent_since: u64) -> Vec<Peer> {
 }
 
 /// Removes tombstones older than `bootstrap_max_age_hours`.
-pub fn purge(node: &Node) {
+pub fn purge(cluster: &Cluster) {
     let horizon =
-        clock::real_now_ms().saturating_sub(node.config.bootstrap_max_age.as_millis() as u64);
-    match node.writer.purge(horizon) {
+        clock::real_now_ms().saturating_sub(cluster.config.bootstrap_max_age.as_millis() as u64);
+    match cluster.writer.purge(horizon) {
         Ok(0) => {}
         Ok(n) => {
-            node.metrics
+            cluster
+                .metrics
                 .tombstones_purged
                 .fetch_add(n as u64, Ordering::Relaxed);
             log::info!("purged {n} tombstones older than bootstrap_max_age_hours");

@@ -31,8 +31,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::membership::MemberEntry;
-use crate::node::Node;
-use crate::peer::{self, PeerError};
+use super::peer;
+use super::Cluster;
+use super::ClusterError;
 use crate::store::schema::KNOWN_ADDRESSES as META_KNOWN;
 
 /// Longest wait between join attempts while no seed answers.
@@ -81,8 +82,8 @@ impl Gossip {
 
 /// Merges a gossip message: the sender's own entry first (proof of life),
 /// then its rumors and table.
-fn absorb(node: &Node, msg: &Gossip) {
-    let members = &node.cluster.members;
+fn absorb(cluster: &Cluster, msg: &Gossip) {
+    let members = &cluster.members;
     if let Some(from) = &msg.from {
         members.merge_direct(from);
     }
@@ -95,13 +96,13 @@ fn absorb(node: &Node, msg: &Gossip) {
 }
 
 /// Answers a gossip message (the `/internal/gossip` handler's work).
-pub fn answer(node: &Node, msg: &Gossip) -> Gossip {
-    let members = &node.cluster.members;
+pub fn answer(cluster: &Cluster, msg: &Gossip) -> Gossip {
+    let members = &cluster.members;
     // What this node holds against the sender, taken before its word
     // (which passes a tombstone) is merged.
     let doubt = msg.from.as_ref().and_then(|f| members.doubt_about(f));
-    if !node.cluster.has_left() {
-        absorb(node, msg);
+    if !cluster.has_left() {
+        absorb(cluster, msg);
         members.touch();
     }
     let mut rumors = members.take_rumors(RUMORS_PER_MESSAGE);
@@ -117,8 +118,7 @@ pub fn answer(node: &Node, msg: &Gossip) -> Gossip {
 }
 
 /// The gossip thread: join, then gossip until the node stops or leaves.
-pub fn gossip_loop(node: Arc<Node>) {
-    let cluster = &node.cluster;
+pub fn gossip_loop(cluster: Arc<Cluster>) {
     let mut backoff = JOIN_BACKOFF_MIN;
     let mut next_join = Instant::now();
     let mut round: u64 = 0;
@@ -131,10 +131,10 @@ pub fn gossip_loop(node: Arc<Node>) {
         cluster.members.tick();
         let peers = cluster.members.healthy_peers();
         let candidates = cluster.members.rejoin_candidates();
-        let mut wait = node.config.gossip_wait();
+        let mut wait = cluster.config.gossip_wait();
         if peers.is_empty() {
             if !candidates.is_empty() && Instant::now() >= next_join {
-                match join_any(&node, &candidates) {
+                match join_any(&cluster, &candidates) {
                     Ok(Ok(())) => {
                         backoff = JOIN_BACKOFF_MIN;
                         cluster.set_join_error(None);
@@ -147,7 +147,7 @@ pub fn gossip_loop(node: Arc<Node>) {
                         backoff = (backoff * 2).min(JOIN_BACKOFF_MAX);
                     }
                     Err(refusal) => {
-                        node.fatal(&format!("joining the cluster was refused: {refusal}"));
+                        cluster.fatal(&format!("joining the cluster was refused: {refusal}"));
                         return;
                     }
                 }
@@ -165,23 +165,23 @@ pub fn gossip_loop(node: Arc<Node>) {
             } else {
                 None
             };
-            gossip_round(&node, &peers, round, candidate);
+            gossip_round(&cluster, &peers, round, candidate);
         }
         round += 1;
         if round.is_multiple_of(20) {
             cluster
                 .members
-                .forget_stale(&node.config.seed_nodes, FORGET_AFTER);
+                .forget_stale(&cluster.config.seed_nodes, FORGET_AFTER);
         }
         let known = cluster.members.known_addresses();
         if known.keys().ne(known_saved.keys()) {
             if let Ok(bytes) = serde_json::to_vec(&known) {
-                let _ = node.writer.meta_put(META_KNOWN, &bytes);
+                let _ = cluster.writer.meta_put(META_KNOWN, &bytes);
             }
             known_saved = known;
         }
         if !cluster.reconcile.is_active() {
-            contact_saved = crate::node::save_last_contact(&node, contact_saved, false);
+            contact_saved = cluster.save_last_contact(contact_saved, false);
         }
         if cluster.stopper.wait(wait) {
             return;
@@ -206,7 +206,7 @@ pub fn gossip_timeout(failure_timeout: Duration) -> Duration {
 /// unhealthy peer, and one known address that is not a member), all called
 /// at once.
 fn gossip_round(
-    node: &Node,
+    cluster: &Cluster,
     peers: &[super::membership::Peer],
     round: u64,
     candidate: Option<&String>,
@@ -215,26 +215,26 @@ fn gossip_round(
     fastrand::shuffle(&mut targets);
     // Idle, 1–3 probes a round whatever N; with news to spread, at least
     // log2(N) exchanges, so that it reaches everyone in a few rounds.
-    let calls = if node.cluster.members.has_rumors() {
+    let calls = if cluster.members.has_rumors() {
         fanout(peers.len() + 1)
     } else {
         fanout(1)
     };
     targets.truncate(calls);
-    let unhealthy = node.cluster.members.unhealthy_peers();
+    let unhealthy = cluster.members.unhealthy_peers();
     let extra = if round % 3 == 2 && !unhealthy.is_empty() {
         Some(unhealthy[fastrand::usize(..unhealthy.len())].clone())
     } else {
         None
     };
-    let timeout = gossip_timeout(node.config.failure_timeout);
+    let timeout = gossip_timeout(cluster.config.failure_timeout);
     let traffic = peer::Traffic::default();
     let traffic = &traffic;
     std::thread::scope(|scope| {
         for p in targets.into_iter().chain(extra.as_ref()) {
             let spawned = std::thread::Builder::new()
                 .name("gossip-call".into())
-                .spawn_scoped(scope, move || exchange(node, p, timeout, traffic));
+                .spawn_scoped(scope, move || exchange(cluster, p, timeout, traffic));
             if let Err(e) = spawned {
                 log::warn!("cannot start a gossip call: {e}");
             }
@@ -244,19 +244,28 @@ fn gossip_round(
             let _ = std::thread::Builder::new()
                 .name("gossip-call".into())
                 .spawn_scoped(scope, move || {
-                    let _ = join_one(node, address, timeout);
+                    let _ = join_one(cluster, address, timeout);
                 });
         }
     });
-    node.metrics.gossip_rounds.fetch_add(1, Ordering::Relaxed);
-    node.metrics
+    cluster
+        .metrics
+        .gossip_rounds
+        .fetch_add(1, Ordering::Relaxed);
+    cluster
+        .metrics
         .gossip_bytes
         .fetch_add(traffic.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
 /// One gossip exchange with a peer, which is also a probe of it.
-fn exchange(node: &Node, p: &super::membership::Peer, timeout: Duration, traffic: &peer::Traffic) {
-    let members = &node.cluster.members;
+fn exchange(
+    cluster: &Cluster,
+    p: &super::membership::Peer,
+    timeout: Duration,
+    traffic: &peer::Traffic,
+) {
+    let members = &cluster.members;
     let mut rumors = members.take_rumors(RUMORS_PER_MESSAGE);
     // A peer this node suspects hears of it, and refutes if alive.
     rumors.extend(members.suspicion_of(&p.id));
@@ -266,7 +275,7 @@ fn exchange(node: &Node, p: &super::membership::Peer, timeout: Duration, traffic
         rumors,
         members: Vec::new(),
     };
-    let reply = match node.cluster.peer.post::<_, Gossip>(
+    let reply = match cluster.peer.post::<_, Gossip>(
         &p.address,
         "/internal/gossip",
         &msg,
@@ -276,13 +285,13 @@ fn exchange(node: &Node, p: &super::membership::Peer, timeout: Duration, traffic
         Ok(reply) => reply,
         Err(e) => {
             log::debug!("gossip with {} ({}): {e}", p.id, p.address);
-            if !node.cluster.has_left() {
+            if !cluster.has_left() {
                 members.suspect(&p.id);
             }
             return;
         }
     };
-    if node.cluster.has_left() {
+    if cluster.has_left() {
         return;
     }
     members.reached(&p.address);
@@ -290,7 +299,7 @@ fn exchange(node: &Node, p: &super::membership::Peer, timeout: Duration, traffic
         log::debug!("gossip with {} ({}): a malformed entry", p.id, p.address);
         return;
     }
-    absorb(node, &reply);
+    absorb(cluster, &reply);
     let digest = members.digest();
     if !reply.members.is_empty() && reply.digest.is_some_and(|d| d != digest) {
         // The tables still differ after taking the peer's: it lacks
@@ -301,14 +310,14 @@ fn exchange(node: &Node, p: &super::membership::Peer, timeout: Duration, traffic
             rumors: Vec::new(),
             members: members.entries(),
         };
-        match node.cluster.peer.post::<_, Gossip>(
+        match cluster.peer.post::<_, Gossip>(
             &p.address,
             "/internal/gossip",
             &push,
             timeout,
             Some(traffic),
         ) {
-            Ok(reply) => absorb(node, &reply),
+            Ok(reply) => absorb(cluster, &reply),
             Err(e) => log::debug!("gossip push to {} ({}): {e}", p.id, p.address),
         }
     }
@@ -317,11 +326,12 @@ fn exchange(node: &Node, p: &super::membership::Peer, timeout: Duration, traffic
 /// Tries every candidate address until one accepts the join. Ok(Err):
 /// nobody did, and why (per address). Err: a member refused this node
 /// (a duplicate id).
-fn join_any(node: &Node, candidates: &[String]) -> Result<Result<(), String>, String> {
+fn join_any(cluster: &Cluster, candidates: &[String]) -> Result<Result<(), String>, String> {
     let mut order: Vec<&String> = candidates.iter().collect();
     // Seeds first, in the configured order; other known addresses after.
     order.sort_by_key(|a| {
-        node.config
+        cluster
+            .config
             .seed_nodes
             .iter()
             .position(|s| s == *a)
@@ -329,9 +339,9 @@ fn join_any(node: &Node, candidates: &[String]) -> Result<Result<(), String>, St
     });
     let mut reasons = Vec::new();
     for address in order {
-        match join_one(node, address, peer::QUICK) {
+        match join_one(cluster, address, peer::QUICK) {
             Ok(()) => return Ok(Ok(())),
-            Err(PeerError::Status(409, msg)) => return Err(format!("{address}: {msg}")),
+            Err(ClusterError::Status(409, msg)) => return Err(format!("{address}: {msg}")),
             Err(e) => {
                 log::debug!("join via {address}: {e}");
                 reasons.push(format!("{address}: {}", join_failure(&e)));
@@ -342,26 +352,26 @@ fn join_any(node: &Node, candidates: &[String]) -> Result<Result<(), String>, St
 }
 
 /// Why a join call failed, in the operator's words.
-pub fn join_failure(e: &PeerError) -> String {
+pub fn join_failure(e: &ClusterError) -> String {
     match e {
-        PeerError::Status(401, _) => {
+        ClusterError::Status(401, _) => {
             "refused our credentials (401: is cluster_secret the same on both?)".into()
         }
-        PeerError::Status(code, msg) => format!("answered {code}: {msg}"),
-        PeerError::Unreachable(m) if m.contains("refused") => "connection refused".into(),
-        PeerError::Unreachable(m) if m.to_ascii_lowercase().contains("time") => "timeout".into(),
-        PeerError::Unreachable(m) => format!("unreachable ({m})"),
-        PeerError::BadReply(m) => format!("bad reply ({m})"),
-        PeerError::Local(e) => format!("this node's store failed ({e})"),
-        PeerError::BadVersion(e) => format!("bad reply ({e})"),
+        ClusterError::Status(code, msg) => format!("answered {code}: {msg}"),
+        ClusterError::Unreachable(m) if m.contains("refused") => "connection refused".into(),
+        ClusterError::Unreachable(m) if m.to_ascii_lowercase().contains("time") => "timeout".into(),
+        ClusterError::Unreachable(m) => format!("unreachable ({m})"),
+        ClusterError::BadReply(m) => format!("bad reply ({m})"),
+        ClusterError::Store(e) => format!("this node's store failed ({e})"),
+        ClusterError::BadVersion(e) => format!("bad reply ({e})"),
+        ClusterError::Invalid(m) => format!("refused ({m})"),
     }
 }
 
 /// Joins through one address.
-fn join_one(node: &Node, address: &str, timeout: Duration) -> Result<(), PeerError> {
-    let me = node.cluster.members.me();
-    let reply: MemberList = node
-        .cluster
+fn join_one(cluster: &Cluster, address: &str, timeout: Duration) -> Result<(), ClusterError> {
+    let me = cluster.members.me();
+    let reply: MemberList = cluster
         .peer
         .post(address, "/members/join", &me, timeout, None)?;
     if reply
@@ -370,29 +380,29 @@ fn join_one(node: &Node, address: &str, timeout: Duration) -> Result<(), PeerErr
         .is_some_and(|m| m.id == me.id && m.generation == me.generation)
     {
         // Our own address answered (a seed list that names this node).
-        node.cluster.members.forget(address);
-        return Err(PeerError::BadReply("that address is this node".into()));
+        cluster.members.forget(address);
+        return Err(ClusterError::BadReply("that address is this node".into()));
     }
-    node.cluster.members.reached(address);
+    cluster.members.reached(address);
     if let Some((first, rest)) = reply.members.split_first() {
         // The first entry is the answering member's own.
-        node.cluster.members.merge_direct(first);
-        node.cluster.members.merge(rest);
+        cluster.members.merge_direct(first);
+        cluster.members.merge(rest);
     }
     log::info!(
         "joined the cluster via {address}: {} members healthy",
-        node.cluster.members.healthy_count()
+        cluster.members.healthy_count()
     );
     Ok(())
 }
 
 /// Tells every healthy peer that this node leaves; peers drop it at once.
-pub fn announce_leave(node: &Node) {
-    let entry = node.cluster.members.leave();
-    let peers = node.cluster.members.healthy_peers();
+pub fn announce_leave(cluster: &Cluster) {
+    let entry = cluster.members.leave();
+    let peers = cluster.members.healthy_peers();
     let mut told = 0;
     for p in &peers {
-        match node.cluster.peer.post::<_, serde_json::Value>(
+        match cluster.peer.post::<_, serde_json::Value>(
             &p.address,
             "/members/leave",
             &entry,
@@ -403,7 +413,7 @@ pub fn announce_leave(node: &Node) {
             Err(e) => log::debug!("telling {} that this node leaves: {e}", p.id),
         }
     }
-    node.cluster.members.forget_peers();
+    cluster.members.forget_peers();
     log::info!("left the cluster: told {told} of {} peers", peers.len());
 }
 
@@ -418,11 +428,11 @@ pub enum JoinAnswer {
 }
 
 /// The receiving half of a join (`POST /members/join`).
-pub fn accept_join(node: &Node, entry: &MemberEntry) -> JoinAnswer {
-    if node.cluster.has_left() {
+pub fn accept_join(cluster: &Cluster, entry: &MemberEntry) -> JoinAnswer {
+    if cluster.has_left() {
         return JoinAnswer::Left;
     }
-    let members = &node.cluster.members;
+    let members = &cluster.members;
     let me = members.me();
     if entry.id == me.id && entry.generation == me.generation {
         // A seed list that names this node: answer so the caller can tell.
@@ -449,13 +459,13 @@ pub fn accept_join(node: &Node, entry: &MemberEntry) -> JoinAnswer {
 
 /// The receiving half of a leave announcement (`POST /members/leave` with
 /// the leaving member's entry).
-pub fn accept_leave(node: &Node, entry: &MemberEntry) -> Result<(), super::Refused> {
+pub fn accept_leave(cluster: &Cluster, entry: &MemberEntry) -> Result<(), super::ClusterError> {
     if !entry.left {
-        return Err(super::Refused::Invalid(
+        return Err(super::ClusterError::Invalid(
             "a leave announcement must have \"left\": true".into(),
         ));
     }
-    node.cluster.members.merge(std::slice::from_ref(entry));
+    cluster.members.merge(std::slice::from_ref(entry));
     Ok(())
 }
 

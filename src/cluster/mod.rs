@@ -12,7 +12,13 @@
 //!   back".
 //! - `scrub`: the background check of every stored version, and the
 //!   repair of damaged versions from a peer's copy.
+//! - `peer`: the HTTP client for every call to another node.
 //! - `wire`: versions as they travel.
+//!
+//! Here: [`Cluster`], what every cluster thread and receiver is given (no
+//! thread of this module sees the whole node, and nothing here imports
+//! `node`, `http` or `daemon`); [`ClusterError`], the layer's one error
+//! type; the `Members` lock around the member table; the stop flag.
 //!
 //! Locks are never held across a network call: callers take a snapshot
 //! (a list of peers, a page of versions), drop the lock, then talk.
@@ -22,32 +28,210 @@ pub mod conflict;
 pub mod gc;
 pub mod gossip;
 pub mod membership;
+pub mod peer;
 pub mod replicate;
 pub mod scrub;
 pub mod sync;
 pub mod wire;
 
 use std::collections::BTreeMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use conflict::ConflictQueue;
+use gc::Reconcile;
 use membership::{Change, JoinRefused, MemberEntry, MemberTable, MemberView, Peer};
+use replicate::Replicator;
+use sync::SyncState;
 
-use crate::store::StoreError;
+use crate::cluster::peer::PeerClient;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::schema::LAST_CONTACT;
+use crate::store::writer::WriterHandle;
+use crate::store::{Store, StoreError};
 
-/// Why the receiving half of a protocol refused a peer's request (the
-/// HTTP layer turns it into a status).
+/// Whether client writes are accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Normal = 0,
+    /// Bootstrapping: client writes get 503.
+    Syncing = 1,
+}
+
+/// Stops the node, logging why (exit code 1).
+pub type Fatal = Box<dyn Fn(&str) + Send + Sync>;
+
+/// What the cluster threads and the receiving halves of the protocols
+/// share: the parts of the node they use (configuration, store, writer,
+/// counters) and the cluster's own state. Every cluster thread gets an
+/// `Arc<Cluster>`, nothing more; the HTTP layer reaches it through the
+/// node.
+pub struct Cluster {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub writer: WriterHandle,
+    pub metrics: Arc<Metrics>,
+    pub members: Arc<Members>,
+    pub peer: PeerClient,
+    pub replicator: Arc<Replicator>,
+    pub sync: SyncState,
+    pub conflicts: Arc<ConflictQueue>,
+    pub stopper: Arc<Stopper>,
+    /// Back from an absence longer than bootstrap_max_age_hours: see `gc`.
+    pub reconcile: Reconcile,
+    mode: AtomicU8,
+    left: AtomicBool,
+    /// Why the last attempt to join failed (every seed and known address
+    /// refused or did not answer); None once joined.
+    join_error: Mutex<Option<String>>,
+    fatal: Fatal,
+}
+
+/// The parts of a [`Cluster`] that the node builds before it (they are
+/// shared with the writer's hooks).
+pub struct Parts {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub writer: WriterHandle,
+    pub metrics: Arc<Metrics>,
+    pub members: Arc<Members>,
+    pub peer: PeerClient,
+    pub replicator: Arc<Replicator>,
+    pub conflicts: Arc<ConflictQueue>,
+    pub stopper: Arc<Stopper>,
+    pub reconcile: Reconcile,
+    pub mode: Mode,
+    pub fatal: Fatal,
+}
+
+impl Cluster {
+    pub fn new(p: Parts) -> Cluster {
+        Cluster {
+            config: p.config,
+            store: p.store,
+            writer: p.writer,
+            metrics: p.metrics,
+            members: p.members,
+            peer: p.peer,
+            replicator: p.replicator,
+            sync: SyncState::default(),
+            conflicts: p.conflicts,
+            stopper: p.stopper,
+            reconcile: p.reconcile,
+            mode: AtomicU8::new(p.mode as u8),
+            left: AtomicBool::new(false),
+            join_error: Mutex::new(None),
+            fatal: p.fatal,
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        if self.mode.load(Ordering::Relaxed) == Mode::Syncing as u8 {
+            Mode::Syncing
+        } else {
+            Mode::Normal
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+
+    /// Stops the node with exit code 1 after logging why.
+    pub fn fatal(&self, message: &str) {
+        (self.fatal)(message)
+    }
+
+    /// True once this node has left the cluster (it then works alone).
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Relaxed)
+    }
+
+    /// Leaves the cluster: peers are told and drop this node; it keeps
+    /// serving its own data, alone, until restarted.
+    pub fn leave(&self) {
+        if self.left.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        gossip::announce_leave(self);
+    }
+
+    /// Records why joining failed (None: it worked). True when the reason
+    /// is new, so worth a log line.
+    pub fn set_join_error(&self, reason: Option<String>) -> bool {
+        let mut current = self.join_error.lock().unwrap_or_else(|e| e.into_inner());
+        let new = *current != reason;
+        *current = reason;
+        new
+    }
+
+    pub fn join_error(&self) -> Option<String> {
+        self.join_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Ends reconciling after a completed exchange with a witness.
+    pub fn reconciled(&self) {
+        self.reconcile.done();
+        self.members.touch();
+    }
+
+    /// Persists the last contact time, if it moved by more than a minute
+    /// since `saved` (or `force`); returns what is now saved.
+    pub fn save_last_contact(&self, saved: u64, force: bool) -> u64 {
+        let last = self.members.last_contact();
+        let due = last > saved && (force || last - saved >= 60_000);
+        if due
+            && self
+                .writer
+                .meta_put(LAST_CONTACT, last.to_string().as_bytes())
+                .is_ok()
+        {
+            return last;
+        }
+        saved
+    }
+}
+
+/// What goes wrong in the cluster layer. Senders (calls to a peer) meet
+/// the first four and the last; the receiving halves of the protocols
+/// meet `Invalid` and `Store`, which the HTTP layer turns into a status.
 #[derive(Debug)]
-pub enum Refused {
-    /// The request itself is wrong (400).
+pub enum ClusterError {
+    /// No answer: refused, timed out, connection broken.
+    Unreachable(String),
+    /// The peer answered with an error status and message.
+    Status(u16, String),
+    /// The peer answered something we cannot read.
+    BadReply(String),
+    /// The peer sent a version that breaks the rules.
+    BadVersion(wire::WireError),
+    /// A peer's request to this node is wrong (400).
     Invalid(String),
-    /// This node's store failed.
+    /// This node's own store failed (not the peer's fault).
     Store(StoreError),
 }
 
-impl From<StoreError> for Refused {
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterError::Unreachable(m) => write!(f, "unreachable: {m}"),
+            ClusterError::Status(code, m) => write!(f, "answered {code}: {m}"),
+            ClusterError::BadReply(m) => write!(f, "bad reply: {m}"),
+            ClusterError::BadVersion(e) => write!(f, "bad version: {e}"),
+            ClusterError::Invalid(m) => write!(f, "invalid request: {m}"),
+            ClusterError::Store(e) => write!(f, "this node's store: {e}"),
+        }
+    }
+}
+
+impl From<StoreError> for ClusterError {
     fn from(e: StoreError) -> Self {
-        Refused::Store(e)
+        ClusterError::Store(e)
     }
 }
 

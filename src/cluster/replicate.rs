@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::wire::WireVersion;
 use super::{Members, Stopper};
+use crate::cluster::peer::{self, PeerClient};
 use crate::metrics::Metrics;
-use crate::peer::{self, PeerClient};
 use crate::store::{Store, Version};
 
 /// Versions waiting for one peer at most; beyond, the peer needs a resend.
@@ -646,7 +646,7 @@ pub fn push(
     versions: Vec<WireVersion>,
     timeout: Duration,
     traffic: Option<&peer::Traffic>,
-) -> Result<PushReply, peer::PeerError> {
+) -> Result<PushReply, super::ClusterError> {
     let request = PushRequest {
         from: me.to_string(),
         versions,
@@ -656,12 +656,18 @@ pub fn push(
 
 /// The receiving half of a push (`POST /internal/push`): every version is
 /// checked, then all go through the merge rule in one commit.
-pub fn receive(node: &crate::node::Node, push: PushRequest) -> Result<PushReply, super::Refused> {
+pub fn receive(
+    cluster: &super::Cluster,
+    push: PushRequest,
+) -> Result<PushReply, super::ClusterError> {
     let n = push.versions.len();
-    let versions = super::wire::decode_versions(push.versions, node.config.max_value_bytes)
-        .map_err(|e| super::Refused::Invalid(format!("bad version from {}: {e}", push.from)))?;
-    let report = node.writer.apply_remote(versions)?;
-    node.metrics
+    let versions = super::wire::decode_versions(push.versions, cluster.config.max_value_bytes)
+        .map_err(|e| {
+            super::ClusterError::Invalid(format!("bad version from {}: {e}", push.from))
+        })?;
+    let report = cluster.writer.apply_remote(versions)?;
+    cluster
+        .metrics
         .received_versions
         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(PushReply {
@@ -675,6 +681,177 @@ pub fn receive(node: &crate::node::Node, push: PushRequest) -> Result<PushReply,
 mod tests {
     use super::*;
     use crate::store::{Stamp, VersionId};
+
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::AtomicUsize;
+
+    use crate::cluster::membership::{MemberEntry, MemberTable};
+    use crate::store::tests::TempStore;
+
+    /// A peer on 127.0.0.1 that answers its first `fail` pushes with a 500
+    /// and the others with a 200, recording the keys it accepted.
+    struct FakePeer {
+        address: String,
+        calls: Arc<AtomicUsize>,
+        accepted: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FakePeer {
+        fn start(fail: usize) -> FakePeer {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            let calls = Arc::new(AtomicUsize::new(0));
+            let accepted = Arc::new(Mutex::new(Vec::new()));
+            let (c, a) = (calls.clone(), accepted.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let (c, a) = (c.clone(), a.clone());
+                    std::thread::spawn(move || while Self::answer(&conn, fail, &c, &a) {});
+                }
+            });
+            FakePeer {
+                address,
+                calls,
+                accepted,
+            }
+        }
+
+        /// Reads one request from `conn` and answers it; false when the
+        /// connection is closed.
+        fn answer(
+            conn: &TcpStream,
+            fail: usize,
+            calls: &AtomicUsize,
+            accepted: &Mutex<Vec<String>>,
+        ) -> bool {
+            let mut reader = BufReader::new(conn);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return false;
+                }
+                let line = line.trim_end().to_ascii_lowercase();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let reply = if calls.fetch_add(1, Ordering::SeqCst) < fail {
+                (
+                    "500 Internal Server Error",
+                    r#"{"error":"not now"}"#.to_string(),
+                )
+            } else {
+                let push: PushRequest = serde_json::from_slice(&body).unwrap();
+                let n = push.versions.len();
+                let mut keys = accepted.lock().unwrap();
+                keys.extend(push.versions.into_iter().map(|v| v.key));
+                (
+                    "200 OK",
+                    format!(r#"{{"applied":{n},"ignored":0,"conflicts":0}}"#),
+                )
+            };
+            let mut out = conn;
+            write!(
+                out,
+                "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                reply.0,
+                reply.1.len(),
+                reply.1
+            )
+            .is_ok()
+        }
+    }
+
+    fn version(ts: u64) -> Version {
+        Version {
+            stamp: Stamp {
+                timestamp: ts,
+                uuid: VersionId::new_random(),
+                deleted: false,
+            },
+            data: format!("{{\"n\":{ts}}}").into_bytes(),
+            expires: None,
+        }
+    }
+
+    /// A failed push drops its batch and marks the peer for a resend;
+    /// after backing off, the senders page the dropped versions out of
+    /// the local time index, failing again once, until the peer has them
+    /// all.
+    #[test]
+    fn a_failed_push_is_resent_from_the_time_index() {
+        let peer = FakePeer::start(2);
+        let mut temp = TempStore::new();
+        let store = Arc::new(temp.store.take().unwrap());
+        let versions: Vec<(String, Version)> = (1..=5)
+            .map(|i| (format!("k{i}"), version(1_000 + i)))
+            .collect();
+        store.write_versions(&versions).unwrap();
+
+        let entry = |id: &str, address: &str| MemberEntry {
+            id: id.into(),
+            address: address.into(),
+            joined_timestamp: 1,
+            generation: 1,
+            heartbeat: 0,
+            suspect: false,
+            left: false,
+        };
+        let table = MemberTable::new(
+            entry("me", "127.0.0.1:1"),
+            Duration::from_secs(60),
+            Duration::from_secs(120),
+            16,
+        );
+        let members = Arc::new(Members::new(table, &[], Default::default()));
+        members.merge(&[entry("peer", &peer.address)]);
+        assert!(
+            members.is_healthy("peer"),
+            "the peer is not a healthy member"
+        );
+        let metrics = Arc::new(Metrics::new());
+        let stopper = Arc::new(Stopper::new());
+        let replicator = Replicator::new(
+            "me".into(),
+            members,
+            store,
+            PeerClient::new(""),
+            metrics.clone(),
+            stopper.clone(),
+            Duration::ZERO,
+        );
+
+        replicator.enqueue(&versions);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::new();
+        while Instant::now() < deadline {
+            got = peer.accepted.lock().unwrap().clone();
+            if got.len() >= versions.len() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stopper.stop();
+        replicator.stop();
+        got.sort();
+        got.dedup();
+        let want: Vec<String> = versions.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(got, want, "the peer did not get every version");
+        assert!(
+            peer.calls.load(Ordering::SeqCst) >= 3,
+            "fewer than three calls: a push, a failed resend, a resend"
+        );
+        assert!(metrics.push_failures.load(Ordering::Relaxed) >= 2);
+        assert!(metrics.push_dropped.load(Ordering::Relaxed) >= 5);
+        assert_eq!(replicator.queue_depth(), 0);
+    }
 
     fn queued(ts: u64, size: usize) -> Queued {
         Queued {

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conflict::VersionReply;
-use crate::node::Node;
-use crate::peer;
+use super::Cluster;
+use crate::cluster::peer;
 
 /// Versions checked per scrub page.
 const SCRUB_PAGE: usize = 1000;
@@ -36,8 +36,8 @@ const RETRY_UNREPAIRED: Duration = Duration::from_secs(30);
 const UNREPAIRED_MAX: usize = 10_000;
 
 /// The scrub and repair thread.
-pub fn scrub_loop(node: Arc<Node>) {
-    let mut next_pass = Instant::now() + node.config.scrub_interval;
+pub fn scrub_loop(cluster: Arc<Cluster>) {
+    let mut next_pass = Instant::now() + cluster.config.scrub_interval;
     // Some(cursor) while a pass runs.
     let mut pass: Option<Option<String>> = None;
     let (mut pass_checked, mut pass_damaged) = (0usize, 0usize);
@@ -45,28 +45,29 @@ pub fn scrub_loop(node: Arc<Node>) {
     let mut last_repair = Instant::now();
     loop {
         let wait = if pass.is_some() {
-            node.config.throttle_delay
+            cluster.config.throttle_delay
         } else {
             REPAIR_INTERVAL.min(next_pass.saturating_duration_since(Instant::now()))
         };
-        if node.cluster.stopper.wait(wait) {
+        if cluster.stopper.wait(wait) {
             return;
         }
         if last_repair.elapsed() >= REPAIR_INTERVAL || pass.is_none() {
             last_repair = Instant::now();
-            repair_queued(&node, &mut unrepaired);
+            repair_queued(&cluster, &mut unrepaired);
         }
         if pass.is_none() && Instant::now() >= next_pass {
             pass = Some(None);
             (pass_checked, pass_damaged) = (0, 0);
-            node.metrics.scrub_runs.fetch_add(1, Ordering::Relaxed);
+            cluster.metrics.scrub_runs.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(cursor) = pass.take() {
-            match node.store.scrub_page(cursor.as_deref(), SCRUB_PAGE) {
+            match cluster.store.scrub_page(cursor.as_deref(), SCRUB_PAGE) {
                 Ok((checked, damaged, next)) => {
                     pass_checked += checked;
                     pass_damaged += damaged;
-                    node.metrics
+                    cluster
+                        .metrics
                         .scrub_checked
                         .fetch_add(checked as u64, Ordering::Relaxed);
                     if next.is_some() {
@@ -74,10 +75,11 @@ pub fn scrub_loop(node: Arc<Node>) {
                     } else {
                         // The anti-entropy summary must match the versions,
                         // or differences would go unseen.
-                        let summary = match node.store.verify_tree() {
+                        let summary = match cluster.store.verify_tree() {
                             Ok(true) => "summary matches",
                             Ok(false) => {
-                                node.metrics
+                                cluster
+                                    .metrics
                                     .summary_mismatches
                                     .fetch_add(1, Ordering::Relaxed);
                                 "the anti-entropy summary DOES NOT MATCH the versions: anti-entropy may miss differences"
@@ -95,12 +97,12 @@ pub fn scrub_loop(node: Arc<Node>) {
                         } else {
                             log::info!("{say}");
                         }
-                        next_pass = Instant::now() + node.config.scrub_interval;
+                        next_pass = Instant::now() + cluster.config.scrub_interval;
                     }
                 }
                 Err(e) => {
                     log::error!("scrub: {e}; trying again at the next interval");
-                    next_pass = Instant::now() + node.config.scrub_interval;
+                    next_pass = Instant::now() + cluster.config.scrub_interval;
                 }
             }
         }
@@ -109,7 +111,7 @@ pub fn scrub_loop(node: Arc<Node>) {
 
 /// Tries to repair every key found damaged since the last call, and the
 /// ones that failed before once their wait is over.
-fn repair_queued(node: &Node, unrepaired: &mut BTreeMap<String, Instant>) {
+fn repair_queued(cluster: &Cluster, unrepaired: &mut BTreeMap<String, Instant>) {
     let now = Instant::now();
     let mut keys = crate::store::take_damaged();
     keys.extend(
@@ -121,9 +123,9 @@ fn repair_queued(node: &Node, unrepaired: &mut BTreeMap<String, Instant>) {
     keys.sort();
     keys.dedup();
     for key in keys {
-        if repair(node, &key) {
+        if repair(cluster, &key) {
             unrepaired.remove(&key);
-            node.metrics.repaired.fetch_add(1, Ordering::Relaxed);
+            cluster.metrics.repaired.fetch_add(1, Ordering::Relaxed);
         } else if unrepaired.len() < UNREPAIRED_MAX || unrepaired.contains_key(&key) {
             if !unrepaired.contains_key(&key) {
                 log::warn!(
@@ -135,7 +137,8 @@ fn repair_queued(node: &Node, unrepaired: &mut BTreeMap<String, Instant>) {
             unrepaired.insert(key, now + RETRY_UNREPAIRED);
         }
     }
-    node.metrics
+    cluster
+        .metrics
         .unrepaired
         .store(unrepaired.len() as u64, Ordering::Relaxed);
 }
@@ -143,11 +146,11 @@ fn repair_queued(node: &Node, unrepaired: &mut BTreeMap<String, Instant>) {
 /// Asks healthy peers for their copy of `key` and stores the first that
 /// is the same version or a newer one. True once repaired (or no longer
 /// damaged).
-fn repair(node: &Node, key: &str) -> bool {
-    match node
+fn repair(cluster: &Cluster, key: &str) -> bool {
+    match cluster
         .store
         .read_txn()
-        .and_then(|t| node.store.is_damaged_in(&t, key))
+        .and_then(|t| cluster.store.is_damaged_in(&t, key))
     {
         Ok(false) => return true,
         Ok(true) => {}
@@ -156,15 +159,14 @@ fn repair(node: &Node, key: &str) -> bool {
             return false;
         }
     }
-    let mut peers = node.cluster.members.healthy_peers();
+    let mut peers = cluster.members.healthy_peers();
     fastrand::shuffle(&mut peers);
     let path = format!(
         "/internal/version?key={}",
         crate::escape::percent_encode(key)
     );
     for p in &peers {
-        let reply: VersionReply = match node.cluster.peer.get(&p.address, &path, peer::NORMAL, None)
-        {
+        let reply: VersionReply = match cluster.peer.get(&p.address, &path, peer::NORMAL, None) {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("repair of {key:?}: {} did not answer: {e}", p.id);
@@ -174,10 +176,10 @@ fn repair(node: &Node, key: &str) -> bool {
         let Some(wire) = reply.version else {
             continue;
         };
-        let Ok((_, copy)) = wire.into_version(node.config.max_value_bytes) else {
+        let Ok((_, copy)) = wire.into_version(cluster.config.max_value_bytes) else {
             continue;
         };
-        match node.writer.repair(key.to_string(), copy) {
+        match cluster.writer.repair(key.to_string(), copy) {
             Ok(true) => {
                 log::info!("repaired {key:?} with the copy held by {}", p.id);
                 return true;

@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::peer::{self, Traffic};
 use super::wire::{decode_versions, WireVersion};
+use super::ClusterError;
+use super::{Cluster, Mode};
 use crate::clock;
-use crate::node::{Mode, Node};
-use crate::peer::{self, PeerError, Traffic};
 use crate::store::schema::{
     BOOTSTRAPPED as META_BOOTSTRAPPED, BOOTSTRAP_PENDING as META_BOOTSTRAP_PENDING,
 };
@@ -114,17 +115,17 @@ impl SyncState {
 }
 
 /// The sync thread.
-pub fn sync_loop(node: Arc<Node>) {
-    let cfg = &node.config;
-    let stopper = node.cluster.stopper.clone();
-    if node.mode() == Mode::Syncing {
-        if !bootstrap(&node) {
+pub fn sync_loop(cluster: Arc<Cluster>) {
+    let cfg = &cluster.config;
+    let stopper = cluster.stopper.clone();
+    if cluster.mode() == Mode::Syncing {
+        if !bootstrap(&cluster) {
             return;
         }
-    } else if !cfg.seed_nodes.is_empty() || !node.cluster.members.rejoin_candidates().is_empty() {
+    } else if !cfg.seed_nodes.is_empty() || !cluster.members.rejoin_candidates().is_empty() {
         // Back from a stop: whatever was written meanwhile is missing here.
-        if let Ok(Some(newest)) = node.store.newest_timestamp() {
-            node.cluster.sync.mark_behind(newest);
+        if let Ok(Some(newest)) = cluster.store.newest_timestamp() {
+            cluster.sync.mark_behind(newest);
         }
     }
     let purge_every =
@@ -140,7 +141,7 @@ pub fn sync_loop(node: Arc<Node>) {
             return;
         }
         let now = Instant::now();
-        let behind = node.cluster.sync.is_behind();
+        let behind = cluster.sync.is_behind();
         let mut wake = next_regular.min(next_purge);
         if behind {
             wake = wake.min(next_catchup);
@@ -152,12 +153,12 @@ pub fn sync_loop(node: Arc<Node>) {
             continue;
         }
         // After leaving the cluster there is nobody to sync with.
-        let alone = node.cluster.has_left();
+        let alone = cluster.has_left();
         if behind && now >= next_catchup {
             next_catchup = if alone {
                 now + cfg.catchup_interval
             } else {
-                match catch_up(&node) {
+                match catch_up(&cluster) {
                     CatchUp::Done | CatchUp::Failed => now + cfg.catchup_interval,
                     CatchUp::NoPeer => now + NO_PEER_RETRY.min(cfg.catchup_interval),
                 }
@@ -165,19 +166,19 @@ pub fn sync_loop(node: Arc<Node>) {
         }
         if now >= next_regular {
             if !alone {
-                regular_sync(&node);
+                regular_sync(&cluster);
             }
             next_regular = Instant::now() + cfg.sync_interval;
         }
         if now >= next_purge {
-            super::gc::purge(&node);
+            super::gc::purge(&cluster);
             next_purge = Instant::now() + purge_every;
         }
     }
 }
 
-fn random_peer(node: &Node) -> Option<crate::cluster::membership::Peer> {
-    let peers = node.cluster.members.healthy_peers();
+fn random_peer(cluster: &Cluster) -> Option<crate::cluster::membership::Peer> {
+    let peers = cluster.members.healthy_peers();
     if peers.is_empty() {
         None
     } else {
@@ -187,11 +188,13 @@ fn random_peer(node: &Node) -> Option<crate::cluster::membership::Peer> {
 
 /// Compares the latest versions with a random peer and fetches what is
 /// newer there or missing here.
-pub fn regular_sync(node: &Node) {
-    let Some(p) = random_peer(node) else { return };
-    node.metrics.sync_runs.fetch_add(1, Ordering::Relaxed);
+pub fn regular_sync(cluster: &Cluster) {
+    let Some(p) = random_peer(cluster) else {
+        return;
+    };
+    cluster.metrics.sync_runs.fetch_add(1, Ordering::Relaxed);
     let path = format!("/internal/latest?n={LATEST_N}");
-    let reply: LatestReply = match node.cluster.peer.get(&p.address, &path, peer::NORMAL, None) {
+    let reply: LatestReply = match cluster.peer.get(&p.address, &path, peer::NORMAL, None) {
         Ok(r) => r,
         Err(e) => {
             log::debug!("regular sync with {}: {e}", p.id);
@@ -199,7 +202,7 @@ pub fn regular_sync(node: &Node) {
         }
     };
     let mut wanted = Vec::new();
-    let Ok(rtxn) = node.store.read_txn() else {
+    let Ok(rtxn) = cluster.store.read_txn() else {
         return;
     };
     for w in &reply.versions {
@@ -207,7 +210,7 @@ pub fn regular_sync(node: &Node) {
             log::warn!("regular sync: {} sent a bad version of {:?}", p.id, w.key);
             return;
         };
-        let local = node.store.stamp_in(&rtxn, &w.key).ok().flatten();
+        let local = cluster.store.stamp_in(&rtxn, &w.key).ok().flatten();
         if matches!(
             merge(local.as_ref(), &remote),
             Merge::TakeIncoming | Merge::Conflict
@@ -221,14 +224,14 @@ pub fn regular_sync(node: &Node) {
     }
     let oldest = wanted.iter().map(|(_, ts)| *ts).min().unwrap_or(0);
     let keys: Vec<String> = wanted.into_iter().map(|(k, _)| k).collect();
-    if node.cluster.stopper.wait(node.config.fetch_delay) {
+    if cluster.stopper.wait(cluster.config.fetch_delay) {
         return;
     }
-    match fetch(node, &p.address, keys, None) {
+    match fetch(cluster, &p.address, keys, None) {
         Ok(n) => {
             log::info!("regular sync with {}: fetched {n} newer versions", p.id);
             // What was missing among the latest may be missing further back.
-            node.cluster.sync.mark_behind(oldest);
+            cluster.sync.mark_behind(oldest);
         }
         Err(e) => log::debug!("regular sync fetch from {}: {e}", p.id),
     }
@@ -238,17 +241,17 @@ pub fn regular_sync(node: &Node) {
 /// merge rule, `fetch_delay_ms` between requests; returns how many were
 /// fetched. `traffic` counts the bytes (anti-entropy reports its cost).
 pub fn fetch(
-    node: &Node,
+    cluster: &Cluster,
     address: &str,
     keys: Vec<String>,
     traffic: Option<&Traffic>,
-) -> Result<usize, PeerError> {
+) -> Result<usize, ClusterError> {
     let mut total = 0;
     for (i, chunk) in keys.chunks(FETCH_MAX_KEYS).enumerate() {
-        if i > 0 && node.cluster.stopper.wait(node.config.fetch_delay) {
+        if i > 0 && cluster.stopper.wait(cluster.config.fetch_delay) {
             break;
         }
-        let reply: FetchReply = node.cluster.peer.post(
+        let reply: FetchReply = cluster.peer.post(
             address,
             "/internal/fetch",
             &FetchRequest {
@@ -257,15 +260,17 @@ pub fn fetch(
             peer::LONG,
             traffic,
         )?;
-        let versions = decode_versions(reply.versions, node.config.max_value_bytes)
-            .map_err(PeerError::BadVersion)?;
+        let versions = decode_versions(reply.versions, cluster.config.max_value_bytes)
+            .map_err(ClusterError::BadVersion)?;
         total += versions.len();
-        node.metrics
+        cluster
+            .metrics
             .sync_fetched
             .fetch_add(versions.len() as u64, Ordering::Relaxed);
-        node.writer
+        cluster
+            .writer
             .apply_remote(versions)
-            .map_err(PeerError::Local)?;
+            .map_err(ClusterError::Store)?;
     }
     Ok(total)
 }
@@ -277,18 +282,18 @@ enum CatchUp {
 }
 
 /// Pages through a peer's versions since the point we are behind from.
-fn catch_up(node: &Node) -> CatchUp {
-    let Some(from) = node.cluster.sync.take_behind() else {
+fn catch_up(cluster: &Cluster) -> CatchUp {
+    let Some(from) = cluster.sync.take_behind() else {
         return CatchUp::Done;
     };
-    let Some(p) = random_peer(node) else {
-        node.cluster.sync.mark_behind(from);
+    let Some(p) = random_peer(cluster) else {
+        cluster.sync.mark_behind(from);
         return CatchUp::NoPeer;
     };
-    node.metrics.catchup_runs.fetch_add(1, Ordering::Relaxed);
+    cluster.metrics.catchup_runs.fetch_add(1, Ordering::Relaxed);
     let start = from.saturating_sub(CATCHUP_SLACK_MS);
     let started = Instant::now();
-    match page_through(node, &p.address, start, |_| {}) {
+    match page_through(cluster, &p.address, start, |_| {}) {
         Ok(n) => {
             if n > 0 {
                 log::info!(
@@ -301,7 +306,7 @@ fn catch_up(node: &Node) -> CatchUp {
         }
         Err((at, e)) => {
             log::warn!("catch-up from {} stopped: {e}", p.id);
-            node.cluster
+            cluster
                 .sync
                 .mark_behind(at.saturating_add(CATCHUP_SLACK_MS).max(from));
             CatchUp::Failed
@@ -313,11 +318,11 @@ fn catch_up(node: &Node) -> CatchUp {
 /// page; `progress` hears the count after each page. On failure returns the
 /// timestamp reached.
 fn page_through(
-    node: &Node,
+    cluster: &Cluster,
     address: &str,
     start: u64,
     mut progress: impl FnMut(usize),
-) -> Result<usize, (u64, PeerError)> {
+) -> Result<usize, (u64, ClusterError)> {
     let mut cursor = Cursor {
         timestamp: start,
         key: String::new(),
@@ -333,20 +338,21 @@ fn page_through(
             path.push_str("&after_key=");
             path.push_str(&crate::escape::percent_encode(&cursor.key));
         }
-        let reply: SinceReply = node
-            .cluster
+        let reply: SinceReply = cluster
             .peer
             .get(address, &path, peer::NORMAL, None)
             .map_err(|e| (cursor.timestamp, e))?;
-        let versions = decode_versions(reply.versions, node.config.max_value_bytes)
-            .map_err(|e| (cursor.timestamp, PeerError::BadVersion(e)))?;
+        let versions = decode_versions(reply.versions, cluster.config.max_value_bytes)
+            .map_err(|e| (cursor.timestamp, ClusterError::BadVersion(e)))?;
         total += versions.len();
-        node.metrics
+        cluster
+            .metrics
             .sync_fetched
             .fetch_add(versions.len() as u64, Ordering::Relaxed);
-        node.writer
+        cluster
+            .writer
             .apply_remote(versions)
-            .map_err(|e| (cursor.timestamp, PeerError::Local(e)))?;
+            .map_err(|e| (cursor.timestamp, ClusterError::Store(e)))?;
         progress(total);
         match reply.next {
             Some(next)
@@ -360,12 +366,12 @@ fn page_through(
             Some(_) => {
                 return Err((
                     cursor.timestamp,
-                    PeerError::BadReply("the page cursor went backwards".into()),
+                    ClusterError::BadReply("the page cursor went backwards".into()),
                 ))
             }
             None => return Ok(total),
         }
-        if node.cluster.stopper.wait(node.config.throttle_delay) {
+        if cluster.stopper.wait(cluster.config.throttle_delay) {
             return Ok(total);
         }
     }
@@ -373,26 +379,25 @@ fn page_through(
 
 /// Fetches the last `bootstrap_max_age_hours` of history from a peer, then
 /// turns the node `normal`. Returns false if the node stopped first.
-fn bootstrap(node: &Node) -> bool {
-    let _ = node.writer.meta_put(META_BOOTSTRAP_PENDING, b"1");
-    let start = clock::now_ms().saturating_sub(node.config.bootstrap_max_age.as_millis() as u64);
+fn bootstrap(cluster: &Cluster) -> bool {
+    let _ = cluster.writer.meta_put(META_BOOTSTRAP_PENDING, b"1");
+    let start = clock::now_ms().saturating_sub(cluster.config.bootstrap_max_age.as_millis() as u64);
     let started = Instant::now();
     log::info!("bootstrap: syncing history since {start} before accepting client writes");
     let mut waiting_logged = false;
     loop {
-        if node.cluster.stopper.is_stopped() {
+        if cluster.stopper.is_stopped() {
             return false;
         }
-        if node.cluster.has_left() {
+        if cluster.has_left() {
             log::info!("bootstrap: abandoned, this node has left the cluster");
             break;
         }
-        let Some(p) = random_peer(node) else {
-            if started.elapsed() >= node.config.join_timeout
-                && node.cluster.members.last_contact() == 0
+        let Some(p) = random_peer(cluster) else {
+            if started.elapsed() >= cluster.config.join_timeout
+                && cluster.members.last_contact() == 0
             {
-                let why = node
-                    .cluster
+                let why = cluster
                     .join_error()
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default();
@@ -400,24 +405,24 @@ fn bootstrap(node: &Node) -> bool {
                     "bootstrap: no seed answered within join_timeout{why}; serving as a cluster \
                      of one, to merge with the cluster when a seed answers"
                 );
-                let _ = node.writer.meta_put(META_BOOTSTRAP_PENDING, b"0");
-                node.set_mode(Mode::Normal);
+                let _ = cluster.writer.meta_put(META_BOOTSTRAP_PENDING, b"0");
+                cluster.set_mode(Mode::Normal);
                 return true;
             }
             if !waiting_logged {
                 log::info!("bootstrap: waiting for a peer to fetch history from");
                 waiting_logged = true;
             }
-            if node.cluster.stopper.wait(NO_PEER_RETRY) {
+            if cluster.stopper.wait(NO_PEER_RETRY) {
                 return false;
             }
             continue;
         };
-        node.metrics.catchup_runs.fetch_add(1, Ordering::Relaxed);
+        cluster.metrics.catchup_runs.fetch_add(1, Ordering::Relaxed);
         let mut last_log = Instant::now();
-        let before = node.cluster.sync.keys_fetched();
-        let result = page_through(node, &p.address, start, |n| {
-            node.cluster
+        let before = cluster.sync.keys_fetched();
+        let result = page_through(cluster, &p.address, start, |n| {
+            cluster
                 .sync
                 .keys_fetched
                 .store(before + n as u64, Ordering::Relaxed);
@@ -431,26 +436,25 @@ fn bootstrap(node: &Node) -> bool {
             }
         });
         match result {
-            Ok(_) if node.cluster.stopper.is_stopped() => return false,
+            Ok(_) if cluster.stopper.is_stopped() => return false,
             Ok(_) => break,
             Err((_, e)) => {
                 log::warn!("bootstrap from {} interrupted: {e}; trying again", p.id);
-                if node
-                    .cluster
+                if cluster
                     .stopper
-                    .wait(node.config.throttle_delay.max(NO_PEER_RETRY))
+                    .wait(cluster.config.throttle_delay.max(NO_PEER_RETRY))
                 {
                     return false;
                 }
             }
         }
     }
-    let _ = node.writer.meta_put(META_BOOTSTRAPPED, b"1");
-    let _ = node.writer.meta_put(META_BOOTSTRAP_PENDING, b"0");
-    node.set_mode(Mode::Normal);
+    let _ = cluster.writer.meta_put(META_BOOTSTRAPPED, b"1");
+    let _ = cluster.writer.meta_put(META_BOOTSTRAP_PENDING, b"0");
+    cluster.set_mode(Mode::Normal);
     log::info!(
         "bootstrap complete: {} keys in {:.1}s; accepting client writes",
-        node.cluster.sync.keys_fetched(),
+        cluster.sync.keys_fetched(),
         started.elapsed().as_secs_f64()
     );
     true
@@ -458,8 +462,8 @@ fn bootstrap(node: &Node) -> bool {
 
 /// The serving half of a regular sync (`GET /internal/latest`): the `n`
 /// newest stamps.
-pub fn serve_latest(node: &Node, n: usize) -> Result<LatestReply, super::Refused> {
-    let versions = node
+pub fn serve_latest(cluster: &Cluster, n: usize) -> Result<LatestReply, super::ClusterError> {
+    let versions = cluster
         .store
         .latest(n)?
         .iter()
@@ -471,12 +475,12 @@ pub fn serve_latest(node: &Node, n: usize) -> Result<LatestReply, super::Refused
 /// The serving half of catch-up and bootstrap (`GET /internal/since`): a
 /// page of versions from the time index after `(after_ts, after_key)`.
 pub fn serve_since(
-    node: &Node,
+    cluster: &Cluster,
     after_ts: u64,
     after_key: Option<&str>,
     limit: usize,
-) -> Result<SinceReply, super::Refused> {
-    let page = node
+) -> Result<SinceReply, super::ClusterError> {
+    let page = cluster
         .store
         .since(after_ts, after_key, limit.max(1), PAGE_MAX_BYTES)?;
     Ok(SinceReply {
@@ -491,16 +495,19 @@ pub fn serve_since(
 
 /// The serving half of a fetch (`POST /internal/fetch`): the versions held
 /// for the keys asked (at most `FETCH_MAX_KEYS`).
-pub fn serve_fetch(node: &Node, req: &FetchRequest) -> Result<FetchReply, super::Refused> {
+pub fn serve_fetch(
+    cluster: &Cluster,
+    req: &FetchRequest,
+) -> Result<FetchReply, super::ClusterError> {
     if req.keys.len() > FETCH_MAX_KEYS {
-        return Err(super::Refused::Invalid(format!(
+        return Err(super::ClusterError::Invalid(format!(
             "at most {FETCH_MAX_KEYS} keys per fetch"
         )));
     }
-    let rtxn = node.store.read_txn()?;
+    let rtxn = cluster.store.read_txn()?;
     let mut versions = Vec::with_capacity(req.keys.len());
     for key in &req.keys {
-        if let Some(v) = node.store.get_in(&rtxn, key)? {
+        if let Some(v) = cluster.store.get_in(&rtxn, key)? {
             versions.extend(WireVersion::from_version(key, &v));
         }
     }

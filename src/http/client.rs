@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use tiny_http::{Method, Request};
 
 use super::{allow, check_client_auth, header_value, send, ApiError, Reply, Target};
+use crate::cluster::Mode;
 use crate::metrics::{Metrics, Route};
-use crate::node::{Mode, Node};
+use crate::node::Node;
 use crate::store::condition::{Tags, Verdict};
 use crate::store::writer::{Condition, Op, WriteError, Written};
 use crate::store::Listed;
@@ -165,7 +166,7 @@ fn index_and_wait(target: &Target<'_>) -> Result<(u64, Option<Duration>), ApiErr
 
 /// Runs `job` at once, or parks it until something in `scope` changes
 /// after `index` or `wait` passes; a parked request holds no worker.
-fn park_or_run(node: &Node, scope: Scope, index: u64, wait: Duration, job: watch::Job) {
+fn park_or_run(node: &Node, scope: Scope, index: u64, wait: Duration, job: watch::Job<Node>) {
     if let Err(job) = node.watch.park(scope, index, wait, job) {
         job(node);
     }
@@ -192,7 +193,7 @@ fn blocking(
         Ok(p) => p,
         Err(e) => return fail(node, rq, e, route, started),
     };
-    let job: watch::Job = Box::new(move |node: &Node| {
+    let job: watch::Job<Node> = Box::new(move |node: &Node| {
         let url = rq.url().to_string();
         let target = Target::parse(&url);
         let raw = kv_raw(target.path);
@@ -224,7 +225,7 @@ fn changes(node: &Node, rq: Request, raw: &str, target: &Target<'_>, started: In
         Err(e) => return fail(node, rq, e, route, started),
     };
     let scope = Scope::Prefix(prefix);
-    let job: watch::Job = {
+    let job: watch::Job<Node> = {
         let scope = scope.clone();
         Box::new(move |node: &Node| {
             let reply = changes_reply(node, &scope, index)

@@ -1,6 +1,7 @@
 //! Errors as HTTP statuses: the one place where a failure gets its status
 //! code and its JSON body `{"error": "<readable message>"}`.
 
+use crate::cluster::ClusterError;
 use crate::store::StoreError;
 
 /// A request that cannot be served, with the status it maps to.
@@ -126,11 +127,13 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<crate::cluster::Refused> for ApiError {
-    fn from(r: crate::cluster::Refused) -> Self {
+impl From<ClusterError> for ApiError {
+    fn from(r: ClusterError) -> Self {
         match r {
-            crate::cluster::Refused::Invalid(m) => ApiError::BadRequest(m),
-            crate::cluster::Refused::Store(e) => ApiError::from(e),
+            ClusterError::Invalid(m) => ApiError::BadRequest(m),
+            ClusterError::Store(e) => ApiError::from(e),
+            // A receiver that called a peer itself and failed.
+            other => ApiError::Internal(other.to_string()),
         }
     }
 }

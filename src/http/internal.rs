@@ -45,7 +45,7 @@ pub fn join(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
     check_cluster_auth(node, rq)?;
     let entry: MemberEntry = read_json(node, rq)?;
     entry.validate().map_err(ApiError::BadRequest)?;
-    match gossip::accept_join(node, &entry) {
+    match gossip::accept_join(&node.cluster, &entry) {
         JoinAnswer::Members(list) => Ok(Reply::json_value(200, &list)),
         JoinAnswer::Left => Err(ApiError::Stopping),
         JoinAnswer::Taken(why) => Err(ApiError::Conflict(why)),
@@ -60,7 +60,7 @@ pub fn leave(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
     let body = read_body(rq, internal_body_limit(node))?;
     if body.iter().all(u8::is_ascii_whitespace) {
         check_client_auth(node, rq)?;
-        node.leave_cluster();
+        node.cluster.leave();
         return Ok(Reply::json_value(
             200,
             &serde_json::json!({ "left": true, "node_id": node.config.node_id }),
@@ -70,7 +70,7 @@ pub fn leave(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
     let entry: MemberEntry = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed member entry: {e}")))?;
     entry.validate().map_err(ApiError::BadRequest)?;
-    gossip::accept_leave(node, &entry)?;
+    gossip::accept_leave(&node.cluster, &entry)?;
     Ok(Reply::json_value(200, &serde_json::json!({ "ok": true })))
 }
 
@@ -100,16 +100,16 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
             for e in msg.entries() {
                 e.validate().map_err(ApiError::BadRequest)?;
             }
-            ok(&gossip::answer(node, &msg))
+            ok(&gossip::answer(&node.cluster, &msg))
         }
         "/internal/push" => {
             allow(rq, "POST", &[Method::Post])?;
-            ok(&replicate::receive(node, read_json(node, rq)?)?)
+            ok(&replicate::receive(&node.cluster, read_json(node, rq)?)?)
         }
         "/internal/latest" => {
             allow(rq, "GET", &[Method::Get])?;
             let n = number(target, "n", sync::LATEST_N as u64, 1000)? as usize;
-            ok(&sync::serve_latest(node, n)?)
+            ok(&sync::serve_latest(&node.cluster, n)?)
         }
         "/internal/since" => {
             allow(rq, "GET", &[Method::Get])?;
@@ -118,7 +118,7 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
             let limit = number(target, "limit", max, max)? as usize;
             let after_key = target.param("after_key").transpose()?;
             ok(&sync::serve_since(
-                node,
+                &node.cluster,
                 after_ts,
                 after_key.as_deref(),
                 limit,
@@ -126,7 +126,7 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
         }
         "/internal/fetch" => {
             allow(rq, "POST", &[Method::Post])?;
-            ok(&sync::serve_fetch(node, &read_json(node, rq)?)?)
+            ok(&sync::serve_fetch(&node.cluster, &read_json(node, rq)?)?)
         }
         "/internal/version" => {
             allow(rq, "GET", &[Method::Get])?;
@@ -134,19 +134,25 @@ pub fn route(node: &Node, rq: &mut Request, target: &Target<'_>) -> Result<Reply
                 .param("key")
                 .transpose()?
                 .ok_or_else(|| ApiError::BadRequest("missing key parameter".into()))?;
-            ok(&conflict::serve_version(node, &key)?)
+            ok(&conflict::serve_version(&node.cluster, &key)?)
         }
         "/internal/tree/root" => {
             allow(rq, "GET", &[Method::Get])?;
-            ok(&antientropy::serve_root(node))
+            ok(&antientropy::serve_root(&node.cluster))
         }
         "/internal/tree/children" => {
             allow(rq, "POST", &[Method::Post])?;
-            ok(&antientropy::serve_children(node, &read_json(node, rq)?)?)
+            ok(&antientropy::serve_children(
+                &node.cluster,
+                &read_json(node, rq)?,
+            )?)
         }
         "/internal/tree/buckets" => {
             allow(rq, "POST", &[Method::Post])?;
-            ok(&antientropy::serve_buckets(node, &read_json(node, rq)?)?)
+            ok(&antientropy::serve_buckets(
+                &node.cluster,
+                &read_json(node, rq)?,
+            )?)
         }
         other => Err(ApiError::NotFound(format!("no such endpoint: {other}"))),
     }

@@ -3,9 +3,8 @@
 //!
 //! A peer is never trusted: replies are size-limited and parsed into typed
 //! structs, and every failure (refused, timed out, a 4xx/5xx, a malformed
-//! reply) comes back as a [`PeerError`] that callers log and move past.
+//! reply) comes back as a [`ClusterError`] that callers log and move past.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +12,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use ureq::Agent;
+
+use super::ClusterError;
 
 /// Header carrying the cluster secret on internal calls.
 pub const SECRET_HEADER: &str = "X-Kvs-Cluster-Secret";
@@ -28,34 +29,6 @@ const MAX_IDLE_AGE: Duration = Duration::from_secs(15);
 pub const QUICK: Duration = Duration::from_secs(2);
 pub const NORMAL: Duration = Duration::from_secs(10);
 pub const LONG: Duration = Duration::from_secs(30);
-
-/// Why a call to a peer failed.
-#[derive(Debug)]
-pub enum PeerError {
-    /// No answer: refused, timed out, connection broken.
-    Unreachable(String),
-    /// The peer answered with an error status and message.
-    Status(u16, String),
-    /// The peer answered something we cannot read.
-    BadReply(String),
-    /// The peer sent a version that breaks the rules.
-    BadVersion(crate::cluster::wire::WireError),
-    /// This node's own store failed while handling the exchange (not the
-    /// peer's fault).
-    Local(crate::store::StoreError),
-}
-
-impl fmt::Display for PeerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PeerError::Unreachable(m) => write!(f, "unreachable: {m}"),
-            PeerError::Status(code, m) => write!(f, "answered {code}: {m}"),
-            PeerError::BadReply(m) => write!(f, "bad reply: {m}"),
-            PeerError::Local(e) => write!(f, "this node's store: {e}"),
-            PeerError::BadVersion(e) => write!(f, "bad version: {e}"),
-        }
-    }
-}
 
 /// Byte counters one caller wants kept for its calls (anti-entropy's cost).
 #[derive(Default)]
@@ -96,8 +69,8 @@ impl PeerClient {
         body: &B,
         timeout: Duration,
         traffic: Option<&Traffic>,
-    ) -> Result<R, PeerError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| PeerError::BadReply(e.to_string()))?;
+    ) -> Result<R, ClusterError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClusterError::BadReply(e.to_string()))?;
         self.post_bytes(address, path, bytes, timeout, traffic)
     }
 
@@ -109,7 +82,7 @@ impl PeerClient {
         body: Vec<u8>,
         timeout: Duration,
         traffic: Option<&Traffic>,
-    ) -> Result<R, PeerError> {
+    ) -> Result<R, ClusterError> {
         let url = format!("http://{address}{path}");
         let sent = body.len() as u64;
         let result = self
@@ -131,7 +104,7 @@ impl PeerClient {
         path_and_query: &str,
         timeout: Duration,
         traffic: Option<&Traffic>,
-    ) -> Result<R, PeerError> {
+    ) -> Result<R, ClusterError> {
         let url = format!("http://{address}{path_and_query}");
         let result = self
             .agent
@@ -149,15 +122,15 @@ fn read_reply<R: DeserializeOwned>(
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     sent: u64,
     traffic: Option<&Traffic>,
-) -> Result<R, PeerError> {
-    let response = result.map_err(|e| PeerError::Unreachable(e.to_string()))?;
+) -> Result<R, ClusterError> {
+    let response = result.map_err(|e| ClusterError::Unreachable(e.to_string()))?;
     let status = response.status().as_u16();
     let body = response
         .into_body()
         .into_with_config()
         .limit(MAX_REPLY_BYTES)
         .read_to_vec()
-        .map_err(|e| PeerError::Unreachable(format!("reading the reply: {e}")))?;
+        .map_err(|e| ClusterError::Unreachable(format!("reading the reply: {e}")))?;
     if let Some(t) = traffic {
         t.requests.fetch_add(1, Ordering::Relaxed);
         t.bytes
@@ -168,7 +141,7 @@ fn read_reply<R: DeserializeOwned>(
             .ok()
             .and_then(|v| v.get("error").and_then(|m| m.as_str()).map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-        return Err(PeerError::Status(status, message));
+        return Err(ClusterError::Status(status, message));
     }
-    serde_json::from_slice(&body).map_err(|e| PeerError::BadReply(e.to_string()))
+    serde_json::from_slice(&body).map_err(|e| ClusterError::BadReply(e.to_string()))
 }
