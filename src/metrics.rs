@@ -92,38 +92,76 @@ impl Histogram {
     }
 }
 
-/// Every counter of the node.
-pub struct Metrics {
-    requests: Vec<AtomicU64>,
-    latency: Vec<Histogram>,
-    pub commits: AtomicU64,
-    pub committed_ops: AtomicU64,
-    pub pushed_versions: AtomicU64,
-    pub push_failures: AtomicU64,
-    pub push_dropped: AtomicU64,
-    pub replication_lag: Histogram,
-    pub commit_duration: Histogram,
-    pub received_versions: AtomicU64,
-    pub sync_runs: AtomicU64,
-    pub catchup_runs: AtomicU64,
-    pub sync_fetched: AtomicU64,
-    pub conflicts_detected: AtomicU64,
-    pub conflicts_resolved_vote: AtomicU64,
-    pub conflicts_resolved_rule: AtomicU64,
-    pub antientropy_rounds: AtomicU64,
-    pub antientropy_requests: AtomicU64,
-    pub antientropy_bytes: AtomicU64,
-    pub antientropy_repaired: AtomicU64,
-    pub tombstones_purged: AtomicU64,
-    pub expired: AtomicU64,
-    pub gossip_rounds: AtomicU64,
-    pub gossip_bytes: AtomicU64,
-    pub scrub_runs: AtomicU64,
-    pub scrub_checked: AtomicU64,
-    pub repaired: AtomicU64,
-    pub summary_mismatches: AtomicU64,
-    /// Damaged versions no peer could repair yet (a gauge).
-    pub unrepaired: AtomicU64,
+/// Declares the plain counters once: each field of `Metrics` with its
+/// metric name and help text; the struct, its constructor and the
+/// counters' part of `/metrics` come from this list.
+macro_rules! counters {
+    ($($field:ident: $name:literal, $help:literal;)*) => {
+        /// Every counter of the node.
+        pub struct Metrics {
+            requests: Vec<AtomicU64>,
+            latency: Vec<Histogram>,
+            pub replication_lag: Histogram,
+            pub commit_duration: Histogram,
+            /// Damaged versions no peer could repair yet (a gauge).
+            pub unrepaired: AtomicU64,
+            $(#[doc = $help] pub $field: AtomicU64,)*
+        }
+
+        impl Metrics {
+            pub fn new() -> Metrics {
+                Metrics {
+                    requests: (0..ROUTES.len() * STATUSES.len())
+                        .map(|_| AtomicU64::new(0))
+                        .collect(),
+                    latency: (0..ROUTES.len()).map(|_| Histogram::new()).collect(),
+                    replication_lag: Histogram::new(),
+                    commit_duration: Histogram::new(),
+                    unrepaired: AtomicU64::new(0),
+                    $($field: AtomicU64::new(0),)*
+                }
+            }
+
+            /// The plain counters in the Prometheus text format.
+            fn render_counters(&self, out: &mut String) {
+                $(counter(out, $name, $help, self.$field.load(Relaxed));)*
+            }
+        }
+    };
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+counters! {
+    summary_mismatches: "kvs_scrub_summary_mismatches_total", "Scrub passes that found the anti-entropy summary not matching the versions.";
+    scrub_runs: "kvs_scrub_runs_total", "Scrub passes started (every stored version checked).";
+    scrub_checked: "kvs_scrub_checked_total", "Stored versions checked by the scrub.";
+    repaired: "kvs_repaired_total", "Damaged versions replaced by a peer's copy.";
+    gossip_rounds: "kvs_gossip_rounds_total", "Gossip rounds run.";
+    gossip_bytes: "kvs_gossip_bytes_total", "Body bytes sent and received by this node's gossip calls.";
+    commits: "kvs_commits_total", "Write transactions committed.";
+    committed_ops: "kvs_committed_ops_total", "Writes committed (all sources).";
+    pushed_versions: "kvs_replication_pushed_versions_total", "Versions pushed to peers and acknowledged.";
+    push_failures: "kvs_replication_push_failures_total", "Push requests that failed.";
+    push_dropped: "kvs_replication_dropped_total", "Versions dropped from a full or failing peer queue (resent by a sync).";
+    received_versions: "kvs_replication_received_versions_total", "Versions received from peers' pushes.";
+    sync_runs: "kvs_sync_runs_total", "Regular syncs run.";
+    catchup_runs: "kvs_catchup_runs_total", "Catch-up and bootstrap runs.";
+    sync_fetched: "kvs_sync_fetched_versions_total", "Versions fetched by regular sync, catch-up, bootstrap and anti-entropy.";
+    conflicts_detected: "kvs_conflicts_detected_total", "Conflicts met (equal timestamps, different uuids).";
+    conflicts_resolved_vote: "kvs_conflicts_resolved_vote_total", "Conflicts settled by a vote of the members.";
+    conflicts_resolved_rule: "kvs_conflicts_resolved_rule_total", "Conflicts settled by the larger-uuid rule (no vote possible, or a repeat).";
+    antientropy_rounds: "kvs_antientropy_rounds_total", "Anti-entropy exchanges started.";
+    antientropy_requests: "kvs_antientropy_requests_total", "Requests sent by anti-entropy exchanges.";
+    antientropy_bytes: "kvs_antientropy_bytes_total", "Body bytes sent and received by anti-entropy exchanges.";
+    antientropy_repaired: "kvs_antientropy_repaired_total", "Versions fetched or pushed by anti-entropy.";
+    tombstones_purged: "kvs_tombstones_purged_total", "Tombstones purged after bootstrap_max_age_hours.";
+    expired: "kvs_expired_total", "Values turned into tombstones at the end of their ttl.";
 }
 
 impl Default for Metrics {
@@ -140,42 +178,6 @@ fn route_index(route: Route) -> usize {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        Metrics {
-            requests: (0..ROUTES.len() * STATUSES.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            latency: (0..ROUTES.len()).map(|_| Histogram::new()).collect(),
-            commits: AtomicU64::new(0),
-            committed_ops: AtomicU64::new(0),
-            pushed_versions: AtomicU64::new(0),
-            push_failures: AtomicU64::new(0),
-            push_dropped: AtomicU64::new(0),
-            replication_lag: Histogram::new(),
-            commit_duration: Histogram::new(),
-            received_versions: AtomicU64::new(0),
-            sync_runs: AtomicU64::new(0),
-            catchup_runs: AtomicU64::new(0),
-            sync_fetched: AtomicU64::new(0),
-            conflicts_detected: AtomicU64::new(0),
-            conflicts_resolved_vote: AtomicU64::new(0),
-            conflicts_resolved_rule: AtomicU64::new(0),
-            antientropy_rounds: AtomicU64::new(0),
-            antientropy_requests: AtomicU64::new(0),
-            antientropy_bytes: AtomicU64::new(0),
-            antientropy_repaired: AtomicU64::new(0),
-            tombstones_purged: AtomicU64::new(0),
-            expired: AtomicU64::new(0),
-            gossip_rounds: AtomicU64::new(0),
-            gossip_bytes: AtomicU64::new(0),
-            scrub_runs: AtomicU64::new(0),
-            scrub_checked: AtomicU64::new(0),
-            repaired: AtomicU64::new(0),
-            summary_mismatches: AtomicU64::new(0),
-            unrepaired: AtomicU64::new(0),
-        }
-    }
-
     /// Records one answered request.
     pub fn observe(&self, route: Route, status: u16, elapsed: Duration) {
         let r = route_index(route);
@@ -189,8 +191,6 @@ impl Metrics {
 
     /// The Prometheus text; `gauges` are values read at scrape time.
     ///
-    /// Long on purpose: most of it is the table of counters with their
-    /// names and help texts, kept in one place next to their output.
     pub fn render(&self, gauges: &[(&str, &str, String, f64)]) -> String {
         let mut out = String::with_capacity(8192);
         out.push_str("# HELP kvs_requests_total HTTP requests answered, by route and status.\n");
@@ -222,136 +222,13 @@ impl Metrics {
                 &format!("route=\"{rname}\""),
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 25] = [
-            (
-                "kvs_scrub_summary_mismatches_total",
-                "Scrub passes that found the anti-entropy summary not matching the versions.",
-                &self.summary_mismatches,
-            ),
-            (
-                "kvs_scrub_runs_total",
-                "Scrub passes started (every stored version checked).",
-                &self.scrub_runs,
-            ),
-            (
-                "kvs_scrub_checked_total",
-                "Stored versions checked by the scrub.",
-                &self.scrub_checked,
-            ),
-            (
-                "kvs_repaired_total",
-                "Damaged versions replaced by a peer's copy.",
-                &self.repaired,
-            ),
-            (
-                "kvs_damaged_versions_total",
-                "Stored versions found damaged (checksum mismatch) on a read; never served.",
-                &crate::store::CHECKSUM_FAILURES,
-            ),
-            (
-                "kvs_gossip_rounds_total",
-                "Gossip rounds run.",
-                &self.gossip_rounds,
-            ),
-            (
-                "kvs_gossip_bytes_total",
-                "Body bytes sent and received by this node's gossip calls.",
-                &self.gossip_bytes,
-            ),
-            (
-                "kvs_commits_total",
-                "Write transactions committed.",
-                &self.commits,
-            ),
-            (
-                "kvs_committed_ops_total",
-                "Writes committed (all sources).",
-                &self.committed_ops,
-            ),
-            (
-                "kvs_replication_pushed_versions_total",
-                "Versions pushed to peers and acknowledged.",
-                &self.pushed_versions,
-            ),
-            (
-                "kvs_replication_push_failures_total",
-                "Push requests that failed.",
-                &self.push_failures,
-            ),
-            (
-                "kvs_replication_dropped_total",
-                "Versions dropped from a full or failing peer queue (resent by a sync).",
-                &self.push_dropped,
-            ),
-            (
-                "kvs_replication_received_versions_total",
-                "Versions received from peers' pushes.",
-                &self.received_versions,
-            ),
-            ("kvs_sync_runs_total", "Regular syncs run.", &self.sync_runs),
-            (
-                "kvs_catchup_runs_total",
-                "Catch-up and bootstrap runs.",
-                &self.catchup_runs,
-            ),
-            (
-                "kvs_sync_fetched_versions_total",
-                "Versions fetched by regular sync, catch-up, bootstrap and anti-entropy.",
-                &self.sync_fetched,
-            ),
-            (
-                "kvs_conflicts_detected_total",
-                "Conflicts met (equal timestamps, different uuids).",
-                &self.conflicts_detected,
-            ),
-            (
-                "kvs_conflicts_resolved_vote_total",
-                "Conflicts settled by a vote of the members.",
-                &self.conflicts_resolved_vote,
-            ),
-            (
-                "kvs_conflicts_resolved_rule_total",
-                "Conflicts settled by the larger-uuid rule (no vote possible, or a repeat).",
-                &self.conflicts_resolved_rule,
-            ),
-            (
-                "kvs_antientropy_rounds_total",
-                "Anti-entropy exchanges started.",
-                &self.antientropy_rounds,
-            ),
-            (
-                "kvs_antientropy_requests_total",
-                "Requests sent by anti-entropy exchanges.",
-                &self.antientropy_requests,
-            ),
-            (
-                "kvs_antientropy_bytes_total",
-                "Body bytes sent and received by anti-entropy exchanges.",
-                &self.antientropy_bytes,
-            ),
-            (
-                "kvs_antientropy_repaired_total",
-                "Versions fetched or pushed by anti-entropy.",
-                &self.antientropy_repaired,
-            ),
-            (
-                "kvs_tombstones_purged_total",
-                "Tombstones purged after bootstrap_max_age_hours.",
-                &self.tombstones_purged,
-            ),
-            (
-                "kvs_expired_total",
-                "Values turned into tombstones at the end of their ttl.",
-                &self.expired,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Relaxed)
-            );
-        }
+        self.render_counters(&mut out);
+        counter(
+            &mut out,
+            "kvs_damaged_versions_total",
+            "Stored versions found damaged (checksum mismatch) on a read; never served.",
+            crate::store::CHECKSUM_FAILURES.load(Relaxed),
+        );
         out.push_str("# HELP kvs_commit_duration_seconds Write transactions: from taking a batch to having answered it (fsync included).\n");
         out.push_str("# TYPE kvs_commit_duration_seconds histogram\n");
         self.commit_duration
@@ -398,5 +275,36 @@ mod tests {
         );
         assert!(text.contains("kvs_request_duration_seconds_count{route=\"kv_get\"} 2"));
         assert!(text.contains("kvs_keys 5"));
+    }
+
+    #[test]
+    fn every_counter_is_rendered_once_with_its_help_and_value() {
+        let m = Metrics::new();
+        m.expired.fetch_add(7, Relaxed);
+        m.summary_mismatches.fetch_add(3, Relaxed);
+        let text = m.render(&[]);
+        assert!(text.contains("kvs_expired_total 7"), "{text}");
+        assert!(text.contains("kvs_scrub_summary_mismatches_total 3"));
+        let types: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .collect();
+        // 24 counters of the list, the damaged versions and the requests.
+        assert_eq!(types.len(), 26, "{types:?}");
+        let mut unique = types.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), types.len(), "a counter rendered twice");
+        for name in types.iter().filter(|n| **n != "kvs_requests_total") {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no help"
+            );
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{name} "))),
+                "{name} has no value"
+            );
+        }
     }
 }

@@ -273,28 +273,34 @@ const TREE_FORMAT: &[u8] = b"2";
 /// Key of the level-3 hashes in the `tree` table.
 const TREE_RECORD: &[u8] = b"level3";
 
+/// Creates `dir` if needed and locks it against a second kvs process (the
+/// lock lasts as long as the returned file is open).
+fn lock_dir(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StoreError::DataDir(format!("data_dir: cannot create {}: {e}", dir.display()))
+    })?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("kvs.lock"))
+        .map_err(|e| {
+            StoreError::DataDir(format!("data_dir: cannot write in {}: {e}", dir.display()))
+        })?;
+    if lock.try_lock().is_err() {
+        return Err(StoreError::DataDir(format!(
+            "data_dir: {} is in use by another kvs process",
+            dir.display()
+        )));
+    }
+    Ok(lock)
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`, locking it against a
     /// second process.
     pub fn open(dir: &Path, map_size_mb: u64) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::DataDir(format!("data_dir: cannot create {}: {e}", dir.display()))
-        })?;
-        let lock_path = dir.join("kvs.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| {
-                StoreError::DataDir(format!("data_dir: cannot write in {}: {e}", dir.display()))
-            })?;
-        if lock.try_lock().is_err() {
-            return Err(StoreError::DataDir(format!(
-                "data_dir: {} is in use by another kvs process",
-                dir.display()
-            )));
-        }
+        let lock = lock_dir(dir)?;
         // Before LMDB maps the file: a truncated file would fault the map,
         // an emptied one would open as an empty database.
         datafile::check_before_open(dir).map_err(StoreError::DataDir)?;
