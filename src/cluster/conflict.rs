@@ -541,4 +541,107 @@ mod tests {
         assert!(q.seen_before("k", 5));
         assert!(!q.seen_before("k", 6));
     }
+
+    /// A fake peer that holds `held` for every key and accepts pushes.
+    fn holder(held: Option<Version>) -> crate::cluster::testing::FakePeer {
+        crate::cluster::testing::FakePeer::start(Box::new(move |rq| {
+            if rq.line.starts_with("GET /internal/version") {
+                let version = held
+                    .as_ref()
+                    .and_then(|v| WireVersion::from_version("k", v));
+                (
+                    200,
+                    serde_json::to_string(&VersionReply { version }).unwrap(),
+                )
+            } else {
+                (200, r#"{"applied":1,"ignored":0,"conflicts":0}"#.into())
+            }
+        }))
+    }
+
+    /// The uuids of the versions pushed to a fake peer.
+    fn pushed(p: &crate::cluster::testing::FakePeer) -> Vec<String> {
+        p.received("POST /internal/push")
+            .iter()
+            .flat_map(|rq| {
+                let push: replicate::PushRequest = serde_json::from_slice(&rq.body).unwrap();
+                push.versions.into_iter().map(|v| v.uuid)
+            })
+            .collect()
+    }
+
+    /// Runs `resolve` on a conflict between `local` (stored here) and
+    /// `incoming`, with peers holding what `held` says; returns the version
+    /// stored here after, the vote and rule counters, and the peers.
+    fn settle(
+        local: Version,
+        incoming: Version,
+        held: &[Option<Version>],
+    ) -> (Version, (u64, u64), Vec<crate::cluster::testing::FakePeer>) {
+        let fakes: Vec<_> = held.iter().map(|h| holder(h.clone())).collect();
+        let ids: Vec<String> = (0..fakes.len()).map(|i| format!("p{i}")).collect();
+        let peers: Vec<(&str, &str, u64)> = fakes
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .map(|(i, (f, id))| (id.as_str(), f.address.as_str(), 200 + i as u64))
+            .collect();
+        let t = crate::cluster::testing::TestCluster::new(&peers);
+        let cluster = &t.cluster;
+        cluster
+            .store
+            .write_versions(&[("k".to_string(), local.clone())])
+            .unwrap();
+        resolve(
+            cluster,
+            ConflictFound {
+                key: "k".into(),
+                local: local.stamp,
+                incoming,
+            },
+        );
+        let now = cluster.store.get("k").unwrap().unwrap();
+        let m = &cluster.metrics;
+        let counts = (
+            m.conflicts_resolved_vote.load(Ordering::Relaxed),
+            m.conflicts_resolved_rule.load(Ordering::Relaxed),
+        );
+        t.stop();
+        (now, counts, fakes)
+    }
+
+    #[test]
+    fn resolve_takes_the_majority_version_and_tells_only_the_others() {
+        let (a, b) = (at(50, 1), at(50, 2));
+        // Here a; the two peers b: b wins 2 to 1, nobody needs telling.
+        let (now, counts, fakes) =
+            settle(a.clone(), b.clone(), &[Some(b.clone()), Some(b.clone())]);
+        assert_eq!(now.stamp.uuid, b.stamp.uuid);
+        assert_eq!(counts, (1, 0));
+        assert!(fakes.iter().all(|f| pushed(f).is_empty()));
+
+        // Here a, one peer a, one peer b: a wins, only the b-holder is told.
+        let (now, counts, fakes) = settle(a.clone(), b.clone(), &[Some(a.clone()), Some(b)]);
+        assert_eq!(now.stamp.uuid, a.stamp.uuid);
+        assert_eq!(counts, (1, 0));
+        assert!(pushed(&fakes[0]).is_empty());
+        assert_eq!(pushed(&fakes[1]), vec![a.stamp.uuid.to_string()]);
+    }
+
+    #[test]
+    fn resolve_takes_a_newer_version_without_a_vote() {
+        let (a, b, newer) = (at(50, 1), at(50, 2), at(60, 3));
+        let (now, counts, fakes) = settle(a, b.clone(), &[Some(newer.clone()), Some(b)]);
+        assert_eq!(now.stamp.uuid, newer.stamp.uuid);
+        assert_eq!(counts, (0, 0));
+        assert!(fakes.iter().all(|f| pushed(f).is_empty()));
+    }
+
+    #[test]
+    fn resolve_without_a_peer_falls_back_to_the_larger_uuid() {
+        let (a, b) = (at(50, 1), at(50, 2));
+        let (now, counts, _) = settle(a, b.clone(), &[]);
+        assert_eq!(now.stamp.uuid, b.stamp.uuid);
+        assert_eq!(counts, (0, 1));
+    }
 }

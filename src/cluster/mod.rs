@@ -32,6 +32,8 @@ pub mod peer;
 pub mod replicate;
 pub mod scrub;
 pub mod sync;
+#[cfg(test)]
+pub mod testing;
 pub mod wire;
 
 use std::collections::BTreeMap;

@@ -682,92 +682,10 @@ mod tests {
     use super::*;
     use crate::store::{Stamp, VersionId};
 
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::AtomicUsize;
 
-    use crate::cluster::membership::{MemberEntry, MemberTable};
+    use crate::cluster::testing::{self, FakePeer};
     use crate::store::tests::TempStore;
-
-    /// A peer on 127.0.0.1 that answers its first `fail` pushes with a 500
-    /// and the others with a 200, recording the keys it accepted.
-    struct FakePeer {
-        address: String,
-        calls: Arc<AtomicUsize>,
-        accepted: Arc<Mutex<Vec<String>>>,
-    }
-
-    impl FakePeer {
-        fn start(fail: usize) -> FakePeer {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let address = listener.local_addr().unwrap().to_string();
-            let calls = Arc::new(AtomicUsize::new(0));
-            let accepted = Arc::new(Mutex::new(Vec::new()));
-            let (c, a) = (calls.clone(), accepted.clone());
-            std::thread::spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    let (c, a) = (c.clone(), a.clone());
-                    std::thread::spawn(move || while Self::answer(&conn, fail, &c, &a) {});
-                }
-            });
-            FakePeer {
-                address,
-                calls,
-                accepted,
-            }
-        }
-
-        /// Reads one request from `conn` and answers it; false when the
-        /// connection is closed.
-        fn answer(
-            conn: &TcpStream,
-            fail: usize,
-            calls: &AtomicUsize,
-            accepted: &Mutex<Vec<String>>,
-        ) -> bool {
-            let mut reader = BufReader::new(conn);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    return false;
-                }
-                let line = line.trim_end().to_ascii_lowercase();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some(v) = line.strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let reply = if calls.fetch_add(1, Ordering::SeqCst) < fail {
-                (
-                    "500 Internal Server Error",
-                    r#"{"error":"not now"}"#.to_string(),
-                )
-            } else {
-                let push: PushRequest = serde_json::from_slice(&body).unwrap();
-                let n = push.versions.len();
-                let mut keys = accepted.lock().unwrap();
-                keys.extend(push.versions.into_iter().map(|v| v.key));
-                (
-                    "200 OK",
-                    format!(r#"{{"applied":{n},"ignored":0,"conflicts":0}}"#),
-                )
-            };
-            let mut out = conn;
-            write!(
-                out,
-                "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
-                reply.0,
-                reply.1.len(),
-                reply.1
-            )
-            .is_ok()
-        }
-    }
 
     fn version(ts: u64) -> Version {
         Version {
@@ -787,35 +705,30 @@ mod tests {
     /// all.
     #[test]
     fn a_failed_push_is_resent_from_the_time_index() {
-        let peer = FakePeer::start(2);
+        // Answers its first two pushes with a 500, then takes them.
+        let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (seen, keys) = (Arc::new(AtomicUsize::new(0)), accepted.clone());
+        let peer = FakePeer::start(Box::new(move |rq| {
+            if seen.fetch_add(1, Ordering::SeqCst) < 2 {
+                return (500, r#"{"error":"not now"}"#.into());
+            }
+            let push: PushRequest = serde_json::from_slice(&rq.body).unwrap();
+            let n = push.versions.len();
+            keys.lock()
+                .unwrap()
+                .extend(push.versions.into_iter().map(|v| v.key));
+            (
+                200,
+                format!(r#"{{"applied":{n},"ignored":0,"conflicts":0}}"#),
+            )
+        }));
         let mut temp = TempStore::new();
         let store = Arc::new(temp.store.take().unwrap());
         let versions: Vec<(String, Version)> = (1..=5)
             .map(|i| (format!("k{i}"), version(1_000 + i)))
             .collect();
         store.write_versions(&versions).unwrap();
-
-        let entry = |id: &str, address: &str| MemberEntry {
-            id: id.into(),
-            address: address.into(),
-            joined_timestamp: 1,
-            generation: 1,
-            heartbeat: 0,
-            suspect: false,
-            left: false,
-        };
-        let table = MemberTable::new(
-            entry("me", "127.0.0.1:1"),
-            Duration::from_secs(60),
-            Duration::from_secs(120),
-            16,
-        );
-        let members = Arc::new(Members::new(table, &[], Default::default()));
-        members.merge(&[entry("peer", &peer.address)]);
-        assert!(
-            members.is_healthy("peer"),
-            "the peer is not a healthy member"
-        );
+        let members = testing::members(&[("peer", &peer.address, 1)]);
         let metrics = Arc::new(Metrics::new());
         let stopper = Arc::new(Stopper::new());
         let replicator = Replicator::new(
@@ -832,7 +745,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut got = Vec::new();
         while Instant::now() < deadline {
-            got = peer.accepted.lock().unwrap().clone();
+            got = accepted.lock().unwrap().clone();
             if got.len() >= versions.len() {
                 break;
             }
