@@ -34,8 +34,9 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
 /// (so that `--node-id 123` stays a string), its default as the new
 /// `config.yaml` shows it, and its meaning. From this one list come
 /// [`RawConfig`], [`KEYS`] (the file template and `--help`),
-/// `RawConfig::merge` and `is_string_key`; [`Config::from_raw`] gives each
-/// its validated type.
+/// `RawConfig::merge`, `is_string_key` and the defaults themselves
+/// (`RawConfig::defaults` reads them back); [`Config::from_raw`] gives
+/// each its validated type. A default in parentheses is derived there.
 macro_rules! config_keys {
     ($( $name:ident : $ty:ty, $kind:ident, $default:literal, $meaning:literal; )*) => {
         /// The keys as written in YAML; `None` means "not given".
@@ -104,64 +105,65 @@ config_keys! {
     cluster_secret: String, text, "\"\"", "shared secret for internal endpoints; empty = open";
 }
 
-/// The validated configuration of one node.
+/// The validated configuration of one node (defaults: [`KEYS`]).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Unique name of this node in the cluster. Default: the host name.
+    /// Unique name of this node in the cluster.
     pub node_id: String,
-    /// Address the HTTP server binds. Default `127.0.0.1`.
+    /// Address the HTTP server binds.
     pub bind_address: IpAddr,
-    /// HTTP port for clients and peers. Default 8080; 0 picks a free port
-    /// (only for a standalone node, as peers could not find it).
+    /// HTTP port for clients and peers; 0 picks a free port (only for a
+    /// standalone node, as peers could not find it).
     pub port: u16,
-    /// LMDB directory, created if missing. Default `./data`.
+    /// LMDB directory, created if missing.
     pub data_dir: PathBuf,
-    /// `host:port` peers to join through. Default none: standalone.
+    /// `host:port` peers to join through.
     pub seed_nodes: Vec<String>,
     /// Refuse client writes with 403; replication still applies.
     pub read_only: bool,
-    /// Log level: debug, info, warn or error. Default info.
+    /// Log level: debug, info, warn or error.
     pub log_level: log::LevelFilter,
     /// Where the log goes; None: stderr.
     pub log_file: Option<PathBuf>,
+    /// One JSON object per log line instead of text.
     pub log_json: bool,
+    /// How long a new node waits for a seed before serving alone.
     pub join_timeout: Duration,
-    /// Lower bound of the random wait between gossip rounds. Default 60 s.
+    /// Lower bound of the random wait between gossip rounds.
     pub gossip_interval_min: Duration,
-    /// Upper bound of the random wait between gossip rounds. Default 120 s.
+    /// Upper bound of the random wait between gossip rounds.
     pub gossip_interval_max: Duration,
-    /// Time between regular syncs. Default 300 s.
+    /// Time between regular syncs.
     pub sync_interval: Duration,
-    /// Time between catch-up syncs while behind. Default 120 s.
+    /// Time between catch-up syncs while behind.
     pub catchup_interval: Duration,
     /// How far back a new node fetches history, and how long tombstones live.
-    /// Default 720 hours.
     pub bootstrap_max_age: Duration,
-    /// Pause between sync pages asked of one peer. Default 100 ms.
+    /// Pause between sync pages asked of one peer.
     pub throttle_delay: Duration,
-    /// Pause between individual fetches. Default 50 ms.
+    /// Pause between individual fetches.
     pub fetch_delay: Duration,
-    /// Time unheard before a member is unhealthy. Default 300 s.
+    /// Time a member stays suspected before it is unhealthy.
     pub failure_timeout: Duration,
-    /// Time unheard before a member is dropped. Default 600 s.
+    /// Time a member stays suspected before it is dropped.
     pub removal_timeout: Duration,
-    /// Time between anti-entropy exchanges. Default 600 s.
+    /// Time between anti-entropy exchanges.
     pub antientropy_interval: Duration,
-    /// `host:port` peers dial. Default `bind_address:port`.
+    /// `host:port` peers dial.
     pub advertise_address: String,
-    /// Largest accepted body in bytes. Default 1 MiB.
+    /// Largest accepted body in bytes.
     pub max_value_bytes: usize,
-    /// Request worker threads. Default 8.
+    /// Request worker threads.
     pub http_threads: usize,
-    /// Open client connections. Default 512.
+    /// Open client connections.
     pub max_connections: usize,
-    /// Time a client has to send a whole request head. Default 10 s.
+    /// Time a client has to send a whole request head.
     pub header_timeout: Duration,
-    /// Members (this node included) the table holds at most. Default 1024.
+    /// Members (this node included) the table holds at most.
     pub max_members: usize,
-    /// Time between scrub passes over every stored version. Default 1 day.
+    /// Time between scrub passes over every stored version.
     pub scrub_interval: Duration,
-    /// LMDB map size in MiB. Default 1024.
+    /// LMDB map size in MiB.
     pub map_size_mb: u64,
     /// Bearer tokens accepted on client endpoints; empty means open.
     pub client_tokens: Vec<String>,
@@ -206,12 +208,18 @@ impl RawConfig {
     }
 }
 
-/// A whole number within bounds, or its default.
-fn within<T>(key: &str, value: Option<T>, default: T, lo: T, hi: T) -> Result<T, ConfigError>
+/// A key's value: given, or its default from [`KEYS`] (every key without
+/// a derived default has one, so this fails only if that list is broken).
+fn given<T>(key: &str, value: Option<T>) -> Result<T, ConfigError> {
+    value.ok_or_else(|| ConfigError(format!("{key}: no value and no default")))
+}
+
+/// A whole number within bounds.
+fn within<T>(key: &str, value: Option<T>, lo: T, hi: T) -> Result<T, ConfigError>
 where
     T: PartialOrd + fmt::Display + Copy,
 {
-    let v = value.unwrap_or(default);
+    let v = given(key, value)?;
     if v < lo || v > hi {
         return err(format!("{key}: {v} is not between {lo} and {hi}"));
     }
@@ -219,14 +227,23 @@ where
 }
 
 /// Seconds given as a number (fractions allowed) become a duration.
-fn seconds(key: &str, value: Option<f64>, default: f64) -> Result<Duration, ConfigError> {
-    let v = value.unwrap_or(default);
+fn seconds(key: &str, value: Option<f64>) -> Result<Duration, ConfigError> {
+    let v = given(key, value)?;
     if !v.is_finite() || v <= 0.0 || v > 1e9 {
         return err(format!(
             "{key}: must be a positive number of seconds, got {v}"
         ));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+/// Milliseconds, at most an hour.
+fn milliseconds(key: &str, value: Option<u64>) -> Result<Duration, ConfigError> {
+    let v = given(key, value)?;
+    if v > 3_600_000 {
+        return err(format!("{key}: {v} is more than an hour"));
+    }
+    Ok(Duration::from_millis(v))
 }
 
 /// The machine's host name, the default node id.
@@ -253,102 +270,85 @@ pub fn check_host_port(key: &str, addr: &str) -> Result<(), ConfigError> {
     }
 }
 
-impl Config {
-    /// Fills in defaults and checks every value.
-    ///
-    /// Long on purpose: one check after another, in the order of the file,
-    /// each naming its key; the helpers (`seconds`, `within`,
-    /// `check_host_port`) hold what they share.
-    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
-        let node_id = raw.node_id.unwrap_or_else(host_name);
+/// The parts of a configuration checked together (the order of the file).
+struct Network {
+    node_id: String,
+    bind_address: IpAddr,
+    port: u16,
+    seed_nodes: Vec<String>,
+    advertise_address: String,
+}
+
+struct Logging {
+    log_level: log::LevelFilter,
+    log_file: Option<PathBuf>,
+    log_json: bool,
+}
+
+struct Timing {
+    join_timeout: Duration,
+    gossip_interval_min: Duration,
+    gossip_interval_max: Duration,
+    sync_interval: Duration,
+    catchup_interval: Duration,
+    bootstrap_max_age: Duration,
+    throttle_delay: Duration,
+    fetch_delay: Duration,
+    failure_timeout: Duration,
+    removal_timeout: Duration,
+    antientropy_interval: Duration,
+    header_timeout: Duration,
+    scrub_interval: Duration,
+}
+
+struct Limits {
+    max_value_bytes: usize,
+    http_threads: usize,
+    max_connections: usize,
+    max_members: usize,
+    map_size_mb: u64,
+}
+
+struct Access {
+    client_tokens: Vec<String>,
+    cluster_secret: String,
+}
+
+impl RawConfig {
+    /// The literal defaults of [`KEYS`]; the keys whose default is derived
+    /// (shown in parentheses) stay unset.
+    fn defaults() -> RawConfig {
+        let text: String = KEYS
+            .iter()
+            .filter(|(_, default, _)| !default.starts_with('('))
+            .map(|(key, default, _)| format!("{key}: {default}\n"))
+            .collect();
+        Self::from_yaml(&text).unwrap_or_default()
+    }
+
+    fn network(&mut self) -> Result<Network, ConfigError> {
+        let node_id = self.node_id.take().unwrap_or_else(host_name);
         if node_id.is_empty() || node_id.len() > 128 {
             return err("node_id: must be 1 to 128 characters");
         }
         if node_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return err("node_id: must not contain spaces or control characters");
         }
-
-        let bind_text = raw.bind_address.unwrap_or_else(|| "127.0.0.1".to_string());
+        let bind_text = given("bind_address", self.bind_address.take())?;
         let bind_address: IpAddr = bind_text.parse().map_err(|_| {
             ConfigError(format!(
                 "bind_address: \"{bind_text}\" is not an IP address"
             ))
         })?;
-        let port = raw.port.unwrap_or(8080);
-        let seed_nodes = raw.seed_nodes.unwrap_or_default();
+        let port = given("port", self.port)?;
+        let seed_nodes = given("seed_nodes", self.seed_nodes.take())?;
         for seed in &seed_nodes {
             check_host_port("seed_nodes", seed)?;
         }
-        if port == 0 && !seed_nodes.is_empty() && raw.advertise_address.is_none() {
+        if port == 0 && !seed_nodes.is_empty() && self.advertise_address.is_none() {
             return err("port: 0 (a random port) cannot be used with seed_nodes: peers could not reach this node; set a port or advertise_address");
         }
-
-        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
-        if data_dir.as_os_str().is_empty() {
-            return err("data_dir: must not be empty");
-        }
-
-        let level_text = raw.log_level.unwrap_or_else(|| "info".to_string());
-        let log_level = match level_text.to_ascii_lowercase().as_str() {
-            "debug" => log::LevelFilter::Debug,
-            "info" => log::LevelFilter::Info,
-            "warn" | "warning" => log::LevelFilter::Warn,
-            "error" => log::LevelFilter::Error,
-            _ => {
-                return err(format!(
-                    "log_level: \"{level_text}\" is not one of debug, info, warn, error"
-                ))
-            }
-        };
-
-        let log_file = raw.log_file.filter(|f| !f.is_empty()).map(PathBuf::from);
-        let log_json = match raw.log_format.as_deref().unwrap_or("text") {
-            "text" => false,
-            "json" => true,
-            other => return err(format!("log_format: \"{other}\" is not one of text, json")),
-        };
-        let join_timeout = seconds("join_timeout", raw.join_timeout, 60.0)?;
-        let gossip_interval_min = seconds("gossip_interval_min", raw.gossip_interval_min, 60.0)?;
-        let gossip_interval_max = seconds("gossip_interval_max", raw.gossip_interval_max, 120.0)?;
-        if gossip_interval_min > gossip_interval_max {
-            return err(format!(
-                "gossip_interval_min: {} is greater than gossip_interval_max ({})",
-                gossip_interval_min.as_secs_f64(),
-                gossip_interval_max.as_secs_f64()
-            ));
-        }
-        let sync_interval = seconds("sync_interval", raw.sync_interval, 300.0)?;
-        let catchup_interval = seconds("catchup_interval", raw.catchup_interval, 120.0)?;
-        let max_age_hours = raw.bootstrap_max_age_hours.unwrap_or(720.0);
-        if !max_age_hours.is_finite() || max_age_hours <= 0.0 || max_age_hours > 1e6 {
-            return err(format!(
-                "bootstrap_max_age_hours: must be a positive number of hours, got {max_age_hours}"
-            ));
-        }
-        let bootstrap_max_age = Duration::from_secs_f64(max_age_hours * 3600.0);
-        let throttle_delay_ms = raw.throttle_delay_ms.unwrap_or(100);
-        let fetch_delay_ms = raw.fetch_delay_ms.unwrap_or(50);
-        for (key, v) in [
-            ("throttle_delay_ms", throttle_delay_ms),
-            ("fetch_delay_ms", fetch_delay_ms),
-        ] {
-            if v > 3_600_000 {
-                return err(format!("{key}: {v} is more than an hour"));
-            }
-        }
-        let failure_timeout = seconds("failure_timeout", raw.failure_timeout, 300.0)?;
-        let removal_timeout = seconds("removal_timeout", raw.removal_timeout, 600.0)?;
-        if failure_timeout > removal_timeout {
-            return err(format!(
-                "failure_timeout: {} is greater than removal_timeout ({})",
-                failure_timeout.as_secs_f64(),
-                removal_timeout.as_secs_f64()
-            ));
-        }
-        let antientropy_interval =
-            seconds("antientropy_interval", raw.antientropy_interval, 600.0)?;
-
-        let advertise_address = match raw.advertise_address {
+        let advertise_address = match self.advertise_address.take() {
             Some(a) => {
                 check_host_port("advertise_address", &a)?;
                 a
@@ -365,33 +365,118 @@ impl Config {
                 }
             }
         };
+        Ok(Network {
+            node_id,
+            bind_address,
+            port,
+            seed_nodes,
+            advertise_address,
+        })
+    }
 
+    fn logging(&mut self) -> Result<Logging, ConfigError> {
+        let level_text = given("log_level", self.log_level.take())?;
+        let log_level = match level_text.to_ascii_lowercase().as_str() {
+            "debug" => log::LevelFilter::Debug,
+            "info" => log::LevelFilter::Info,
+            "warn" | "warning" => log::LevelFilter::Warn,
+            "error" => log::LevelFilter::Error,
+            _ => {
+                return err(format!(
+                    "log_level: \"{level_text}\" is not one of debug, info, warn, error"
+                ))
+            }
+        };
+        let log_file = self
+            .log_file
+            .take()
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from);
+        let log_json = match given("log_format", self.log_format.take())?.as_str() {
+            "text" => false,
+            "json" => true,
+            other => return err(format!("log_format: \"{other}\" is not one of text, json")),
+        };
+        Ok(Logging {
+            log_level,
+            log_file,
+            log_json,
+        })
+    }
+
+    fn timing(&self) -> Result<Timing, ConfigError> {
+        let gossip_interval_min = seconds("gossip_interval_min", self.gossip_interval_min)?;
+        let gossip_interval_max = seconds("gossip_interval_max", self.gossip_interval_max)?;
+        if gossip_interval_min > gossip_interval_max {
+            return err(format!(
+                "gossip_interval_min: {} is greater than gossip_interval_max ({})",
+                gossip_interval_min.as_secs_f64(),
+                gossip_interval_max.as_secs_f64()
+            ));
+        }
+        let max_age_hours = given("bootstrap_max_age_hours", self.bootstrap_max_age_hours)?;
+        if !max_age_hours.is_finite() || max_age_hours <= 0.0 || max_age_hours > 1e6 {
+            return err(format!(
+                "bootstrap_max_age_hours: must be a positive number of hours, got {max_age_hours}"
+            ));
+        }
+        let failure_timeout = seconds("failure_timeout", self.failure_timeout)?;
+        let removal_timeout = seconds("removal_timeout", self.removal_timeout)?;
+        if failure_timeout > removal_timeout {
+            return err(format!(
+                "failure_timeout: {} is greater than removal_timeout ({})",
+                failure_timeout.as_secs_f64(),
+                removal_timeout.as_secs_f64()
+            ));
+        }
+        Ok(Timing {
+            join_timeout: seconds("join_timeout", self.join_timeout)?,
+            gossip_interval_min,
+            gossip_interval_max,
+            sync_interval: seconds("sync_interval", self.sync_interval)?,
+            catchup_interval: seconds("catchup_interval", self.catchup_interval)?,
+            bootstrap_max_age: Duration::from_secs_f64(max_age_hours * 3600.0),
+            throttle_delay: milliseconds("throttle_delay_ms", self.throttle_delay_ms)?,
+            fetch_delay: milliseconds("fetch_delay_ms", self.fetch_delay_ms)?,
+            failure_timeout,
+            removal_timeout,
+            antientropy_interval: seconds("antientropy_interval", self.antientropy_interval)?,
+            header_timeout: seconds("header_timeout", self.header_timeout)?,
+            scrub_interval: seconds("scrub_interval", self.scrub_interval)?,
+        })
+    }
+
+    fn limits(&self) -> Result<Limits, ConfigError> {
         let max_value_bytes = within(
             "max_value_bytes",
-            raw.max_value_bytes,
-            1_048_576,
+            self.max_value_bytes,
             1,
             512 * 1024 * 1024,
         )?;
-        let http_threads = within("http_threads", raw.http_threads, 8, 1, 1024)?;
-        let max_connections = within("max_connections", raw.max_connections, 512, 1, 65_536)?;
-        let header_timeout = seconds("header_timeout", raw.header_timeout, 10.0)?;
-        let scrub_interval = seconds("scrub_interval", raw.scrub_interval, 86_400.0)?;
-        let max_members = within("max_members", raw.max_members, 1024, 2, 100_000)?;
-        let map_size_mb = within("map_size_mb", raw.map_size_mb, 1024, 1, 16 * 1024 * 1024)?;
+        let map_size_mb = within("map_size_mb", self.map_size_mb, 1, 16 * 1024 * 1024)?;
         if (max_value_bytes as u64) > map_size_mb * 1024 * 1024 / 2 {
             return err(format!(
                 "max_value_bytes: {max_value_bytes} does not fit twice in map_size_mb ({map_size_mb} MiB)"
             ));
         }
-        let client_tokens = raw.client_tokens.unwrap_or_default();
+        Ok(Limits {
+            max_value_bytes,
+            http_threads: within("http_threads", self.http_threads, 1, 1024)?,
+            max_connections: within("max_connections", self.max_connections, 1, 65_536)?,
+            max_members: within("max_members", self.max_members, 2, 100_000)?,
+            map_size_mb,
+        })
+    }
+
+    fn access(&mut self) -> Result<Access, ConfigError> {
+        let client_tokens = given("client_tokens", self.client_tokens.take())?;
         if client_tokens
             .iter()
             .any(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
             return err("client_tokens: tokens must be non-empty and contain no spaces");
         }
-        let cluster_secret = raw.cluster_secret.unwrap_or_default();
+        let cluster_secret = given("cluster_secret", self.cluster_secret.take())?;
         if cluster_secret.chars().any(|c| c.is_control() || c == ' ') {
             return err("cluster_secret: must not contain spaces or control characters");
         }
@@ -403,38 +488,60 @@ impl Config {
                  and accept every value without credentials; set cluster_secret too",
             );
         }
-
-        Ok(Config {
-            node_id,
-            bind_address,
-            port,
-            data_dir,
-            seed_nodes,
-            read_only: raw.read_only.unwrap_or(false),
-            log_level,
-            log_file,
-            log_json,
-            join_timeout,
-            gossip_interval_min,
-            gossip_interval_max,
-            sync_interval,
-            catchup_interval,
-            bootstrap_max_age,
-            throttle_delay: Duration::from_millis(throttle_delay_ms),
-            fetch_delay: Duration::from_millis(fetch_delay_ms),
-            failure_timeout,
-            removal_timeout,
-            antientropy_interval,
-            advertise_address,
-            max_value_bytes,
-            http_threads,
-            max_connections,
-            header_timeout,
-            max_members,
-            scrub_interval,
-            map_size_mb,
+        Ok(Access {
             client_tokens,
             cluster_secret,
+        })
+    }
+}
+
+impl Config {
+    /// Fills in the defaults (from [`KEYS`], the one list) and checks every
+    /// value, part by part in the order of the file; every error names its
+    /// key.
+    pub fn from_raw(given_keys: RawConfig) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::defaults();
+        raw.merge(given_keys);
+        let n = raw.network()?;
+        let data_dir = given("data_dir", raw.data_dir.take())?;
+        if data_dir.as_os_str().is_empty() {
+            return err("data_dir: must not be empty");
+        }
+        let l = raw.logging()?;
+        let t = raw.timing()?;
+        let m = raw.limits()?;
+        let a = raw.access()?;
+        Ok(Config {
+            node_id: n.node_id,
+            bind_address: n.bind_address,
+            port: n.port,
+            data_dir,
+            seed_nodes: n.seed_nodes,
+            read_only: given("read_only", raw.read_only)?,
+            log_level: l.log_level,
+            log_file: l.log_file,
+            log_json: l.log_json,
+            join_timeout: t.join_timeout,
+            gossip_interval_min: t.gossip_interval_min,
+            gossip_interval_max: t.gossip_interval_max,
+            sync_interval: t.sync_interval,
+            catchup_interval: t.catchup_interval,
+            bootstrap_max_age: t.bootstrap_max_age,
+            throttle_delay: t.throttle_delay,
+            fetch_delay: t.fetch_delay,
+            failure_timeout: t.failure_timeout,
+            removal_timeout: t.removal_timeout,
+            antientropy_interval: t.antientropy_interval,
+            advertise_address: n.advertise_address,
+            max_value_bytes: m.max_value_bytes,
+            http_threads: m.http_threads,
+            max_connections: m.max_connections,
+            header_timeout: t.header_timeout,
+            max_members: m.max_members,
+            scrub_interval: t.scrub_interval,
+            map_size_mb: m.map_size_mb,
+            client_tokens: a.client_tokens,
+            cluster_secret: a.cluster_secret,
         })
     }
 
