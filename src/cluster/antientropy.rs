@@ -16,8 +16,9 @@
 //! The traffic is O(differences · depth), requests are paced by
 //! `throttle_delay_ms`, and memory is bounded by the chunk sizes below.
 //! Tombstones are versions like any other, so a delete that one side missed
-//! is repaired like a write. Purged tombstones: see the README
-//! ("Tombstones", and "Anti-entropy").
+//! is repaired like a write. A node back from an absence longer than
+//! tombstones live drops what its witnesses no longer hold instead of
+//! pushing it back (`gc`; the README's "Tombstones" and "Anti-entropy").
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -1,25 +1,16 @@
 //! Storage: versions of keys in LMDB (through heed), the time index, the
 //! anti-entropy buckets and summary, and the node's own metadata.
 //!
-//! Tables (all byte keys and values):
-//! - `versions`: key → encoded [`Version`]; exactly one version per key.
-//! - `by_time`: timestamp (8 bytes, big-endian) ‖ key → nothing. Answers
-//!   "what changed since T" and "latest N".
-//! - `tombs`: timestamp ‖ key → nothing, for tombstones only, so the purge
-//!   reads only what it may delete.
-//! - `buckets`: leaf bucket (2 bytes) ‖ key → stamp. Lists the versions of one
-//!   anti-entropy bucket without touching their data.
-//! - `tree`: one record, the 4096 level-3 hashes of the summary tree
-//!   (`merkle`); the leaf hashes below are computed from `buckets` on demand.
-//! - `meta`: name → bytes: node identity, members, sync marks.
+//! Every table and every metadata name is listed in `schema`.
 //!
 //! Invariant: a version, its time index entry and its bucket entry change
 //! together in [`Store::put_version`] or [`Store::remove_version`], inside
 //! the caller's write transaction; the summary changes they imply are
 //! written by [`Store::commit`] in that same transaction, which then applies
-//! them to the in-memory tree. Only the writer thread (`store::writer`) and
-//! the offline tools write versions; `meta_put` and `meta_delete` write
-//! single metadata entries in their own transactions, from other threads.
+//! them to the in-memory tree. On a running node only the writer thread
+//! (`store::writer`) writes, metadata included (`WriterHandle::meta_put`);
+//! `Store::meta_put` is for the start, before the writer runs (the node's
+//! identity, `daemon`), and for the offline tools.
 
 pub mod condition;
 pub mod datafile;
