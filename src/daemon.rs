@@ -44,8 +44,9 @@ use crate::cluster::gc::Reconcile;
 use crate::cluster::membership::{MemberEntry, MemberTable};
 use crate::cluster::peer::PeerClient;
 use crate::cluster::replicate::Replicator;
+use crate::cluster::sync::SyncState;
 use crate::cluster::{antientropy, conflict, gossip, scrub, sync};
-use crate::cluster::{Cluster, Members, Mode, Parts, Stopper};
+use crate::cluster::{Cluster, Members, Mode, State, Stopper};
 use crate::config::Config;
 use crate::logging;
 use crate::metrics::Metrics;
@@ -251,7 +252,7 @@ fn assemble(
     let (writer, writer_thread) = writer::start(store.clone(), hooks);
     let fatal_tx = Mutex::new(exit);
     let config = Arc::new(config);
-    let cluster = Arc::new(Cluster::new(Parts {
+    let cluster = Arc::new(Cluster {
         config: config.clone(),
         store: store.clone(),
         writer: writer.clone(),
@@ -262,12 +263,13 @@ fn assemble(
         conflicts,
         stopper,
         reconcile,
-        mode: if syncing { Mode::Syncing } else { Mode::Normal },
-        fatal: Box::new(move |message| {
+        sync: SyncState::default(),
+        state: State::new(if syncing { Mode::Syncing } else { Mode::Normal }),
+        on_fatal: Box::new(move |message| {
             log::error!("{message}");
             let _ = fatal_tx.lock().unwrap_or_else(|e| e.into_inner()).send(1);
         }),
-    }));
+    });
     let node = Arc::new(Node::new(store, watch, writer, cluster));
     (node, writer_thread)
 }

@@ -83,54 +83,34 @@ pub struct Cluster {
     pub stopper: Arc<Stopper>,
     /// Back from an absence longer than bootstrap_max_age_hours: see `gc`.
     pub reconcile: Reconcile,
+    /// Mode, leaving and joining, changed through the methods below.
+    pub state: State,
+    /// Stops the node, logging why (exit code 1).
+    pub on_fatal: Fatal,
+}
+
+/// The flags of a [`Cluster`] that its threads change.
+pub struct State {
     mode: AtomicU8,
     left: AtomicBool,
     /// Why the last attempt to join failed (every seed and known address
     /// refused or did not answer); None once joined.
     join_error: Mutex<Option<String>>,
-    fatal: Fatal,
 }
 
-/// The parts of a [`Cluster`] that the node builds before it (they are
-/// shared with the writer's hooks).
-pub struct Parts {
-    pub config: Arc<Config>,
-    pub store: Arc<Store>,
-    pub writer: WriterHandle,
-    pub metrics: Arc<Metrics>,
-    pub members: Arc<Members>,
-    pub peer: PeerClient,
-    pub replicator: Arc<Replicator>,
-    pub conflicts: Arc<ConflictQueue>,
-    pub stopper: Arc<Stopper>,
-    pub reconcile: Reconcile,
-    pub mode: Mode,
-    pub fatal: Fatal,
+impl State {
+    pub fn new(mode: Mode) -> State {
+        State {
+            mode: AtomicU8::new(mode as u8),
+            left: AtomicBool::new(false),
+            join_error: Mutex::new(None),
+        }
+    }
 }
 
 impl Cluster {
-    pub fn new(p: Parts) -> Cluster {
-        Cluster {
-            config: p.config,
-            store: p.store,
-            writer: p.writer,
-            metrics: p.metrics,
-            members: p.members,
-            peer: p.peer,
-            replicator: p.replicator,
-            sync: SyncState::default(),
-            conflicts: p.conflicts,
-            stopper: p.stopper,
-            reconcile: p.reconcile,
-            mode: AtomicU8::new(p.mode as u8),
-            left: AtomicBool::new(false),
-            join_error: Mutex::new(None),
-            fatal: p.fatal,
-        }
-    }
-
     pub fn mode(&self) -> Mode {
-        if self.mode.load(Ordering::Relaxed) == Mode::Syncing as u8 {
+        if self.state.mode.load(Ordering::Relaxed) == Mode::Syncing as u8 {
             Mode::Syncing
         } else {
             Mode::Normal
@@ -138,23 +118,23 @@ impl Cluster {
     }
 
     pub fn set_mode(&self, mode: Mode) {
-        self.mode.store(mode as u8, Ordering::Relaxed);
+        self.state.mode.store(mode as u8, Ordering::Relaxed);
     }
 
     /// Stops the node with exit code 1 after logging why.
     pub fn fatal(&self, message: &str) {
-        (self.fatal)(message)
+        (self.on_fatal)(message)
     }
 
     /// True once this node has left the cluster (it then works alone).
     pub fn has_left(&self) -> bool {
-        self.left.load(Ordering::Relaxed)
+        self.state.left.load(Ordering::Relaxed)
     }
 
     /// Leaves the cluster: peers are told and drop this node; it keeps
     /// serving its own data, alone, until restarted.
     pub fn leave(&self) {
-        if self.left.swap(true, Ordering::SeqCst) {
+        if self.state.left.swap(true, Ordering::SeqCst) {
             return;
         }
         gossip::announce_leave(self);
@@ -163,14 +143,19 @@ impl Cluster {
     /// Records why joining failed (None: it worked). True when the reason
     /// is new, so worth a log line.
     pub fn set_join_error(&self, reason: Option<String>) -> bool {
-        let mut current = self.join_error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = self
+            .state
+            .join_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let new = *current != reason;
         *current = reason;
         new
     }
 
     pub fn join_error(&self) -> Option<String> {
-        self.join_error
+        self.state
+            .join_error
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

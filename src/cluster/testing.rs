@@ -13,7 +13,8 @@ use super::gc::Reconcile;
 use super::membership::{MemberEntry, MemberTable};
 use super::peer::PeerClient;
 use super::replicate::Replicator;
-use super::{Cluster, Members, Mode, Parts, Stopper};
+use super::sync::SyncState;
+use super::{Cluster, Members, Mode, State, Stopper};
 use crate::config::{Config, RawConfig};
 use crate::metrics::Metrics;
 use crate::store::tests::TempStore;
@@ -184,7 +185,7 @@ impl TestCluster {
             stopper.clone(),
             Duration::ZERO,
         );
-        let cluster = Arc::new(Cluster::new(Parts {
+        let cluster = Arc::new(Cluster {
             config,
             store,
             writer,
@@ -195,9 +196,10 @@ impl TestCluster {
             conflicts: Arc::new(ConflictQueue::new()),
             stopper,
             reconcile: Reconcile::at_start(false, 0, None, Duration::from_secs(3600)),
-            mode: Mode::Normal,
-            fatal: Box::new(|m| panic!("fatal: {m}")),
-        }));
+            sync: SyncState::default(),
+            state: State::new(Mode::Normal),
+            on_fatal: Box::new(|m| panic!("fatal: {m}")),
+        });
         TestCluster {
             cluster,
             writer_thread: Some(writer_thread),
