@@ -90,7 +90,7 @@ impl Decision {
 pub fn decide(me: &str, ballots: &[Ballot], candidates: &[VersionId]) -> Decision {
     let larger = || {
         Decision::LargerUuid(
-            crate::store::version::rule_winner(candidates.iter().copied())
+            crate::store::merge::rule_winner(candidates.iter().copied())
                 .unwrap_or(VersionId([0; 16])),
         )
     };
@@ -331,7 +331,7 @@ fn count(
         Some(v) if v.stamp.timestamp > ts => {
             let beats = newer
                 .as_ref()
-                .is_none_or(|n| crate::store::version::settles_over(&v.stamp, &n.stamp));
+                .is_none_or(|n| crate::store::merge::settles_over(&v.stamp, &n.stamp));
             if beats {
                 *newer = Some(v);
             }

@@ -14,6 +14,7 @@
 
 pub mod condition;
 pub mod datafile;
+pub mod merge;
 pub mod merkle;
 mod read;
 pub mod schema;
@@ -30,8 +31,9 @@ use std::sync::RwLock;
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 
+pub use merge::{merge, Merge};
 pub use merkle::Tree;
-pub use version::{merge, Damage, Merge, Stamp, Version, VersionId};
+pub use version::{Damage, Stamp, Version, VersionId};
 
 /// Longest accepted key in bytes. LMDB keys are at most 511 bytes and the
 /// time index prefixes 8 bytes to the key.

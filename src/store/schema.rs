@@ -8,7 +8,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `versions` | key | the version record (`version::Version::encode`: format, stamp, [expiry,] CRC-32C, data) |
+//! | `versions` | key | the version record (`version::Version::encode`: format, stamp, expiry (format 3), CRC-32C, data) |
 //! | `by_time` | timestamp (8, big-endian) + key | empty: the time index, for syncs and catch-up |
 //! | `tombs` | timestamp + key | empty: tombstones, oldest first, for the purge |
 //! | `buckets` | leaf (2, big-endian) + key | the stamp: the anti-entropy buckets |

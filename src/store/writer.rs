@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use super::condition::Condition;
-use super::version::{merge, next_timestamp, Merge, Stamp, Version, VersionId};
+use super::merge::{merge, next_timestamp, Merge};
+use super::version::{Stamp, Version, VersionId};
 use super::{Result, Store, StoreError, Touched};
 use crate::clock;
 
