@@ -1,5 +1,5 @@
 //! Pull-based sync (compatible with the original): regular sync, catch-up
-//! and bootstrap, plus the tombstone purge. One thread runs them all.
+//! and bootstrap; the same thread runs the tombstone purge (`gc::purge`).
 //!
 //! - Regular sync: every `sync_interval`, ask a random healthy peer for its
 //!   latest 15 versions and fetch those that are newer there or missing
