@@ -421,13 +421,16 @@ const EXPIRY_POLL: Duration = Duration::from_millis(250);
 /// The expiry thread: when the earliest expiry of the time index comes,
 /// the writer turns the values due into their expiry tombstones, the same
 /// on every node (see `Version::expiry_tombstone`), so no vote is needed.
-fn expiry_loop(node: Arc<Cluster>) {
+fn expiry_loop(cluster: Arc<Cluster>) {
     loop {
         let now = clock::now_ms();
-        let wait = match node.store.next_expiry() {
-            Ok(Some(at)) if at <= now => match node.writer.expire(now) {
+        let wait = match cluster.store.next_expiry() {
+            Ok(Some(at)) if at <= now => match cluster.writer.expire(now) {
                 Ok(n) => {
-                    node.metrics.expired.fetch_add(n as u64, Ordering::Relaxed);
+                    cluster
+                        .metrics
+                        .expired
+                        .fetch_add(n as u64, Ordering::Relaxed);
                     Duration::ZERO
                 }
                 Err(e) => {
@@ -442,7 +445,7 @@ fn expiry_loop(node: Arc<Cluster>) {
                 EXPIRY_POLL
             }
         };
-        if node.stopper.wait(wait) {
+        if cluster.stopper.wait(wait) {
             return;
         }
     }

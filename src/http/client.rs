@@ -40,7 +40,7 @@ pub fn parse_prefix(raw: &str) -> Result<String, ApiError> {
 }
 
 fn decode_path(raw: &str) -> Result<String, ApiError> {
-    let bytes = super::percent_decode(raw)
+    let bytes = crate::escape::percent_decode(raw)
         .ok_or_else(|| ApiError::BadRequest("key has a malformed percent-escape".into()))?;
     String::from_utf8(bytes).map_err(|_| ApiError::BadRequest("key is not valid UTF-8".into()))
 }
@@ -631,7 +631,7 @@ fn list(node: &Node, raw: &str, target: &Target<'_>) -> Result<Reply, ApiError> 
         if let Some(last) = last {
             reply = reply
                 .with_header("X-Kvs-More", "true".into())
-                .with_header("X-Kvs-Next-After", super::percent_encode(&last));
+                .with_header("X-Kvs-Next-After", crate::escape::percent_encode(&last));
         }
     }
     Ok(reply)

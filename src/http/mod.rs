@@ -15,8 +15,8 @@
 //! their worker for the commit. Blocking queries wait in `watch`, not on a
 //! worker.
 
-pub use crate::cluster::peer::SECRET_HEADER;
-pub use crate::escape::{percent_decode, percent_encode};
+use crate::cluster::peer::SECRET_HEADER;
+use crate::escape::percent_decode;
 
 pub mod backup;
 pub mod client;
