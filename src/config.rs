@@ -618,8 +618,9 @@ mod tests {
         Config::from_raw(RawConfig::from_yaml(yaml)?)
     }
 
-    /// The file written for a new node documents every default: setting
-    /// each key to the value it shows changes nothing.
+    /// The defaults come from the file template's list itself: each
+    /// literal default parses, passes its check, and setting every key to
+    /// it explicitly changes nothing.
     #[test]
     fn every_documented_default_is_the_default() {
         let mut yaml = String::new();
@@ -663,6 +664,15 @@ mod tests {
         assert_eq!(c.max_connections, 512);
         assert_eq!(c.map_size_mb, 1024);
         assert_eq!(c.node_id, host_name());
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(c.log_file, None);
+        assert!(!c.log_json);
+        assert_eq!(c.join_timeout, Duration::from_secs(60));
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_members, 1024);
+        assert_eq!(c.scrub_interval, Duration::from_secs(86_400));
+        assert!(c.client_tokens.is_empty());
+        assert_eq!(c.cluster_secret, "");
     }
 
     #[test]
