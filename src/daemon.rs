@@ -132,7 +132,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, StartError> {
         syncing,
         versions,
         exit_tx.clone(),
-    );
+    )?;
 
     let http = crate::http::start(node.clone(), listener).map_err(starting("the HTTP server"))?;
     let threads = start_threads(&node)?;
@@ -226,7 +226,7 @@ fn assemble(
     syncing: bool,
     versions: u64,
     exit: mpsc::Sender<i32>,
-) -> (Arc<Node>, JoinHandle<()>) {
+) -> Result<(Arc<Node>, JoinHandle<()>), StartError> {
     let reconcile = Reconcile::at_start(
         syncing,
         versions,
@@ -249,7 +249,8 @@ fn assemble(
     let conflicts = Arc::new(ConflictQueue::new());
     let watch = Arc::new(Watch::new(store.commit_index()));
     let hooks = writer_hooks(&replicator, &conflicts, &watch, &metrics);
-    let (writer, writer_thread) = writer::start(store.clone(), hooks);
+    let (writer, writer_thread) =
+        writer::start(store.clone(), hooks).map_err(starting("the writer thread"))?;
     let fatal_tx = Mutex::new(exit);
     let config = Arc::new(config);
     let cluster = Arc::new(Cluster {
@@ -271,7 +272,7 @@ fn assemble(
         }),
     });
     let node = Arc::new(Node::new(store, watch, writer, cluster));
-    (node, writer_thread)
+    Ok((node, writer_thread))
 }
 
 /// The member table at start: this node's entry (with this start's

@@ -171,7 +171,7 @@ impl TestCluster {
             on_changed: Box::new(|_, _| {}),
             on_commit: Box::new(|_, _| {}),
         };
-        let (writer, writer_thread) = writer::start(store.clone(), hooks);
+        let (writer, writer_thread) = writer::start(store.clone(), hooks).unwrap();
         let members = members(peers);
         let metrics = Arc::new(Metrics::new());
         let stopper = Arc::new(Stopper::new());

@@ -246,13 +246,15 @@ impl Store {
             for item in self.buckets.range(&rtxn, &bounds)? {
                 let (k, v) = item?;
                 if page.entries.len() >= limit {
-                    let (l, key, _) = page.entries.last().expect("page is not empty");
-                    page.next = Some((*l, key.clone()));
+                    if let Some((l, key, _)) = page.entries.last() {
+                        page.next = Some((*l, key.clone()));
+                    }
                     return Ok(page);
                 }
-                let stamp =
-                    Stamp::decode(v).ok_or_else(|| StoreError::Corrupt("bucket entry".into()))?;
-                page.entries.push((leaf, utf8(&k[2..])?, stamp));
+                let corrupt = || StoreError::Corrupt("bucket entry".into());
+                let stamp = Stamp::decode(v).ok_or_else(corrupt)?;
+                page.entries
+                    .push((leaf, utf8(k.get(2..).ok_or_else(corrupt)?)?, stamp));
             }
         }
         Ok(page)

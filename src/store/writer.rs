@@ -335,30 +335,31 @@ type Answers = Vec<(ClientReply, std::result::Result<Written, WriteError>)>;
 /// Starts the writer thread (and its responders). It ends after
 /// [`WriterHandle::stop`], or when every handle is dropped, once every
 /// committed write has been answered.
-pub fn start(store: Arc<Store>, hooks: Hooks) -> (WriterHandle, JoinHandle<()>) {
+pub fn start(store: Arc<Store>, hooks: Hooks) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::sync_channel(QUEUE_OPS);
+    let (answers_tx, answers_rx) = mpsc::channel::<Answers>();
+    let answers_rx = Arc::new(std::sync::Mutex::new(answers_rx));
+    let mut responders: Vec<JoinHandle<()>> = Vec::with_capacity(RESPONDERS);
+    for i in 0..RESPONDERS {
+        let rx = answers_rx.clone();
+        responders.push(
+            std::thread::Builder::new()
+                .name(format!("respond-{i}"))
+                .spawn(move || responder_loop(&rx))?,
+        );
+    }
+    // Should this fail, the closure (and with it `answers_tx`) is dropped,
+    // so the responders end.
     let thread = std::thread::Builder::new()
         .name("writer".into())
         .spawn(move || {
-            let (answers_tx, answers_rx) = mpsc::channel::<Answers>();
-            let answers_rx = Arc::new(std::sync::Mutex::new(answers_rx));
-            let responders: Vec<JoinHandle<()>> = (0..RESPONDERS)
-                .map(|i| {
-                    let rx = answers_rx.clone();
-                    std::thread::Builder::new()
-                        .name(format!("respond-{i}"))
-                        .spawn(move || responder_loop(&rx))
-                        .expect("spawning a responder thread")
-                })
-                .collect();
             writer_loop(&store, &hooks, rx, &answers_tx);
             drop(answers_tx);
             for r in responders {
                 let _ = r.join();
             }
-        })
-        .expect("spawning the writer thread");
-    (WriterHandle { tx }, thread)
+        })?;
+    Ok((WriterHandle { tx }, thread))
 }
 
 /// A responder: answer committed writes until the writer is gone.
@@ -798,7 +799,7 @@ mod tests {
                     ch.lock().unwrap().push((index, keys.to_vec()))
                 }),
             };
-            let (writer, thread) = start(store.clone(), hooks);
+            let (writer, thread) = start(store.clone(), hooks).unwrap();
             Harness {
                 writer,
                 thread: Some(thread),
