@@ -64,14 +64,7 @@ pub fn next_timestamp(now_ms: u64, old: Option<&Stamp>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn stamp(ts: u64, id: u8) -> Stamp {
-        Stamp {
-            timestamp: ts,
-            uuid: VersionId([id; 16]),
-            deleted: false,
-        }
-    }
+    use crate::store::version::tests::stamp;
 
     #[test]
     fn higher_timestamp_wins_either_way() {

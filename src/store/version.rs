@@ -241,11 +241,12 @@ pub fn encoded_data(bytes: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::merge::{merge, Merge};
 
-    fn stamp(ts: u64, id: u8) -> Stamp {
+    /// A stamp for tests: a timestamp and a uuid of 16 times `id`.
+    pub(crate) fn stamp(ts: u64, id: u8) -> Stamp {
         Stamp {
             timestamp: ts,
             uuid: VersionId([id; 16]),
