@@ -109,13 +109,12 @@ pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send>;
 /// Runs a node until a signal or a fatal error; returns the exit code.
 pub fn run(mut config: Config, reload: Reload) -> Result<i32, StartError> {
     let loaded = config.clone();
-    let listener = TcpListener::bind((config.bind_address, config.port))
-        .map_err(|e| StartError::Listen(format!("{}:{}", config.bind_address, config.port), e))?;
+    let at = format!("{}:{}", config.bind_address, config.port);
+    let (listener, local) = TcpListener::bind((config.bind_address, config.port))
+        .and_then(|l| l.local_addr().map(|a| (l, a)))
+        .map_err(|e| StartError::Listen(at, e))?;
     let store = Arc::new(Store::open(&config.data_dir, config.map_size_mb)?);
     let (joined, generation) = identity(&store, &config)?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| StartError::Listen(format!("{}:{}", config.bind_address, config.port), e))?;
     if config.port == 0 {
         config.port = local.port();
         if let Some(host) = config.advertise_address.strip_suffix(":0") {
