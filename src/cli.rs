@@ -6,7 +6,7 @@
 //! `$KVS_TOKEN`. Exit status: 0 done; 1 not found, a failed condition or
 //! any other refusal by the node; 2 a usage error or no connection.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::escape::percent_encode;
+use crate::output::{self, note, Output, OutputError};
 
 /// The commands this module runs.
 pub const COMMANDS: [&str; 9] = [
@@ -67,19 +68,37 @@ pub enum CliError {
     Connection(String),
     /// Exit 1: not found, a failed condition, a refusal, bad input.
     Failed(String),
+    /// Exit 2: what the command prints could not be written.
+    Output(String),
+    /// Exit 0, quietly: the reader of stdout has gone (`kvs ls | head`).
+    Closed,
+}
+
+impl From<OutputError> for CliError {
+    fn from(e: OutputError) -> Self {
+        match e {
+            OutputError::Closed => CliError::Closed,
+            OutputError::Failed(_) => CliError::Output(e.to_string()),
+        }
+    }
 }
 
 impl CliError {
     fn code(&self) -> u8 {
         match self {
+            CliError::Closed => 0,
             CliError::Failed(_) => 1,
-            CliError::Usage(_) | CliError::Connection(_) => 2,
+            CliError::Usage(_) | CliError::Connection(_) | CliError::Output(_) => 2,
         }
     }
 
     fn message(&self) -> &str {
         match self {
-            CliError::Usage(m) | CliError::Connection(m) | CliError::Failed(m) => m,
+            CliError::Usage(m)
+            | CliError::Connection(m)
+            | CliError::Failed(m)
+            | CliError::Output(m) => m,
+            CliError::Closed => "",
         }
     }
 }
@@ -299,9 +318,9 @@ pub fn main(args: &[String]) -> ExitCode {
     let result = parse(args, |name| std::env::var(name).ok())
         .and_then(|inv| Client::new(&inv).run(inv.command));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(CliError::Closed) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kvs: {}", e.message());
+            note!("kvs: {}", e.message());
             ExitCode::from(e.code())
         }
     }
@@ -437,8 +456,7 @@ impl Client {
         match answer.status {
             200 => {
                 let text = answer.text()?;
-                println!("{text}");
-                Ok(())
+                Ok(output::print(format_args!("{text}"))?)
             }
             404 => Err(CliError::Failed(format!("not found: {key}"))),
             _ => Err(answer.refusal(key)),
@@ -478,10 +496,7 @@ impl Client {
             Some(CALL_TIMEOUT),
         )?;
         match answer.status {
-            200 | 201 => {
-                println!("{}", answer.text()?);
-                Ok(())
-            }
+            200 | 201 => Ok(output::print(format_args!("{}", answer.text()?))?),
             _ => Err(answer.refusal(key)),
         }
     }
@@ -493,10 +508,7 @@ impl Client {
         }
         let answer = self.call("DELETE", &path, None, &[], Some(CALL_TIMEOUT))?;
         match answer.status {
-            200 => {
-                println!("{}", answer.text()?);
-                Ok(())
-            }
+            200 => Ok(output::print(format_args!("{}", answer.text()?))?),
             204 => Ok(()),
             404 => Err(CliError::Failed(format!("not found: {key}"))),
             _ => Err(answer.refusal(key)),
@@ -541,27 +553,27 @@ impl Client {
     }
 
     fn ls(&self, prefix: &str) -> Result<(), CliError> {
-        let mut out = std::io::stdout().lock();
+        let mut out = Output::stdout();
         self.pages(prefix, "keys", |entry| {
             let key: String = serde_json::from_str(entry.get())
                 .map_err(|e| CliError::Failed(format!("a listed key is not a string: {e}")))?;
-            writeln!(out, "{key}").map_err(|e| CliError::Failed(format!("stdout: {e}")))
-        })
+            Ok(out.line(format_args!("{key}"))?)
+        })?;
+        Ok(out.finish()?)
     }
 
     fn export(&self, prefix: &str) -> Result<(), CliError> {
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut out = Output::stdout();
         let mut n = 0u64;
         self.pages(prefix, "recurse", |entry| {
             n += 1;
             // A line break can only be whitespace between JSON tokens (in a
             // string it is escaped): a space keeps the value and the line.
             let line = entry.get().replace(['\n', '\r'], " ");
-            writeln!(out, "{line}").map_err(|e| CliError::Failed(format!("stdout: {e}")))
+            Ok(out.line(format_args!("{line}"))?)
         })?;
-        out.flush()
-            .map_err(|e| CliError::Failed(format!("stdout: {e}")))?;
-        eprintln!("exported {n} keys");
+        out.finish()?;
+        note!("exported {n} keys");
         Ok(())
     }
 
@@ -595,7 +607,7 @@ impl Client {
             }
             if last_report.elapsed() >= PROGRESS_EVERY {
                 last_report = Instant::now();
-                eprintln!(
+                note!(
                     "imported {imported} keys ({:.0} keys/s)",
                     imported as f64 / started.elapsed().as_secs_f64()
                 );
@@ -604,7 +616,7 @@ impl Client {
         if batch.ops > 0 {
             imported += self.send_batch(&mut batch, name, imported)?;
         }
-        eprintln!(
+        note!(
             "imported {imported} keys in {:.1} s",
             started.elapsed().as_secs_f64()
         );
@@ -649,12 +661,19 @@ impl Client {
             .max()
             .unwrap_or(7)
             .max(7);
-        println!("{:width$}  {:awidth$}  STATE", "ID", "ADDRESS");
+        let mut out = Output::stdout();
+        out.line(format_args!(
+            "{:width$}  {:awidth$}  STATE",
+            "ID", "ADDRESS"
+        ))?;
         for m in &members {
             let mark = if m.is_self { "  (this node)" } else { "" };
-            println!("{:width$}  {:awidth$}  {}{mark}", m.id, m.address, m.state);
+            out.line(format_args!(
+                "{:width$}  {:awidth$}  {}{mark}",
+                m.id, m.address, m.state
+            ))?;
         }
-        Ok(())
+        Ok(out.finish()?)
     }
 
     fn backup(&self, file: &str) -> Result<(), CliError> {
@@ -664,10 +683,21 @@ impl Client {
         }
         let mut reader = answer.body.into_reader();
         if file == "-" {
-            let mut out = std::io::stdout().lock();
-            let n = std::io::copy(&mut reader, &mut out)
-                .map_err(|e| CliError::Connection(format!("backup: {e}")))?;
-            eprintln!("backup: {n} bytes");
+            let mut out = Output::stdout();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n = 0u64;
+            loop {
+                let got = reader
+                    .read(&mut buf)
+                    .map_err(|e| CliError::Connection(format!("backup: {e}")))?;
+                if got == 0 {
+                    break;
+                }
+                out.bytes(&buf[..got])?;
+                n += got as u64;
+            }
+            out.finish()?;
+            note!("backup: {n} bytes");
             return Ok(());
         }
         // Written beside the target, then renamed: FILE is whole or absent.
@@ -680,7 +710,7 @@ impl Client {
         let n = std::io::copy(&mut reader, &mut out).map_err(fail)?;
         out.sync_all().map_err(fail)?;
         std::fs::rename(&partial, file).map_err(fail)?;
-        eprintln!("backup: {n} bytes written to {file}");
+        note!("backup: {n} bytes written to {file}");
         Ok(())
     }
 
@@ -703,7 +733,7 @@ impl Client {
             .header("X-Kvs-Index")
             .and_then(|i| i.parse::<u64>().ok())
             .ok_or_else(|| CliError::Failed("the node sent no X-Kvs-Index".into()))?;
-        let mut out = std::io::stdout();
+        let mut out = Output::stdout();
         loop {
             let path = format!("{}?changes&index={index}&wait={wait}s", kv_path(target));
             let answer = self.call("GET", &path, None, &[], None)?;
@@ -713,27 +743,34 @@ impl Client {
             match (answer.status, next) {
                 (200, Some(next)) => {
                     let text = answer.text()?;
-                    let changes: Vec<Box<RawValue>> = serde_json::from_str(&text).map_err(|e| {
-                        CliError::Failed(format!("the changes are not a JSON list: {e}"))
+                    let feed: Feed = serde_json::from_str(&text).map_err(|e| {
+                        CliError::Failed(format!(
+                            "the changes are not {{\"index\", \"changes\": [...]}}: {e}"
+                        ))
                     })?;
-                    for c in &changes {
-                        writeln!(out, "{}", c.get())
-                            .map_err(|e| CliError::Failed(format!("stdout: {e}")))?;
+                    for c in &feed.changes {
+                        out.line(format_args!("{}", c.get()))?;
                     }
-                    out.flush()
-                        .map_err(|e| CliError::Failed(format!("stdout: {e}")))?;
-                    index = next;
+                    out.flush()?;
+                    index = feed.index.max(next);
                 }
                 (410, Some(next)) => {
                     // Older than the history the node keeps (it restarted,
                     // or this client fell far behind).
-                    eprintln!("kvs: some changes were missed; following again from index {next}");
+                    note!("kvs: some changes were missed; following again from index {next}");
                     index = next;
                 }
                 _ => return Err(answer.refusal(target)),
             }
         }
     }
+}
+
+/// A changes reply: where to ask from next, and what changed.
+#[derive(Deserialize)]
+struct Feed {
+    index: u64,
+    changes: Vec<Box<RawValue>>,
 }
 
 /// One line of an export file.

@@ -14,6 +14,7 @@ mod http;
 mod logging;
 mod metrics;
 mod node;
+mod output;
 mod store;
 mod sys;
 mod tools;
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use config::{Config, RawConfig};
+use output::note;
 
 const USAGE: &str = "\
 kvs: a clustered key-value store for JSON documents
@@ -54,12 +56,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("-h") | Some("--help") | Some("help") => {
-            print!("{USAGE}\n{}", cli::USAGE);
-            return ExitCode::SUCCESS;
+            return exit(show(format_args!("{USAGE}\n{}", cli::USAGE.trim_end())));
         }
         Some("-V") | Some("--version") => {
-            println!("kvs {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+            return exit(show(format_args!("kvs {}", env!("CARGO_PKG_VERSION"))));
         }
         Some("test-conflict") => return exit(tools::test_conflict(&args[1..])),
         Some("load") => return exit(tools::load(&args[1..])),
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     let config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("kvs: {e}");
+            note!("kvs: {e}");
             return ExitCode::from(2);
         }
     };
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         config.log_file.as_deref(),
         config.log_json,
     ) {
-        eprintln!("kvs: {e}");
+        note!("kvs: {e}");
         return ExitCode::from(2);
     }
     // SIGHUP reads the file and the options again, the same way.
@@ -89,18 +89,26 @@ fn main() -> ExitCode {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
-            eprintln!("kvs: {e}");
+            note!("kvs: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the help or the version.
+fn show(text: std::fmt::Arguments<'_>) -> Result<(), tools::ToolError> {
+    Ok(output::print(text)?)
 }
 
 fn exit(result: Result<(), tools::ToolError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kvs: {e}");
-            ExitCode::from(e.exit_status())
+            let status = e.exit_status();
+            if status != 0 {
+                note!("kvs: {e}");
+            }
+            ExitCode::from(status)
         }
     }
 }
@@ -166,8 +174,8 @@ fn load_config(args: &[String]) -> Result<Config, String> {
                 RawConfig::from_file(&default).map_err(|e| e.0)?
             } else {
                 match std::fs::write(&default, config::default_file_text()) {
-                    Ok(()) => eprintln!("kvs: wrote a default configuration to ./config.yaml"),
-                    Err(e) => eprintln!("kvs: could not write ./config.yaml ({e}); using defaults"),
+                    Ok(()) => note!("kvs: wrote a default configuration to ./config.yaml"),
+                    Err(e) => note!("kvs: could not write ./config.yaml ({e}); using defaults"),
                 }
                 RawConfig::default()
             }

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use crate::clock;
+use crate::output::{Output, OutputError};
 use crate::store::{check_key, Stamp, Store, StoreError, Version, VersionId};
 
 /// Why a tool failed.
@@ -19,6 +20,15 @@ pub enum ToolError {
     Store(String, StoreError),
     /// The data does not pass a check, or is not what the tool needs.
     Rejected(String),
+    /// What the tool prints could not be written (exit 2), or stdout was
+    /// closed early (exit 0, quietly).
+    Output(OutputError),
+}
+
+impl From<OutputError> for ToolError {
+    fn from(e: OutputError) -> Self {
+        ToolError::Output(e)
+    }
 }
 
 impl std::fmt::Display for ToolError {
@@ -27,6 +37,7 @@ impl std::fmt::Display for ToolError {
             ToolError::Usage(m) | ToolError::Rejected(m) => write!(f, "{m}"),
             ToolError::Io(what, e) => write!(f, "{what}: {e}"),
             ToolError::Store(what, e) => write!(f, "{what}: {e}"),
+            ToolError::Output(e) => write!(f, "{e}"),
         }
     }
 }
@@ -35,8 +46,9 @@ impl ToolError {
     /// The process's exit status.
     pub fn exit_status(&self) -> u8 {
         match self {
-            ToolError::Usage(_) => 2,
-            _ => 1,
+            ToolError::Output(OutputError::Closed) => 0,
+            ToolError::Usage(_) | ToolError::Output(_) => 2,
+            ToolError::Io(..) | ToolError::Store(..) | ToolError::Rejected(_) => 1,
         }
     }
 }
@@ -127,8 +139,9 @@ pub fn test_conflict(args: &[String]) -> Result<(), ToolError> {
         }
     }
     let timestamp = clock::now_ms();
-    println!("key: {key}");
-    println!("timestamp: {timestamp}");
+    let mut out = Output::stdout();
+    out.line(format_args!("key: {key}"))?;
+    out.line(format_args!("timestamp: {timestamp}"))?;
     for (i, dir) in dirs.iter().enumerate() {
         let deleted = tombstone_in == Some(dir.as_str());
         let data = if deleted {
@@ -148,16 +161,16 @@ pub fn test_conflict(args: &[String]) -> Result<(), ToolError> {
         };
         write_all(dir, &[(key.clone(), version.clone())])?;
         if deleted {
-            println!("{dir}: uuid {} tombstone", version.stamp.uuid);
+            out.line(format_args!("{dir}: uuid {} tombstone", version.stamp.uuid))?;
         } else {
-            println!(
+            out.line(format_args!(
                 "{dir}: uuid {} data {}",
                 version.stamp.uuid,
                 String::from_utf8_lossy(&version.data)
-            );
+            ))?;
         }
     }
-    Ok(())
+    Ok(out.finish()?)
 }
 
 /// `kvs load DIR --count N [--prefix P] [--size B] [--timestamp MS]`:
@@ -201,8 +214,9 @@ pub fn load(args: &[String]) -> Result<(), ToolError> {
         write_all(dir, &versions)?;
         start = end;
     }
-    println!("loaded {count} keys into {dir}");
-    Ok(())
+    Ok(crate::output::print(format_args!(
+        "loaded {count} keys into {dir}"
+    ))?)
 }
 
 /// `kvs verify DIR`: the summary kept by writes equals one rebuilt from
@@ -217,16 +231,18 @@ pub fn verify(args: &[String]) -> Result<(), ToolError> {
     let (damaged, unchecked) = store
         .damaged_values(VERIFY_LIST_MAX)
         .map_err(in_store(dir))?;
+    let mut out = Output::stdout();
     if unchecked > 0 {
-        println!(
+        out.line(format_args!(
             "{unchecked} version(s) were written before checksums and cannot be checked \
              (they get one when next written)"
-        );
+        ))?;
     }
     if !damaged.is_empty() {
         for (key, reason) in &damaged {
-            println!("damaged: {key}: {reason}");
+            out.line(format_args!("damaged: {key}: {reason}"))?;
         }
+        out.flush()?;
         let more = if damaged.len() >= VERIFY_LIST_MAX {
             ", first ones only"
         } else {
@@ -239,11 +255,11 @@ pub fn verify(args: &[String]) -> Result<(), ToolError> {
         )));
     }
     if store.verify_tree().map_err(in_store(dir))? {
-        println!(
+        out.line(format_args!(
             "ok: {versions} versions ({tombstones} tombstones), summary root {:016x}",
             store.tree_root()
-        );
-        Ok(())
+        ))?;
+        Ok(out.finish()?)
     } else {
         Err(ToolError::Rejected(format!(
             "the anti-entropy summary of {dir} does not match its data"
@@ -321,12 +337,11 @@ fn restore_into(file: &str, dir: &std::path::Path, len: u64) -> Result<(), ToolE
     store
         .meta_delete(&crate::store::schema::IDENTITY)
         .map_err(in_store(dir.display()))?;
-    println!(
+    Ok(crate::output::print(format_args!(
         "restored {} keys ({versions} versions, {tombstones} tombstones) into {}; \
          start a node with data_dir: {} and its own node_id",
         versions - tombstones,
         dir.display(),
         dir.display()
-    );
-    Ok(())
+    ))?)
 }

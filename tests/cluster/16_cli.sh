@@ -3,7 +3,8 @@
 # and --recurse), ls, members, with exit status 0 / 1 (not found, failed
 # condition, refused) / 2 (usage, no connection); export of 1 500 keys in
 # key order, imported into a fresh node, gives the same listing with the
-# same values; a bad line stops an import and is named.
+# same values; a bad line stops an import and is named; a closed pipe ends
+# export and ls quietly.
 source "$(dirname "$0")/lib.sh"
 
 start_node a
@@ -58,6 +59,16 @@ KVS_ADDR=$(addr b) kvs import "$WORK/export.jsonl" 2> "$WORK/import.err" || fail
 grep -q "imported 1501 keys" "$WORK/import.err" || fail "no import summary: $(cat "$WORK/import.err")"
 listing() { KVS_ADDR=$(addr "$1") kvs export 2>/dev/null | sed 's/,"timestamp":[0-9]*,"uuid":"[^"]*"}$/}/'; }
 [ "$(listing a)" = "$(listing b)" ] || fail "the listings differ: $(diff <(listing a) <(listing b) | head -5)"
+
+step "a reader that stops early ends export and ls quietly (exit 0, no panic)"
+# 1 501 lines are more than a pipe holds, so kvs writes after head has gone.
+set +o pipefail
+kvs export 2> "$WORK/pipe.err" | head -n 1 > /dev/null; rc=${PIPESTATUS[0]}
+expect_eq "$rc" 0 "exit status of kvs export | head -n 1"
+kvs ls 2>> "$WORK/pipe.err" | head -n 1 > /dev/null; rc=${PIPESTATUS[0]}
+expect_eq "$rc" 0 "exit status of kvs ls | head -n 1"
+set -o pipefail
+if grep -q panicked "$WORK/pipe.err"; then fail "a panic: $(cat "$WORK/pipe.err")"; fi
 
 step "a bad line stops the import, named by its number"
 printf '{"key":"imp/1","value":1}\n{"key":"imp/2","value":2}\n{"key":"imp/3"\n{"key":"imp/4","value":4}\n' > "$WORK/bad.jsonl"
