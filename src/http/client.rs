@@ -215,8 +215,9 @@ const CHANGES_LIMIT: usize = 1000;
 
 /// `GET /kv/{prefix}?changes&index=N[&wait=D]`: what changed under the
 /// prefix after commit index N, each key once with its current version
-/// (deletions included), oldest change first; `X-Kvs-Index` is where the
-/// next request starts. `410` when N is older than the history kept.
+/// (deletions included), oldest change first, as `{"index": M, "changes":
+/// [...]}`; M (also in `X-Kvs-Index`) is where the next request starts.
+/// `410` when N is older than the history kept.
 fn changes(node: &Node, rq: Request, raw: &str, target: &Target<'_>, started: Instant) {
     let route = Route::KvList;
     let parsed = index_and_wait(target).and_then(|iw| parse_prefix(raw).map(|p| (iw, p)));
@@ -257,8 +258,8 @@ fn changes_reply(node: &Node, scope: &Scope, index: u64) -> Result<Reply, ApiErr
     };
     let txn = node.store.read_txn()?;
     let now = crate::clock::now_ms();
-    let mut body = Vec::with_capacity(128 * page.keys.len() + 2);
-    body.push(b'[');
+    let mut body = Vec::with_capacity(128 * page.keys.len() + 40);
+    body.extend_from_slice(format!("{{\"index\":{},\"changes\":[", page.next).as_bytes());
     for (i, (at, key)) in page.keys.iter().enumerate() {
         if i > 0 {
             body.push(b',');
@@ -281,7 +282,7 @@ fn changes_reply(node: &Node, scope: &Scope, index: u64) -> Result<Reply, ApiErr
             }
         }
     }
-    body.push(b']');
+    body.extend_from_slice(b"]}");
     Ok(Reply::json(200, body).with_header("X-Kvs-Index", page.next.to_string()))
 }
 

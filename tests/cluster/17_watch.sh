@@ -67,7 +67,7 @@ wait_until 5 "the watcher of watched/7 answered" gone7
 kill -0 "${NODE_PID[watcher8]}" 2>/dev/null || fail "the watcher of watched/8 woke without a change"
 for w in $(seq 1 40); do kill "${NODE_PID[watcher$w]}" 2>/dev/null || true; unset "NODE_PID[watcher$w]"; done
 
-step "the changes feed: each key once, deletions included"
+step "the changes feed: {index, changes}, each key once, deletions included"
 ic=$(index_of "$(url a /kv/feed/?keys)")
 put a feed/x '{"v":1}'
 put a feed/y '{"v":1}'
@@ -78,7 +78,8 @@ expect_eq "$(grep -o '"key":"feed/[xy]"' <<<"$feed" | sort | tr -d '\n')" '"key"
 grep -q '"key":"feed/x","value":{"v":2}' <<<"$feed" || fail "feed/x is not at its newest value: $feed"
 grep -q '"key":"feed/y","deleted":true' <<<"$feed" || fail "the delete of feed/y is missing: $feed"
 next=$(index_of "$(url a "/kv/feed/?changes&index=$ic")")
-expect_eq "$(curl -s "$(url a "/kv/feed/?changes&index=$next")")" "[]" "changes after the last one"
+[[ "$feed" == "{\"index\":$next,\"changes\":[{"* ]] || fail "the feed is not {\"index\":$next,\"changes\":[...]}: $feed"
+expect_eq "$(curl -s "$(url a "/kv/feed/?changes&index=$next")")" "{\"index\":$next,\"changes\":[]}" "changes after the last one"
 
 step "kvs watch prints changes as they come"
 KVS_ADDR=$(addr a) "$KVS_BIN" watch feed/ > "$WORK/watch.out" 2> "$WORK/watch.err" &
