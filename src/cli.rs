@@ -120,7 +120,8 @@ pub enum Command {
         key: String,
         value: Option<String>,
         if_match: Option<String>,
-        ttl: Option<u64>,
+        /// Seconds, as given (checked like the node checks `?ttl=`).
+        ttl: Option<String>,
     },
     Delete {
         key: String,
@@ -156,7 +157,7 @@ struct Options {
     token: Option<String>,
     recurse: bool,
     if_match: Option<String>,
-    ttl: Option<u64>,
+    ttl: Option<String>,
     wait: Option<u64>,
     positional: Vec<String>,
 }
@@ -232,7 +233,10 @@ fn options(name: &str, args: &[String]) -> Result<Options, CliError> {
             "addr" => o.addr = Some(value),
             "token" => o.token = Some(value),
             "if-match" => o.if_match = Some(value),
-            "ttl" => o.ttl = Some(number(&value)?),
+            "ttl" => {
+                crate::clock::parse_ttl_ms(&value).map_err(|e| usage(format!("--ttl: {e}")))?;
+                o.ttl = Some(value)
+            }
             _ => o.wait = Some(number(&value)?),
         }
     }
@@ -468,7 +472,7 @@ impl Client {
         key: &str,
         value: Option<String>,
         if_match: Option<String>,
-        ttl: Option<u64>,
+        ttl: Option<String>,
     ) -> Result<(), CliError> {
         let value = match value {
             Some(v) => v,
@@ -851,7 +855,7 @@ mod tests {
                 key: "k".into(),
                 value: Some("{\"a\":1}".into()),
                 if_match: Some("\"x\"".into()),
-                ttl: Some(30),
+                ttl: Some("30".into()),
             }
         );
         assert_eq!(
@@ -917,6 +921,7 @@ mod tests {
             "delete k --ttl 3",
             "get k --recurse",
             "put k v --ttl soon",
+            "put k v --ttl -1",
             "get k --addr",
             "get k --addr http://h:1/",
             "frobnicate",

@@ -98,20 +98,14 @@ pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started:
     send(node, rq, with_index(node, reply), route, started);
 }
 
-/// The longest `ttl`: ten years, in seconds.
-const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
-
-/// `?ttl=SECONDS` of a PUT, in ms.
+/// `?ttl=SECONDS` of a PUT (fractions allowed), in ms.
 fn ttl_of(target: &Target<'_>, is_put: bool) -> Result<Option<u64>, ApiError> {
     match target.param("ttl").transpose()? {
         None => Ok(None),
         Some(_) if !is_put => Err(ApiError::BadRequest("ttl only goes with PUT".into())),
-        Some(t) => match t.parse::<u64>() {
-            Ok(n) if (1..=MAX_TTL_SECS).contains(&n) => Ok(Some(n * 1000)),
-            _ => Err(ApiError::BadRequest(format!(
-                "ttl must be a whole number of seconds from 1 to {MAX_TTL_SECS}, not {t:?}"
-            ))),
-        },
+        Some(t) => crate::clock::parse_ttl_ms(&t)
+            .map(Some)
+            .map_err(ApiError::BadRequest),
     }
 }
 

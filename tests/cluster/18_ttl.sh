@@ -2,7 +2,8 @@
 # TTL: a value PUT with ?ttl=2 on one node replicates with its expiry
 # (X-Kvs-Expires on both), reads and listings drop it once expired, and
 # both nodes turn it into the very same tombstone (timestamp and uuid) by
-# themselves; a PUT without ttl clears an expiry; bad ttls are refused.
+# themselves; a PUT without ttl clears an expiry; ttl=0.5 expires in half a
+# second; bad ttls (negative, NaN, too long) are refused.
 source "$(dirname "$0")/lib.sh"
 
 start_pair a b
@@ -38,9 +39,20 @@ expect_eq "$tb" "$ta" "the tombstone on b"
 grep -q "\"timestamp\":$ea," <<<"$ta" || fail "the tombstone is not at the expiry time ($ea): $ta"
 for n in a b; do [ "$(metric "$n" kvs_expired_total)" -ge 1 ] || fail "$n expired nothing itself"; done
 
+step "a fractional ttl: 0.5 s"
+t0=$(now_ms)
+expect_status 200 PUT "$(url a "/kv/half?ttl=0.5")" --data-binary '"h"'
+eh=$(expires_of a half)
+[ -n "$eh" ] || fail "no X-Kvs-Expires for ttl=0.5"
+# The expiry is the write's timestamp + 500 ms; the write happened after t0.
+[ "$eh" -ge $((t0 + 500)) ] && [ "$eh" -le $(($(now_ms) + 500)) ] || fail "ttl=0.5 gave expiry $eh (written at about $t0)"
+wait_until 5 "half expires on a" lacks_key a half
+
 step "bad ttls"
-expect_status 400 PUT "$(url a "/kv/x?ttl=0")" --data-binary 1
-expect_status 400 PUT "$(url a "/kv/x?ttl=soon")" --data-binary 1
+for bad in 0 soon -1 NaN inf 1e3 0.0001 315360001; do
+  expect_status 400 PUT "$(url a "/kv/x?ttl=$bad")" --data-binary 1
+done
+grep -q "ttl" <<<"$(curl -s -X PUT "$(url a "/kv/x?ttl=-1")" --data-binary 1)" || fail "the 400 does not name the ttl"
 expect_status 400 DELETE "$(url a "/kv/x?ttl=5")"
 lacks_key a x || fail "a refused ttl wrote the key"
 pass
