@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 
 use common::{call, read_reply, TestNode};
 
-/// A fresh client must be answered within this long while an attack runs.
-const FRESH_CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// A fresh client must be answered within this long while an attack runs:
+/// generous for a loaded 2-core machine running other tests beside this
+/// one (a node that is locked out never answers, so any bound tells the two
+/// apart).
+const FRESH_CLIENT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Sends one request on a new connection and returns everything the node
 /// answers until it closes the connection (or `wait` passes).

@@ -28,7 +28,7 @@ start_node node3 --seed "$(addr node1)" "${FAST[@]}" --scrub-interval 1
 wait_healthy node3
 
 step "a client reading the damaged value gets 500, never wrong bytes, then the right value"
-deadline=$((SECONDS + 30))
+deadline=$(( $(now_ms) + 30000 ))
 while :; do
   reply=$(curl -s --max-time 5 -w '\n%{http_code}' "$(url node3 /kv/dmg/read)")
   code=${reply##*$'\n'}; body=${reply%$'\n'*}
@@ -37,7 +37,7 @@ while :; do
     break
   fi
   [ "$code" = 500 ] || fail "unexpected status $code for the damaged key"
-  [ "$SECONDS" -lt "$deadline" ] || fail "dmg/read was not repaired within 30s"
+  [ "$(now_ms)" -lt "$deadline" ] || fail "dmg/read was not repaired within 30s"
   sleep 0.1
 done
 

@@ -21,12 +21,12 @@ for n in node1 node2 node3; do wait_until 10 "$n sees 3 members" count_is "$n" 3
 
 step "freeze node3 for 10 s"
 kill -STOP "$(pid_of node3)"
-frozen_at=$SECONDS
+frozen_at=$(now_ms)
 i=0
-while [ $((SECONDS - frozen_at)) -lt 10 ]; do
+while [ $(( $(now_ms) - frozen_at )) -lt 10000 ]; do
   i=$((i + 1))
-  lists node1 node2 alive || fail "node1 doubts node2 ($(member_state node1 node2)) $((SECONDS - frozen_at))s into the freeze"
-  lists node2 node1 alive || fail "node2 doubts node1 ($(member_state node2 node1)) $((SECONDS - frozen_at))s into the freeze"
+  lists node1 node2 alive || fail "node1 doubts node2 ($(member_state node1 node2)) $(( $(now_ms) - frozen_at )) ms into the freeze"
+  lists node2 node1 alive || fail "node2 doubts node1 ($(member_state node2 node1)) $(( $(now_ms) - frozen_at )) ms into the freeze"
   put node1 "frozen/$i" "{\"i\":$i}" || fail "a write on node1 failed during the freeze"
   wait_until 1 "frozen/$i reaches node2 within 1 s" has_value node2 "frozen/$i" "{\"i\":$i}"
   sleep 0.2

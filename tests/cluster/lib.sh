@@ -99,12 +99,24 @@ seeds() {
   for n in "$@"; do printf -- '--seed 127.0.0.1:%s ' "${NODE_PORT[$n]}"; done
 }
 
-# wait_until SECONDS DESCRIPTION COMMAND...: poll until COMMAND succeeds.
+# now_ms: the wall clock in milliseconds. Deadlines use it, not $SECONDS,
+# which counts whole seconds (a "1 s" wait on $SECONDS lasts 0 to 1 s).
+now_ms() { local t=${EPOCHREALTIME/[.,]/}; echo $((t / 1000)); }
+
+# ms_of SECONDS: "1.5" -> 1500 (whole or decimal seconds).
+ms_of() {
+  local whole=${1%%.*} frac=000
+  [[ $1 == *.* ]] && frac="${1#*.}000"
+  echo $(( 10#${whole:-0} * 1000 + 10#${frac:0:3} ))
+}
+
+# wait_until SECONDS DESCRIPTION COMMAND...: poll until COMMAND succeeds;
+# SECONDS may have a fraction.
 wait_until() {
   local limit=$1 desc=$2; shift 2
-  local deadline=$((SECONDS + limit))
+  local deadline=$(( $(now_ms) + $(ms_of "$limit") ))
   while ! "$@" >/dev/null 2>&1; do
-    if [ "$SECONDS" -ge "$deadline" ]; then fail "timed out after ${limit}s waiting for: $desc"; fi
+    if [ "$(now_ms)" -ge "$deadline" ]; then fail "timed out after ${limit}s waiting for: $desc"; fi
     sleep 0.05
   done
 }
@@ -121,10 +133,10 @@ is_healthy() {
 # wait_healthy NAME [SECONDS]: the node answers /health.
 wait_healthy() {
   local name=$1 limit=${2:-20}
-  local deadline=$((SECONDS + limit))
+  local deadline=$(( $(now_ms) + $(ms_of "$limit") ))
   while ! is_healthy "$name"; do
     kill -0 "${NODE_PID[$name]}" 2>/dev/null || fail "node $name exited during start"
-    [ "$SECONDS" -lt "$deadline" ] || fail "node $name not healthy within ${limit}s"
+    [ "$(now_ms)" -lt "$deadline" ] || fail "node $name not healthy within ${limit}s"
     sleep 0.05
   done
 }
@@ -133,9 +145,9 @@ wait_healthy() {
 stop_node() {
   local name=$1 pid=${NODE_PID[$1]} rc=0
   kill -TERM "$pid"
-  local deadline=$((SECONDS + 15))
+  local deadline=$(( $(now_ms) + 15000 ))
   while kill -0 "$pid" 2>/dev/null; do
-    [ "$SECONDS" -lt "$deadline" ] || fail "node $name did not exit within 15s of SIGTERM"
+    [ "$(now_ms)" -lt "$deadline" ] || fail "node $name did not exit within 15s of SIGTERM"
     sleep 0.05
   done
   wait "$pid" || rc=$?
