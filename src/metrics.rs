@@ -191,7 +191,9 @@ impl Metrics {
 
     /// The Prometheus text; `gauges` are values read at scrape time.
     ///
-    pub fn render(&self, gauges: &[(&str, &str, String, f64)]) -> String {
+    /// The /metrics text: these counters, the store's count of damaged
+    /// versions met, and the gauges the node reads at the time.
+    pub fn render(&self, gauges: &[(&str, &str, String, f64)], damaged_found: u64) -> String {
         let mut out = String::with_capacity(8192);
         out.push_str("# HELP kvs_requests_total HTTP requests answered, by route and status.\n");
         out.push_str("# TYPE kvs_requests_total counter\n");
@@ -226,8 +228,8 @@ impl Metrics {
         counter(
             &mut out,
             "kvs_damaged_versions_total",
-            "Stored versions found damaged (checksum mismatch) on a read; never served.",
-            crate::store::CHECKSUM_FAILURES.load(Relaxed),
+            "Stored versions found damaged (checksum mismatch or undecodable) on a read or by the scrub; never served.",
+            damaged_found,
         );
         out.push_str("# HELP kvs_commit_duration_seconds Write transactions: from taking a batch to having answered it (fsync included).\n");
         out.push_str("# TYPE kvs_commit_duration_seconds histogram\n");
@@ -264,7 +266,7 @@ mod tests {
         m.observe(Route::KvGet, 200, Duration::from_micros(300));
         m.observe(Route::KvGet, 200, Duration::from_millis(3));
         m.observe(Route::KvPut, 418, Duration::from_millis(3));
-        let text = m.render(&[("kvs_keys", "Keys.", String::new(), 5.0)]);
+        let text = m.render(&[("kvs_keys", "Keys.", String::new(), 5.0)], 0);
         assert!(
             text.contains("kvs_requests_total{route=\"kv_get\",status=\"200\"} 2"),
             "{text}"
@@ -282,7 +284,7 @@ mod tests {
         let m = Metrics::new();
         m.expired.fetch_add(7, Relaxed);
         m.summary_mismatches.fetch_add(3, Relaxed);
-        let text = m.render(&[]);
+        let text = m.render(&[], 0);
         assert!(text.contains("kvs_expired_total 7"), "{text}");
         assert!(text.contains("kvs_scrub_summary_mismatches_total 3"));
         let types: Vec<&str> = text

@@ -119,6 +119,6 @@ impl Node {
                 (self.mode() == Mode::Syncing) as u8 as f64,
             ),
         ];
-        self.metrics.render(&gauges)
+        self.metrics.render(&gauges, self.store.damaged_found())
     }
 }

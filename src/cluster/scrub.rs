@@ -1,7 +1,7 @@
 //! Damage found and repaired: the scrub and the repair of damaged versions.
 //!
 //! Every read of a value checks its checksum (`store::version`); a version
-//! that fails is never served, and its key is queued (`store::take_damaged`).
+//! that fails is never served, and its key is queued (`Store::take_damaged`).
 //! This thread takes the queue about once a second and asks healthy peers,
 //! in random order, for their copy of each key (`GET /internal/version`,
 //! which checks its own copy before it answers). A copy that is the same
@@ -113,7 +113,7 @@ pub fn scrub_loop(cluster: Arc<Cluster>) {
 /// ones that failed before once their wait is over.
 fn repair_queued(cluster: &Cluster, unrepaired: &mut BTreeMap<String, Instant>) {
     let now = Instant::now();
-    let mut keys = crate::store::take_damaged();
+    let mut keys = cluster.store.take_damaged();
     keys.extend(
         unrepaired
             .iter()

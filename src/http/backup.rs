@@ -99,9 +99,11 @@ pub fn backup(node: &Node, rq: Request, started: Instant) {
     };
     let response = Response::new(StatusCode(200), headers, counted, None, None);
     let sent = rq.respond(response);
-    let copied = copier
-        .join()
-        .unwrap_or_else(|_| Err(StoreError::Io("the copy thread failed".into())));
+    let copied = copier.join().unwrap_or_else(|_| {
+        Err(StoreError::from(std::io::Error::other(
+            "the copy thread failed",
+        )))
+    });
     let n = bytes.load(Ordering::Relaxed);
     match (copied, sent) {
         (Ok(()), Ok(())) => log::info!(

@@ -8,8 +8,8 @@ use heed::{RoTxn, WithoutTls};
 
 use super::version::{self, Damage};
 use super::{
-    bucket_key, damaged, merkle, split_time_key, time_key, utf8, BucketPage, Listed, Page, Result,
-    Stamp, Store, StoreError, Version,
+    bucket_key, merkle, split_time_key, time_key, utf8, BucketPage, Listed, Page, Result, Stamp,
+    Store, StoreError, Version,
 };
 
 impl Store {
@@ -23,7 +23,7 @@ impl Store {
             None => Ok(None),
             Some(bytes) => Version::decode(key.as_bytes(), bytes)
                 .map(Some)
-                .map_err(|d| damaged(key.as_bytes(), d)),
+                .map_err(|d| self.damaged(key.as_bytes(), d)),
         }
     }
 
@@ -60,7 +60,7 @@ impl Store {
             checked += 1;
             if let Err(d) = version::verify(k, v) {
                 bad += 1;
-                let _ = damaged(k, d);
+                let _ = self.damaged(k, d);
             }
             last = Some(String::from_utf8_lossy(k).into_owned());
         }
@@ -68,12 +68,26 @@ impl Store {
     }
 
     /// The stamp of the version of `key`, without copying its data.
+    ///
+    /// A stored version whose stamp does not decode is damage: it is
+    /// reported (logged, counted, queued for repair), and the stamp is read
+    /// from the key's bucket entry, which holds a copy of it, so that the
+    /// merge rule still works and a newer version (a client write, a push,
+    /// a repair) can replace the damaged one. Only when the bucket entry is
+    /// gone or damaged too is this an error, [`StoreError::Damaged`], which
+    /// fails the one op that asked.
     pub fn stamp_in(&self, txn: &RoTxn<'_, WithoutTls>, key: &str) -> Result<Option<Stamp>> {
-        match self.versions.get(txn, key.as_bytes())? {
-            None => Ok(None),
-            Some(bytes) => version::decode_stamp(bytes)
-                .map(Some)
-                .ok_or_else(|| StoreError::Corrupt(format!("version of {key:?}"))),
+        let k = key.as_bytes();
+        let Some(bytes) = self.versions.get(txn, k)? else {
+            return Ok(None);
+        };
+        if let Some(stamp) = version::decode_stamp(bytes) {
+            return Ok(Some(stamp));
+        }
+        let error = self.damaged(k, Damage::Malformed);
+        match self.buckets.get(txn, &bucket_key(merkle::leaf_of(k), k))? {
+            Some(copy) => Stamp::decode(copy).map(Some).ok_or(error),
+            None => Err(error),
         }
     }
 
@@ -89,12 +103,12 @@ impl Store {
             return Ok(None);
         };
         let stamp = version::decode_stamp(bytes)
-            .ok_or_else(|| damaged(key.as_bytes(), Damage::Malformed))?;
+            .ok_or_else(|| self.damaged(key.as_bytes(), Damage::Malformed))?;
         let expires = version::decode_expires(bytes);
         if stamp.deleted || version::is_expired(expires, crate::clock::now_ms()) {
             return Ok(None);
         }
-        version::verify(key.as_bytes(), bytes).map_err(|d| damaged(key.as_bytes(), d))?;
+        version::verify(key.as_bytes(), bytes).map_err(|d| self.damaged(key.as_bytes(), d))?;
         Ok(Some(f(&stamp, version::encoded_data(bytes), expires)))
     }
 
@@ -319,9 +333,8 @@ impl Store {
                 if !k.starts_with(prefix.as_bytes()) {
                     return Ok((out, false));
                 }
-                let stamp = version::decode_stamp(v).ok_or_else(|| {
-                    StoreError::Corrupt(format!("version of {:?}", String::from_utf8_lossy(k)))
-                })?;
+                let stamp =
+                    version::decode_stamp(v).ok_or_else(|| self.damaged(k, Damage::Malformed))?;
                 if stamp.deleted || version::is_expired(version::decode_expires(v), now) {
                     continue;
                 }
@@ -338,7 +351,7 @@ impl Store {
                     }
                 }
                 if with_values {
-                    version::verify(k, v).map_err(|d| damaged(k, d))?;
+                    version::verify(k, v).map_err(|d| self.damaged(k, d))?;
                 }
                 let value = with_values.then(|| Version {
                     stamp,

@@ -87,6 +87,15 @@ pub enum Damage {
     Checksum,
 }
 
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Damage::Checksum => write!(f, "checksum mismatch"),
+            Damage::Malformed => write!(f, "record does not decode"),
+        }
+    }
+}
+
 /// The checksum of a version of `key`: over the key's length and bytes,
 /// the encoded stamp and the data, so that a value moved to another key,
 /// a changed timestamp or uuid, and a flipped data byte all show.
