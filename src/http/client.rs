@@ -11,7 +11,7 @@ use crate::cluster::Mode;
 use crate::metrics::{Metrics, Route};
 use crate::node::Node;
 use crate::store::condition::{Tags, Verdict};
-use crate::store::writer::{Condition, Op, WriteError, Written};
+use crate::store::writer::{ClientReply, Condition, Op, WriteError, Written};
 use crate::store::Listed;
 use crate::watch::{self, Scope};
 
@@ -509,7 +509,7 @@ fn submit_write(
     let store = node.store.clone();
     let is_put = data.is_some();
     let reply_key = key.clone();
-    let reply = Box::new(move |outcome: Result<Written, WriteError>| {
+    let reply = ClientReply::new(move |outcome: Result<Written, WriteError>| {
         let reply = match outcome {
             Ok(w) if is_put => Reply::json(
                 200,
@@ -546,6 +546,7 @@ fn submit_write(
         reply,
     };
     if node.writer.submit(op).is_err() {
+        // The op, dropped with the error, answers its request with a 503.
         log::warn!("a write arrived while the writer was stopping");
     }
 }

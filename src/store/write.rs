@@ -28,6 +28,16 @@ impl Store {
         new: &Version,
         touched: &mut Touched,
     ) -> Result<()> {
+        // Every path here (client writes, the merge rule, conflict
+        // winners, repairs, expiry) only moves a key forward in time; a
+        // version replaced by an older one would be lost on every node
+        // that took it.
+        debug_assert!(
+            old.is_none_or(|o| new.stamp.timestamp >= o.timestamp),
+            "{key:?}: a version at {} would replace a newer one at {}",
+            new.stamp.timestamp,
+            old.map_or(0, |o| o.timestamp)
+        );
         let k = key.as_bytes();
         let new_stamp = new.stamp.encode();
         let mut delta = merkle::version_hash(k, &new_stamp);

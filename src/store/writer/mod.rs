@@ -8,18 +8,28 @@
 //! therefore never hears "200" before its write is on disk, and throughput
 //! grows with concurrency because concurrent writes share one commit.
 //!
-//! When a batch does not fit in the map (LMDB's MapFull), it is retried op by
-//! op so that only the ops that do not fit fail.
+//! An error that belongs to one op (a damaged record of its key) fails that
+//! op alone: the group is applied again without it, and after a few such
+//! ops (or when the batch does not fit in the map, LMDB's MapFull) op by op,
+//! so that every other write still commits. An error of the environment
+//! (a full disk, an I/O failure) fails the whole group honestly.
+//!
+//! Every op is answered exactly once: with its outcome after the commit, or
+//! with the error that stopped it. A client write's reply answers even when
+//! it is dropped unanswered (a `503`, never tiny_http's empty `500`).
+//!
+//! `tx` holds what each op does inside the transaction.
+
+mod tx;
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use super::condition::Condition;
-use super::merge::{merge, next_timestamp, Merge};
-use super::version::{Stamp, Version, VersionId};
-use super::{Result, Store, StoreError, Touched};
-use crate::clock;
+use super::version::{Stamp, Version};
+use super::{Result, Store, StoreError};
+use tx::{apply, Effects, Failed, Outcome};
 
 /// Values expired in one op at most.
 pub const EXPIRE_BATCH: usize = 1000;
@@ -31,6 +41,13 @@ const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 const QUEUE_OPS: usize = 16 * 1024;
 /// Tombstones purged per transaction.
 const PURGE_BATCH: usize = 10_000;
+/// Ops of one group set aside for their own errors before the rest of the
+/// group is applied op by op (each retry applies the whole group again).
+const MAX_SET_ASIDE: usize = 4;
+/// Committed groups waiting for a responder at most; beyond it the writer
+/// waits before its next commit, so a client that reads its answers slowly
+/// slows writes down instead of growing memory.
+const ANSWERS_QUEUED: usize = 64;
 
 /// A client write that was committed.
 #[derive(Clone, Debug)]
@@ -46,8 +63,35 @@ pub enum WriteError {
     Store(StoreError),
 }
 
-/// Called once with the outcome of a client write, after commit.
-pub type ClientReply = Box<dyn FnOnce(std::result::Result<Written, WriteError>) + Send>;
+/// The outcome of a client write.
+pub type WriteOutcome = std::result::Result<Written, WriteError>;
+
+/// Called once with the outcome of a client write, after commit. Dropped
+/// without being called (the writer stopped with the op queued, or a bug),
+/// it answers [`StoreError::WriterStopped`], so the request behind it is
+/// always answered.
+pub struct ClientReply(Option<Box<dyn FnOnce(WriteOutcome) + Send>>);
+
+impl ClientReply {
+    pub fn new(f: impl FnOnce(WriteOutcome) + Send + 'static) -> ClientReply {
+        ClientReply(Some(Box::new(f)))
+    }
+
+    /// Answers the write.
+    pub fn send(mut self, outcome: WriteOutcome) {
+        if let Some(f) = self.0.take() {
+            f(outcome);
+        }
+    }
+}
+
+impl Drop for ClientReply {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(WriteError::Store(StoreError::WriterStopped)));
+        }
+    }
+}
 
 /// What applying a batch of remote versions did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -160,33 +204,30 @@ impl Op {
         }
     }
 
-    /// Answers the op with a store error (used when its batch failed).
+    /// Answers the op with a store error (used when it, or its group,
+    /// failed).
     fn fail(self, e: &StoreError) {
         let copy = || e.clone();
         match self {
-            Op::Client { reply, .. } => reply(Err(WriteError::Store(copy()))),
+            Op::Client { reply, .. } => reply.send(Err(WriteError::Store(copy()))),
             Op::Remote { reply: Some(r), .. } => {
                 let _ = r.send(Err(copy()));
             }
-            Op::Resolve { reply: Some(r), .. } => {
+            Op::Resolve { reply: Some(r), .. } | Op::Repair { reply: r, .. } => {
                 let _ = r.send(Err(copy()));
             }
             Op::Purge { reply, .. }
             | Op::Drop { reply, .. }
             | Op::Expire { reply, .. }
-            | Op::Meta { reply, .. } => {
-                let _ = reply.send(Err(copy()));
-            }
-            Op::Repair { reply, .. } => {
-                let _ = reply.send(Err(copy()));
-            }
-            Op::DeleteMany { reply, .. } => {
+            | Op::Meta { reply, .. }
+            | Op::DeleteMany { reply, .. } => {
                 let _ = reply.send(Err(copy()));
             }
             Op::Batch { reply, .. } => {
                 let _ = reply.send(Err(copy()));
             }
-            _ => {}
+            // Nobody waits for these.
+            Op::Remote { reply: None, .. } | Op::Resolve { reply: None, .. } | Op::Stop => {}
         }
     }
 }
@@ -330,14 +371,14 @@ impl WriterHandle {
 const RESPONDERS: usize = 2;
 
 /// Answers of one committed batch.
-type Answers = Vec<(ClientReply, std::result::Result<Written, WriteError>)>;
+type Answers = Vec<(ClientReply, WriteOutcome)>;
 
 /// Starts the writer thread (and its responders). It ends after
 /// [`WriterHandle::stop`], or when every handle is dropped, once every
 /// committed write has been answered.
 pub fn start(store: Arc<Store>, hooks: Hooks) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::sync_channel(QUEUE_OPS);
-    let (answers_tx, answers_rx) = mpsc::channel::<Answers>();
+    let (answers_tx, answers_rx) = mpsc::sync_channel::<Answers>(ANSWERS_QUEUED);
     let answers_rx = Arc::new(std::sync::Mutex::new(answers_rx));
     let mut responders: Vec<JoinHandle<()>> = Vec::with_capacity(RESPONDERS);
     for i in 0..RESPONDERS {
@@ -369,7 +410,7 @@ fn responder_loop(rx: &std::sync::Mutex<Receiver<Answers>>) {
         match next {
             Ok(answers) => {
                 for (reply, outcome) in answers {
-                    reply(outcome);
+                    reply.send(outcome);
                 }
             }
             Err(_) => return,
@@ -377,27 +418,13 @@ fn responder_loop(rx: &std::sync::Mutex<Receiver<Answers>>) {
     }
 }
 
-/// The result of one op inside a transaction, before it is answered.
-enum Outcome {
-    Client(std::result::Result<Written, WriteError>),
-    Remote(RemoteReport),
-    Resolve(bool),
-    Purge(usize),
-    Batch(Vec<Stamp>),
-}
-
-/// Everything a committed transaction produced.
-#[derive(Default)]
-struct Effects {
-    touched: Touched,
-    /// The commit index after the transaction.
-    index: u64,
-    local: Vec<(String, Version)>,
-    conflicts: Vec<ConflictFound>,
-}
-
 /// The writer thread: take what is waiting, commit it together, answer.
-fn writer_loop(store: &Store, hooks: &Hooks, rx: Receiver<Op>, answers: &mpsc::Sender<Answers>) {
+fn writer_loop(
+    store: &Store,
+    hooks: &Hooks,
+    rx: Receiver<Op>,
+    answers: &mpsc::SyncSender<Answers>,
+) {
     let mut stopping = false;
     while let Ok(first) = rx.recv() {
         if matches!(first, Op::Stop) {
@@ -420,30 +447,7 @@ fn writer_loop(store: &Store, hooks: &Hooks, rx: Receiver<Op>, answers: &mpsc::S
         }
         let n = batch.len();
         let started = std::time::Instant::now();
-        match apply(store, &batch) {
-            Ok((outcomes, effects)) => finish(hooks, answers, batch, outcomes, effects),
-            Err(StoreError::MapFull) if n > 1 => {
-                // One by one, so that what fits is still written.
-                for op in batch {
-                    let one = [op];
-                    match apply(store, &one) {
-                        Ok((outcomes, effects)) => {
-                            finish(hooks, answers, Vec::from(one), outcomes, effects)
-                        }
-                        Err(e) => {
-                            let [op] = one;
-                            op.fail(&e);
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                log::error!("write transaction failed: {e}");
-                for op in batch {
-                    op.fail(&e);
-                }
-            }
-        }
+        commit_group(store, hooks, answers, batch);
         (hooks.on_commit)(n, started.elapsed());
         if stopping {
             break;
@@ -452,10 +456,70 @@ fn writer_loop(store: &Store, hooks: &Hooks, rx: Receiver<Op>, answers: &mpsc::S
     log::debug!("writer stopped");
 }
 
+/// Commits a group of ops, answering every one of them: ops whose own
+/// error stopped the transaction are set aside (answered with it) and the
+/// rest is applied again; past [`MAX_SET_ASIDE`] of them, or when the
+/// group does not fit in the map, the rest goes op by op. An error of the
+/// environment fails every op of the group.
+fn commit_group(
+    store: &Store,
+    hooks: &Hooks,
+    answers: &mpsc::SyncSender<Answers>,
+    mut batch: Vec<Op>,
+) {
+    let mut set_aside = 0;
+    loop {
+        match apply(store, &batch) {
+            Ok((outcomes, effects)) => return finish(hooks, answers, batch, outcomes, effects),
+            Err(Failed { at: Some(i), error })
+                if error.belongs_to_op() && set_aside < MAX_SET_ASIDE && batch.len() > 1 =>
+            {
+                log::warn!(
+                    "a write failed on its own ({error}); the {} other(s) of its group \
+                     are committed without it",
+                    batch.len() - 1
+                );
+                batch.remove(i).fail(&error);
+                set_aside += 1;
+            }
+            Err(Failed { error, .. })
+                if batch.len() > 1
+                    && (error.belongs_to_op() || matches!(error, StoreError::MapFull)) =>
+            {
+                return one_by_one(store, hooks, answers, batch);
+            }
+            Err(Failed { error, .. }) => {
+                if !error.belongs_to_op() {
+                    log::error!("write transaction failed: {error}");
+                }
+                for op in batch {
+                    op.fail(&error);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Commits each op in its own transaction, so that only the ops that fail
+/// (their own error, or no room in the map) are refused.
+fn one_by_one(store: &Store, hooks: &Hooks, answers: &mpsc::SyncSender<Answers>, batch: Vec<Op>) {
+    for op in batch {
+        let one = [op];
+        match apply(store, &one) {
+            Ok((outcomes, effects)) => finish(hooks, answers, Vec::from(one), outcomes, effects),
+            Err(Failed { error, .. }) => {
+                let [op] = one;
+                op.fail(&error);
+            }
+        }
+    }
+}
+
 /// Answers the ops of a committed transaction and tells the node.
 fn finish(
     hooks: &Hooks,
-    answers: &mpsc::Sender<Answers>,
+    answers: &mpsc::SyncSender<Answers>,
     batch: Vec<Op>,
     outcomes: Vec<Outcome>,
     effects: Effects,
@@ -476,664 +540,44 @@ fn finish(
             (Op::Remote { reply: Some(r), .. }, Outcome::Remote(report)) => {
                 let _ = r.send(Ok(report));
             }
-            (Op::Resolve { reply: Some(r), .. }, Outcome::Resolve(changed))
-            | (Op::Repair { reply: r, .. }, Outcome::Resolve(changed)) => {
+            (Op::Resolve { reply: Some(r), .. }, Outcome::Changed(changed))
+            | (Op::Repair { reply: r, .. }, Outcome::Changed(changed)) => {
                 let _ = r.send(Ok(changed));
             }
             (Op::Batch { reply, .. }, Outcome::Batch(stamps)) => {
                 let _ = reply.send(Ok(stamps));
             }
-            (Op::Purge { reply, .. }, Outcome::Purge(n))
-            | (Op::Drop { reply, .. }, Outcome::Purge(n))
-            | (Op::DeleteMany { reply, .. }, Outcome::Purge(n))
-            | (Op::Expire { reply, .. }, Outcome::Purge(n))
-            | (Op::Meta { reply, .. }, Outcome::Purge(n)) => {
+            (Op::Purge { reply, .. }, Outcome::Count(n))
+            | (Op::Drop { reply, .. }, Outcome::Count(n))
+            | (Op::DeleteMany { reply, .. }, Outcome::Count(n))
+            | (Op::Expire { reply, .. }, Outcome::Count(n))
+            | (Op::Meta { reply, .. }, Outcome::Count(n)) => {
                 let _ = reply.send(Ok(n));
             }
-            _ => {}
+            // Nobody waits for these.
+            (Op::Remote { reply: None, .. }, Outcome::Remote(_))
+            | (Op::Resolve { reply: None, .. }, Outcome::Changed(_))
+            | (Op::Stop, Outcome::Nothing) => {}
+            // `Tx::apply` gives each op its own kind of outcome; should
+            // that ever break, the op still gets an answer (a 503 for a
+            // client), and the tests fail here.
+            (op, outcome) => {
+                debug_assert!(false, "the writer produced {outcome:?} for another op");
+                op.fail(&StoreError::WriterStopped);
+            }
         }
     }
     if !client_answers.is_empty() {
+        // Waits while ANSWERS_QUEUED groups are queued for the responders.
         if let Err(mpsc::SendError(left)) = answers.send(client_answers) {
             // No responder left (cannot happen while the writer runs):
             // answer here rather than drop the requests.
             for (reply, outcome) in left {
-                reply(outcome);
+                reply.send(outcome);
             }
         }
-    }
-}
-
-/// Writes a new local version of `key` (a value, or a tombstone when
-/// `data` is `None`) over `old`, with a timestamp above it and a fresh
-/// uuid, and queues it for replication: what every client write does,
-/// single, batched or recursive.
-fn write_local(
-    store: &Store,
-    txn: &mut heed::RwTxn<'_>,
-    key: &str,
-    old: Option<Stamp>,
-    data: &Option<Vec<u8>>,
-    ttl_ms: Option<u64>,
-    effects: &mut Effects,
-) -> Result<Stamp> {
-    let timestamp = next_timestamp(clock::now_ms(), old.as_ref());
-    let version = Version {
-        stamp: Stamp {
-            timestamp,
-            uuid: VersionId::new_random(),
-            deleted: data.is_none(),
-        },
-        data: data.clone().unwrap_or_default(),
-        expires: ttl_ms
-            .filter(|_| data.is_some())
-            .map(|ttl| timestamp.saturating_add(ttl)),
-    };
-    store.put_version(txn, key, old.as_ref(), &version, &mut effects.touched)?;
-    let stamp = version.stamp;
-    effects.local.push((key.to_string(), version));
-    Ok(stamp)
-}
-
-/// Applies a batch in one transaction and commits it.
-fn apply(store: &Store, batch: &[Op]) -> Result<(Vec<Outcome>, Effects)> {
-    let mut tx = Tx {
-        store,
-        txn: store.write_txn()?,
-        effects: Effects::default(),
-    };
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for op in batch {
-        outcomes.push(tx.apply(op)?);
-    }
-    let Tx {
-        txn, mut effects, ..
-    } = tx;
-    effects.index = store.commit(txn, &effects.touched)?;
-    Ok((outcomes, effects))
-}
-
-/// One write transaction being filled, with what it produced so far.
-struct Tx<'s> {
-    store: &'s Store,
-    txn: heed::RwTxn<'s>,
-    effects: Effects,
-}
-
-impl Tx<'_> {
-    fn apply(&mut self, op: &Op) -> Result<Outcome> {
-        Ok(match op {
-            Op::Client {
-                key,
-                data,
-                ttl_ms,
-                condition,
-                ..
-            } => Outcome::Client(self.client(key, data, *ttl_ms, condition)?),
-            Op::Remote { versions, .. } => Outcome::Remote(self.remote(versions)?),
-            Op::Resolve { key, winner, .. } => Outcome::Resolve(self.resolve(key, winner)?),
-            Op::Batch { ops, .. } => Outcome::Batch(self.batch(ops)?),
-            Op::DeleteMany { keys, .. } => Outcome::Purge(self.delete_many(keys)?),
-            Op::Repair { key, copy, .. } => Outcome::Resolve(self.repair(key, copy)?),
-            Op::Meta { name, value, .. } => {
-                self.store
-                    .meta_set_in(&mut self.txn, name, value.as_deref())?;
-                Outcome::Purge(1)
-            }
-            Op::Expire { now_ms, .. } => Outcome::Purge(self.store.expire_in(
-                &mut self.txn,
-                *now_ms,
-                EXPIRE_BATCH,
-                &mut self.effects.touched,
-            )?),
-            Op::Drop { versions, .. } => Outcome::Purge(self.drop_versions(versions)?),
-            Op::Purge { horizon_ms, .. } => Outcome::Purge(self.purge(*horizon_ms)?),
-            Op::Stop => Outcome::Purge(0),
-        })
-    }
-
-    fn stamp(&self, key: &str) -> Result<Option<Stamp>> {
-        self.store.stamp_in(&self.txn, key)
-    }
-
-    fn put(&mut self, key: &str, old: Option<&Stamp>, new: &Version) -> Result<()> {
-        self.store
-            .put_version(&mut self.txn, key, old, new, &mut self.effects.touched)
-    }
-
-    /// A new local version of `key` (see [`write_local`]).
-    fn local(
-        &mut self,
-        key: &str,
-        old: Option<Stamp>,
-        data: &Option<Vec<u8>>,
-        ttl_ms: Option<u64>,
-    ) -> Result<Stamp> {
-        write_local(
-            self.store,
-            &mut self.txn,
-            key,
-            old,
-            data,
-            ttl_ms,
-            &mut self.effects,
-        )
-    }
-
-    /// A client PUT or DELETE, if its condition holds.
-    fn client(
-        &mut self,
-        key: &str,
-        data: &Option<Vec<u8>>,
-        ttl_ms: Option<u64>,
-        condition: &Condition,
-    ) -> Result<std::result::Result<Written, WriteError>> {
-        let old = self.stamp(key)?;
-        let live = old.filter(|s| !s.deleted);
-        if !condition.holds(live.as_ref()) {
-            return Ok(Err(WriteError::PreconditionFailed(live)));
-        }
-        let stamp = self.local(key, old, data, ttl_ms)?;
-        Ok(Ok(Written { stamp }))
-    }
-
-    /// Versions from a peer, each through the merge rule; conflicts are
-    /// kept for the resolver.
-    fn remote(&mut self, versions: &[(String, Version)]) -> Result<RemoteReport> {
-        let mut report = RemoteReport::default();
-        for (key, incoming) in versions {
-            let old = self.stamp(key)?;
-            match merge(old.as_ref(), &incoming.stamp) {
-                Merge::TakeIncoming => {
-                    self.put(key, old.as_ref(), incoming)?;
-                    report.applied += 1;
-                }
-                Merge::KeepLocal | Merge::Same => report.ignored += 1,
-                Merge::Conflict => {
-                    report.conflicts += 1;
-                    if let Some(local) = old {
-                        self.effects.conflicts.push(ConflictFound {
-                            key: key.clone(),
-                            local,
-                            incoming: incoming.clone(),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    /// A conflict's winner: replaces a version with the same timestamp.
-    fn resolve(&mut self, key: &str, winner: &Version) -> Result<bool> {
-        let old = self.stamp(key)?;
-        let replace = match merge(old.as_ref(), &winner.stamp) {
-            Merge::TakeIncoming | Merge::Conflict => true,
-            Merge::KeepLocal | Merge::Same => false,
-        };
-        if replace {
-            self.put(key, old.as_ref(), winner)?;
-        }
-        Ok(replace)
-    }
-
-    fn batch(&mut self, ops: &[(String, Option<Vec<u8>>)]) -> Result<Vec<Stamp>> {
-        let mut stamps = Vec::with_capacity(ops.len());
-        for (key, data) in ops {
-            let old = self.stamp(key)?;
-            stamps.push(self.local(key, old, data, None)?);
-        }
-        Ok(stamps)
-    }
-
-    /// Tombstones for the keys that hold a live value.
-    fn delete_many(&mut self, keys: &[String]) -> Result<usize> {
-        let mut deleted = 0;
-        for key in keys {
-            let old = self.stamp(key)?;
-            if old.is_none_or(|s| s.deleted) {
-                continue;
-            }
-            self.local(key, old, &None, None)?;
-            deleted += 1;
-        }
-        Ok(deleted)
-    }
-
-    /// A peer's copy of a version damaged here (see [`Op::Repair`]).
-    fn repair(&mut self, key: &str, copy: &Version) -> Result<bool> {
-        let old = self.stamp(key)?;
-        let damaged = self.store.is_damaged_in(&self.txn, key)?;
-        let replace = match merge(old.as_ref(), &copy.stamp) {
-            Merge::TakeIncoming => true,
-            Merge::Same | Merge::Conflict => damaged,
-            Merge::KeepLocal => false,
-        };
-        if replace {
-            self.put(key, old.as_ref(), copy)?;
-        }
-        Ok(replace)
-    }
-
-    /// Removes versions that are still the current ones.
-    fn drop_versions(&mut self, versions: &[(String, Stamp)]) -> Result<usize> {
-        let mut dropped = 0;
-        for (key, stamp) in versions {
-            if self.stamp(key)? == Some(*stamp) {
-                self.store
-                    .remove_version(&mut self.txn, key, stamp, &mut self.effects.touched)?;
-                dropped += 1;
-            }
-        }
-        Ok(dropped)
-    }
-
-    /// Removes up to `PURGE_BATCH` tombstones older than the horizon.
-    fn purge(&mut self, horizon_ms: u64) -> Result<usize> {
-        let doomed = self
-            .store
-            .tombstones_before(&self.txn, horizon_ms, PURGE_BATCH)?;
-        let mut purged = 0;
-        for (key, ts) in doomed {
-            if let Some(old) = self.stamp(&key)? {
-                if old.deleted && old.timestamp == ts {
-                    self.store.remove_version(
-                        &mut self.txn,
-                        &key,
-                        &old,
-                        &mut self.effects.touched,
-                    )?;
-                    purged += 1;
-                }
-            }
-        }
-        Ok(purged)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::tests::version;
-    use std::sync::Mutex;
-
-    /// What `on_changed` saw: (last index, keys) per commit.
-    type Commits = Vec<(u64, Vec<String>)>;
-
-    struct Harness {
-        writer: WriterHandle,
-        thread: Option<JoinHandle<()>>,
-        store: Arc<Store>,
-        local: Arc<Mutex<Vec<String>>>,
-        conflicts: Arc<Mutex<Vec<ConflictFound>>>,
-        commits: Arc<Mutex<usize>>,
-        changed: Arc<Mutex<Commits>>,
-        dir: std::path::PathBuf,
-    }
-
-    impl Harness {
-        fn new() -> Harness {
-            let dir = std::env::temp_dir().join(format!(
-                "kvs-writer-test-{}-{}",
-                std::process::id(),
-                fastrand::u64(..)
-            ));
-            let store = Arc::new(Store::open(&dir, 64).unwrap());
-            let local = Arc::new(Mutex::new(Vec::new()));
-            let conflicts = Arc::new(Mutex::new(Vec::new()));
-            let commits = Arc::new(Mutex::new(0));
-            let changed = Arc::new(Mutex::new(Vec::new()));
-            let (l, c, n, ch) = (
-                local.clone(),
-                conflicts.clone(),
-                commits.clone(),
-                changed.clone(),
-            );
-            let hooks = Hooks {
-                on_local: Box::new(move |v| {
-                    l.lock().unwrap().extend(v.iter().map(|(k, _)| k.clone()))
-                }),
-                on_conflict: Box::new(move |found| c.lock().unwrap().extend(found)),
-                on_commit: Box::new(move |_, _| *n.lock().unwrap() += 1),
-                on_changed: Box::new(move |index, keys| {
-                    ch.lock().unwrap().push((index, keys.to_vec()))
-                }),
-            };
-            let (writer, thread) = start(store.clone(), hooks).unwrap();
-            Harness {
-                writer,
-                thread: Some(thread),
-                store,
-                local,
-                conflicts,
-                commits,
-                changed,
-                dir,
-            }
-        }
-
-        /// A client write, waiting for its answer.
-        fn client(
-            &self,
-            key: &str,
-            data: Option<&str>,
-            condition: Condition,
-        ) -> std::result::Result<Written, WriteError> {
-            let (tx, rx) = mpsc::channel();
-            self.writer
-                .submit(Op::Client {
-                    key: key.to_string(),
-                    data: data.map(|d| d.as_bytes().to_vec()),
-                    ttl_ms: None,
-                    condition,
-                    reply: Box::new(move |r| {
-                        let _ = tx.send(r);
-                    }),
-                })
-                .unwrap();
-            rx.recv().unwrap()
-        }
-    }
-
-    impl Drop for Harness {
-        fn drop(&mut self) {
-            self.writer.stop();
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    #[test]
-    fn client_writes_commit_in_order_with_growing_timestamps() {
-        let h = Harness::new();
-        let a = h.client("k", Some("1"), Condition::default()).unwrap();
-        let b = h.client("k", Some("2"), Condition::default()).unwrap();
-        assert!(b.stamp.timestamp > a.stamp.timestamp);
-        assert_eq!(h.store.get("k").unwrap().unwrap().data, b"2");
-        let d = h.client("k", None, Condition::default()).unwrap();
-        assert!(d.stamp.deleted && d.stamp.timestamp > b.stamp.timestamp);
-        assert_eq!(*h.local.lock().unwrap(), ["k", "k", "k"]);
-    }
-
-    #[test]
-    fn metadata_goes_through_the_writer_and_gives_no_index() {
-        let h = Harness::new();
-        let base = h.store.commit_index();
-        h.writer.meta_put("known_addresses", b"{}").unwrap();
-        assert_eq!(
-            h.store.meta_get("known_addresses").unwrap().as_deref(),
-            Some(&b"{}"[..])
-        );
-        assert_eq!(h.store.commit_index(), base, "metadata is not a version");
-    }
-
-    #[test]
-    fn every_committed_version_gets_the_next_commit_index() {
-        let h = Harness::new();
-        let base = h.store.commit_index();
-        h.client("a", Some("1"), Condition::default()).unwrap();
-        h.client("b", None, Condition::default()).unwrap();
-        // A failed condition commits nothing.
-        let never = Condition {
-            if_match: Some(crate::store::condition::Tags::parse("\"nope\"")),
-            if_none_match: None,
-        };
-        assert!(h.client("a", Some("2"), never).is_err());
-        let report = h
-            .writer
-            .apply_remote(vec![("c".into(), version(5, Some("3")))])
-            .unwrap();
-        assert_eq!(report.applied, 1);
-        assert_eq!(h.store.commit_index(), base + 3);
-        let changed = h.changed.lock().unwrap().clone();
-        let flat: Vec<(u64, String)> = changed
-            .iter()
-            .flat_map(|(last, keys)| {
-                let first = last + 1 - keys.len() as u64;
-                keys.iter()
-                    .enumerate()
-                    .map(move |(i, k)| (first + i as u64, k.clone()))
-            })
-            .collect();
-        assert_eq!(
-            flat,
-            vec![
-                (base + 1, "a".to_string()),
-                (base + 2, "b".to_string()),
-                (base + 3, "c".to_string())
-            ]
-        );
-    }
-
-    #[test]
-    fn many_concurrent_writes_share_commits_and_all_land() {
-        let h = Harness::new();
-        let mut waits = Vec::new();
-        for i in 0..500 {
-            let (tx, rx) = mpsc::channel();
-            h.writer
-                .submit(Op::Client {
-                    key: format!("c/{i}"),
-                    data: Some(i.to_string().into_bytes()),
-                    ttl_ms: None,
-                    condition: Condition::default(),
-                    reply: Box::new(move |r| {
-                        let _ = tx.send(r.is_ok());
-                    }),
-                })
-                .unwrap();
-            waits.push(rx);
-        }
-        assert!(waits.into_iter().all(|rx| rx.recv().unwrap()));
-        assert_eq!(h.store.counts().unwrap().0, 500);
-        let commits = *h.commits.lock().unwrap();
-        assert!(commits < 500, "{commits} commits for 500 queued writes");
-        assert!(h.store.verify_tree().unwrap());
-    }
-
-    #[test]
-    fn conditions_are_checked_against_the_current_version() {
-        let h = Harness::new();
-        assert!(h
-            .client(
-                "c",
-                Some("1"),
-                Condition {
-                    if_none_match: Some(crate::store::condition::Tags::Any),
-                    if_match: None
-                }
-            )
-            .is_ok());
-        assert!(matches!(
-            h.client(
-                "c",
-                Some("2"),
-                Condition {
-                    if_none_match: Some(crate::store::condition::Tags::Any),
-                    if_match: None
-                }
-            ),
-            Err(WriteError::PreconditionFailed(Some(_)))
-        ));
-        let current = h.store.get("c").unwrap().unwrap().stamp.uuid;
-        assert!(h
-            .client(
-                "c",
-                Some("3"),
-                Condition {
-                    if_match: Some(crate::store::condition::Tags::List(vec![(false, current)])),
-                    if_none_match: None
-                }
-            )
-            .is_ok());
-        assert!(h
-            .client(
-                "c",
-                Some("4"),
-                Condition {
-                    if_match: Some(crate::store::condition::Tags::List(vec![(false, current)])),
-                    if_none_match: None
-                }
-            )
-            .is_err());
-        assert!(h
-            .client(
-                "gone",
-                Some("1"),
-                Condition {
-                    if_match: Some(crate::store::condition::Tags::Any),
-                    if_none_match: None
-                }
-            )
-            .is_err());
-        assert_eq!(h.store.get("c").unwrap().unwrap().data, b"3");
-        assert!(h.store.get("gone").unwrap().is_none());
-    }
-
-    #[test]
-    fn a_batch_is_one_commit_in_order() {
-        let h = Harness::new();
-        // The commit hook runs after the answer: wait for it to count.
-        let commits_reach = |n: usize| {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while *h.commits.lock().unwrap() < n {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "commit {n} never counted"
-                );
-                std::thread::yield_now();
-            }
-        };
-        h.client("b/x", Some("0"), Condition::default()).unwrap();
-        commits_reach(1);
-        let stamps = h
-            .writer
-            .batch(vec![
-                ("b/x".into(), Some(b"1".to_vec())),
-                ("b/x".into(), Some(b"2".to_vec())),
-                ("b/y".into(), Some(b"[3]".to_vec())),
-                ("b/x".into(), None),
-            ])
-            .unwrap();
-        assert_eq!(stamps.len(), 4);
-        assert!(stamps[1].timestamp > stamps[0].timestamp);
-        assert!(stamps[3].timestamp > stamps[1].timestamp && stamps[3].deleted);
-        commits_reach(2);
-        assert_eq!(*h.commits.lock().unwrap(), 2, "the batch is one commit");
-        assert!(h.store.get("b/x").unwrap().unwrap().stamp.deleted);
-        assert_eq!(h.store.get("b/y").unwrap().unwrap().data, b"[3]");
-    }
-
-    #[test]
-    fn delete_many_makes_tombstones_for_live_keys_only() {
-        let h = Harness::new();
-        for k in ["p/a", "p/b", "p/c"] {
-            h.client(k, Some("1"), Condition::default()).unwrap();
-        }
-        h.client("p/b", None, Condition::default()).unwrap();
-        h.local.lock().unwrap().clear();
-        let n = h
-            .writer
-            .delete_many(vec![
-                "p/a".into(),
-                "p/b".into(),
-                "p/c".into(),
-                "p/none".into(),
-            ])
-            .unwrap();
-        assert_eq!(n, 2, "p/b was already deleted, p/none never existed");
-        for k in ["p/a", "p/b", "p/c"] {
-            assert!(h.store.get(k).unwrap().unwrap().stamp.deleted, "{k}");
-        }
-        assert!(h.store.get("p/none").unwrap().is_none());
-        // The new tombstones replicate like client deletes.
-        assert_eq!(
-            *h.local.lock().unwrap(),
-            vec!["p/a".to_string(), "p/c".to_string()]
-        );
-    }
-
-    #[test]
-    fn remote_versions_go_through_the_merge_rule() {
-        let h = Harness::new();
-        let mine = h
-            .client("r", Some("\"mine\""), Condition::default())
-            .unwrap();
-        let ts = mine.stamp.timestamp;
-        let report = h
-            .writer
-            .apply_remote(vec![
-                ("r".into(), version(ts - 5, Some("\"older\""))),
-                ("new".into(), version(7, Some("\"new\""))),
-            ])
-            .unwrap();
-        assert_eq!(
-            report,
-            RemoteReport {
-                applied: 1,
-                ignored: 1,
-                conflicts: 0
-            }
-        );
-        assert_eq!(h.store.get("r").unwrap().unwrap().data, b"\"mine\"");
-        let rival = version(ts, Some("\"rival\""));
-        let report = h
-            .writer
-            .apply_remote(vec![("r".into(), rival.clone())])
-            .unwrap();
-        assert_eq!(report.conflicts, 1);
-        assert_eq!(
-            h.store.get("r").unwrap().unwrap().data,
-            b"\"mine\"",
-            "kept until resolved"
-        );
-        let found = h.conflicts.lock().unwrap();
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].incoming, rival);
-        drop(found);
-        // The winner replaces the local version at the same timestamp.
-        assert!(h.writer.resolve("r".into(), rival.clone()).unwrap());
-        assert_eq!(h.store.get("r").unwrap().unwrap(), rival);
-        // Remote versions are not pushed on.
-        assert_eq!(*h.local.lock().unwrap(), ["r"]);
-    }
-
-    #[test]
-    fn the_purge_removes_only_old_tombstones() {
-        let h = Harness::new();
-        h.writer
-            .apply_remote(vec![
-                ("t-old".into(), version(100, None)),
-                ("t-new".into(), version(10_000, None)),
-                ("v-old".into(), version(100, Some("1"))),
-            ])
-            .unwrap();
-        assert_eq!(h.writer.purge(5_000).unwrap(), 1);
-        assert!(h.store.get("t-old").unwrap().is_none());
-        assert!(h.store.get("t-new").unwrap().is_some());
-        assert!(h.store.get("v-old").unwrap().is_some());
-        assert!(h.store.verify_tree().unwrap());
-    }
-
-    #[test]
-    fn a_purge_of_more_than_one_batch_removes_them_all() {
-        let h = Harness::new();
-        let n = PURGE_BATCH * 2 + 17;
-        for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
-            let versions = chunk
-                .iter()
-                .map(|i| (format!("t/{i:06}"), version(100 + *i as u64, None)))
-                .collect();
-            h.writer.apply_remote(versions).unwrap();
-        }
-        h.writer
-            .apply_remote(vec![("t/young".into(), version(1_000_000, None))])
-            .unwrap();
-        assert_eq!(h.store.counts().unwrap(), (n as u64 + 1, n as u64 + 1));
-        assert_eq!(h.writer.purge(500_000).unwrap(), n);
-        assert_eq!(h.store.counts().unwrap(), (1, 1), "only the young one left");
-        assert!(h.store.verify_tree().unwrap());
-    }
-}
+mod tests;
