@@ -57,16 +57,21 @@ fn condition(rq: &Request) -> Condition {
     }
 }
 
-/// `/kv/...`: answers, or hands the request to the writer.
-pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started: Instant) {
-    let method = rq.method().clone();
-    let route = match method {
+/// The metric label of a `/kv/...` request, by method and query.
+pub fn kv_route(method: &Method, target: &Target<'_>) -> Route {
+    match method {
         Method::Get | Method::Head if target.has("keys") || target.has("recurse") => Route::KvList,
         Method::Get | Method::Head => Route::KvGet,
         Method::Put => Route::KvPut,
         Method::Delete => Route::KvDelete,
         _ => Route::Other,
-    };
+    }
+}
+
+/// `/kv/...`: answers, or hands the request to the writer.
+pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started: Instant) {
+    let method = rq.method().clone();
+    let route = kv_route(&method, target);
     if let Err(e) = check_client_auth(node, &rq) {
         return fail(node, rq, e, route, started);
     }

@@ -172,50 +172,53 @@ enum Credentials {
     ClientOrCluster,
 }
 
-/// Decides from a request's head alone, before its body is read: the
-/// credentials the endpoint takes (a refused request's body is never
-/// read) and the largest body it accepts.
-fn admit(node: &Node, method: &Method, url: &str, headers: &[Header]) -> Result<usize, Refusal> {
-    let path = Target::parse(url).path;
-    let (credentials, limit, route) = if path == "/kv" || path.starts_with("/kv/") {
+/// The one table of endpoints: for a request's method and target, the
+/// metric label, the credentials it takes and the largest body it accepts.
+/// `admit` (before the body) and `handle` (after) both read it.
+fn endpoint(node: &Node, method: &Method, target: &Target<'_>) -> (Route, Credentials, usize) {
+    let path = target.path;
+    if path == "/kv" || path.starts_with("/kv/") {
         let limit = match method {
             Method::Put => node.config.max_value_bytes,
             _ => SMALL_BODY_BYTES,
         };
-        (Credentials::Client, limit, Route::KvPut)
-    } else if path == "/batch" {
-        (
+        return (client::kv_route(method, target), Credentials::Client, limit);
+    }
+    match path {
+        "/batch" => (
+            Route::KvPut,
             Credentials::Client,
             client::batch_body_limit(node),
-            Route::KvPut,
-        )
-    } else if path.starts_with("/internal/") || path == "/members/join" {
-        let route = if path == "/members/join" {
-            Route::Members
-        } else {
-            Route::Internal
-        };
-        (
+        ),
+        "/members/join" => (
+            Route::Members,
             Credentials::Cluster,
             internal::internal_body_limit(node),
-            route,
-        )
-    } else if path == "/members/leave" {
-        (
+        ),
+        p if p.starts_with("/internal/") => (
+            Route::Internal,
+            Credentials::Cluster,
+            internal::internal_body_limit(node),
+        ),
+        "/members/leave" => (
+            Route::Members,
             Credentials::ClientOrCluster,
             SMALL_BODY_BYTES,
-            Route::Members,
-        )
-    } else if matches!(path, "/members" | "/members/" | "/metrics" | "/backup") {
-        let route = if path == "/metrics" {
-            Route::Metrics
-        } else {
-            Route::Members
-        };
-        (Credentials::Client, SMALL_BODY_BYTES, route)
-    } else {
-        (Credentials::Open, SMALL_BODY_BYTES, Route::Other)
-    };
+        ),
+        "/members" | "/members/" | "/backup" => {
+            (Route::Members, Credentials::Client, SMALL_BODY_BYTES)
+        }
+        "/metrics" => (Route::Metrics, Credentials::Client, SMALL_BODY_BYTES),
+        "/health" => (Route::Health, Credentials::Open, SMALL_BODY_BYTES),
+        _ => (Route::Other, Credentials::Open, SMALL_BODY_BYTES),
+    }
+}
+
+/// Decides from a request's head alone, before its body is read: the
+/// credentials the endpoint takes (a refused request's body is never
+/// read) and the largest body it accepts.
+fn admit(node: &Node, method: &Method, url: &str, headers: &[Header]) -> Result<usize, Refusal> {
+    let (route, credentials, limit) = endpoint(node, method, &Target::parse(url));
     let allowed = match credentials {
         Credentials::Open => true,
         Credentials::Client => client_auth_ok(node, headers),
@@ -306,20 +309,16 @@ fn handle(node: &Node, mut rq: Request) {
     if path == "/backup" {
         return backup::backup(node, rq, started);
     }
-    let (route, result) = match path {
-        "/health" => (Route::Health, client::health(node, &rq)),
-        "/members" | "/members/" => (Route::Members, client::members(node, &rq)),
-        "/members/join" => (Route::Members, internal::join(node, &mut rq)),
-        "/members/leave" => (Route::Members, internal::leave(node, &mut rq)),
-        "/metrics" => (Route::Metrics, client::metrics(node, &rq)),
-        "/batch" => (Route::KvPut, client::batch(node, &mut rq)),
-        p if p.starts_with("/internal/") => {
-            (Route::Internal, internal::route(node, &mut rq, &target))
-        }
-        _ => (
-            Route::Other,
-            Err(ApiError::NotFound(format!("no such endpoint: {path}"))),
-        ),
+    let (route, _, _) = endpoint(node, rq.method(), &target);
+    let result = match path {
+        "/health" => client::health(node, &rq),
+        "/members" | "/members/" => client::members(node, &rq),
+        "/members/join" => internal::join(node, &mut rq),
+        "/members/leave" => internal::leave(node, &mut rq),
+        "/metrics" => client::metrics(node, &rq),
+        "/batch" => client::batch(node, &mut rq),
+        p if p.starts_with("/internal/") => internal::route(node, &mut rq, &target),
+        _ => Err(ApiError::NotFound(format!("no such endpoint: {path}"))),
     };
     let reply = result.unwrap_or_else(|e| {
         log::debug!("{} {path}: {} {}", rq.method(), e.status(), e.message());

@@ -38,6 +38,11 @@ wait_until 10 "writes flowing during the backup" flowing
 step "/backup without the token: 401"
 expect_status 401 GET "$(url a /backup)"
 
+step "a refused request is counted under its own route (DELETE as kv_delete, not kv_put)"
+expect_status 401 DELETE "$(url a /kv/nope)"
+refused() { curl -s -H 'Authorization: Bearer tok' "$(url a /metrics)" | grep -q "^kvs_requests_total{route=\"$1\",status=\"401\"} [1-9]"; }
+refused kv_delete || fail "the refused DELETE is not counted as kv_delete: $(curl -s -H 'Authorization: Bearer tok' "$(url a /metrics)" | grep 'status="401"')"
+
 step "kvs backup while writes go on"
 cli backup "$WORK/a.mdb" 2> "$WORK/backup.err" || fail "kvs backup failed: $(cat "$WORK/backup.err")"
 grep -q "bytes written to $WORK/a.mdb" "$WORK/backup.err" || fail "no summary: $(cat "$WORK/backup.err")"
