@@ -304,7 +304,11 @@ pub fn start<C: Send + Sync + 'static>(
     std::thread::Builder::new()
         .name("watch".into())
         .spawn(move || {
-            let (tx, rx) = mpsc::channel::<Job<C>>();
+            // Jobs due to be answered. Only parked requests become jobs, so
+            // at most MAX_PARKED (and the few parked while it drains) are
+            // in it; when it is full the watch thread waits for an answer
+            // thread before it hands over more.
+            let (tx, rx) = mpsc::sync_channel::<Job<C>>(MAX_PARKED);
             let rx = Arc::new(Mutex::new(rx));
             let answerers: Vec<_> = (0..ANSWER_THREADS)
                 .filter_map(|i| {
