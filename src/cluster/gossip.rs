@@ -18,9 +18,10 @@
 //!   Now and then the node also tries an unhealthy peer (to notice
 //!   recovery) and a known address that is not a member (to heal a
 //!   partition in which both sides dropped each other).
-//! - A round's calls run in parallel, each bounded by `gossip_timeout` (a
-//!   quarter of `failure_timeout`, at most 2 s), so one frozen or dead peer
-//!   delays nothing else.
+//! - A round's calls run in parallel on a small pool of long-lived threads
+//!   (`calls`), each bounded by `gossip_timeout` (a quarter of
+//!   `failure_timeout`, at most 2 s), so one frozen or dead peer delays
+//!   nothing else.
 //! - Leave: the node's entry, marked `left`, goes to every healthy peer
 //!   (`/members/leave`), which drop it at once.
 
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::calls::{self, CallPool};
 use super::membership::MemberEntry;
 use super::peer;
 use super::Cluster;
@@ -42,6 +44,10 @@ const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Known addresses unreachable for this long are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Threads that make a round's calls, at most: enough for log2 of the
+/// largest cluster plus the extra probes, kept between rounds.
+const CALL_THREADS: usize = 16;
 
 /// Rumors one gossip message carries at most.
 const RUMORS_PER_MESSAGE: usize = 32;
@@ -122,6 +128,8 @@ pub fn gossip_loop(cluster: Arc<Cluster>) {
     let mut backoff = JOIN_BACKOFF_MIN;
     let mut next_join = Instant::now();
     let mut round: u64 = 0;
+    let mut pool = CallPool::new("gossip-call", CALL_THREADS);
+    let traffic = Arc::new(peer::Traffic::default());
     let mut known_saved = cluster.members.known_addresses();
     let mut contact_saved = 0u64;
     loop {
@@ -165,7 +173,7 @@ pub fn gossip_loop(cluster: Arc<Cluster>) {
             } else {
                 None
             };
-            gossip_round(&cluster, &peers, round, candidate);
+            gossip_round(&cluster, &mut pool, &traffic, &peers, round, candidate);
         }
         round += 1;
         if round.is_multiple_of(20) {
@@ -206,7 +214,9 @@ pub fn gossip_timeout(failure_timeout: Duration) -> Duration {
 /// unhealthy peer, and one known address that is not a member), all called
 /// at once.
 fn gossip_round(
-    cluster: &Cluster,
+    cluster: &Arc<Cluster>,
+    pool: &mut CallPool,
+    traffic: &Arc<peer::Traffic>,
     peers: &[super::membership::Peer],
     round: u64,
     candidate: Option<&String>,
@@ -228,34 +238,34 @@ fn gossip_round(
         None
     };
     let timeout = gossip_timeout(cluster.config.failure_timeout);
-    let traffic = peer::Traffic::default();
-    let traffic = &traffic;
-    std::thread::scope(|scope| {
-        for p in targets.into_iter().chain(extra.as_ref()) {
-            let spawned = std::thread::Builder::new()
-                .name("gossip-call".into())
-                .spawn_scoped(scope, move || exchange(cluster, p, timeout, traffic));
-            if let Err(e) = spawned {
-                log::warn!("cannot start a gossip call: {e}");
-            }
-        }
-        if let Some(address) = candidate {
-            // Look for members on the other side of a healed partition.
-            let _ = std::thread::Builder::new()
-                .name("gossip-call".into())
-                .spawn_scoped(scope, move || {
-                    let _ = join_one(cluster, address, timeout);
-                });
-        }
-    });
+    let mut jobs = Vec::new();
+    for p in targets.into_iter().chain(extra.as_ref()) {
+        let (cluster, p, traffic) = (cluster.clone(), p.clone(), traffic.clone());
+        jobs.push(calls::job(move || {
+            exchange(&cluster, &p, timeout, &traffic)
+        }));
+    }
+    if let Some(address) = candidate {
+        // Look for members on the other side of a healed partition.
+        let (cluster, address) = (cluster.clone(), address.clone());
+        jobs.push(calls::job(move || {
+            let _ = join_one(&cluster, &address, timeout);
+        }));
+    }
+    // An exchange makes at most two calls.
+    let skipped = pool.run_all(jobs, calls::round_deadline(2, timeout));
+    if skipped > 0 {
+        log::debug!("gossip: {skipped} calls of this round skipped, every call thread busy");
+    }
     cluster
         .metrics
         .gossip_rounds
         .fetch_add(1, Ordering::Relaxed);
+    // Calls still under way at the deadline count in the next round.
     cluster
         .metrics
         .gossip_bytes
-        .fetch_add(traffic.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        .fetch_add(traffic.bytes.swap(0, Ordering::Relaxed), Ordering::Relaxed);
 }
 
 /// One gossip exchange with a peer, which is also a probe of it.

@@ -26,6 +26,7 @@
 //! (a list of peers, a page of versions), drop the lock, then talk.
 
 pub mod antientropy;
+pub mod calls;
 pub mod conflict;
 pub mod gc;
 pub mod gossip;

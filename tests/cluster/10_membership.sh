@@ -23,6 +23,22 @@ count_is() { [ "$(member_count "$1")" = "$2" ]; }
 step "all three list three healthy members"
 for n in node1 node2 node3; do wait_until 10 "$n sees 3 members" count_is "$n" 3; done
 for n in node1 node2 node3; do for m in node1 node2 node3; do lists "$n" "$m" alive || fail "$n does not list $m"; done; done
+step "gossip calls run on long-lived threads, not new ones every round"
+# call_threads NODE: the thread ids of NODE's gossip-call threads.
+call_threads() {
+  local t
+  for t in /proc/"$(pid_of "$1")"/task/*; do
+    [ "$(cat "$t/comm" 2>/dev/null)" = gossip-call ] && basename "$t"
+  done | sort
+}
+has_call_threads() { [ -n "$(call_threads "$1")" ]; }
+wait_until 5 "node1 has gossip-call threads" has_call_threads node1
+before=$(call_threads node1)
+wait_rounds node1 kvs_gossip_rounds_total 10
+after=$(call_threads node1)
+[ -n "$(comm -12 <(echo "$before") <(echo "$after"))" ] ||
+  fail "10 gossip rounds on new threads: before [$before], after [$after]"
+[ "$(echo "$after" | wc -l)" -le 16 ] || fail "more than 16 gossip-call threads: $after"
 joined=$(curl -s "$(url node1 /members/)" | grep -o '{[^}]*"id":"node3"[^}]*}' | grep -o '"joined_timestamp":[0-9]*')
 
 step "kill -9 node3: unhealthy within failure_timeout, dropped after removal_timeout"
