@@ -17,10 +17,11 @@ pub enum Route {
     Members,
     Metrics,
     Internal,
+    Backup,
     Other,
 }
 
-const ROUTES: [(Route, &str); 9] = [
+const ROUTES: [(Route, &str); 10] = [
     (Route::KvGet, "kv_get"),
     (Route::KvPut, "kv_put"),
     (Route::KvDelete, "kv_delete"),
@@ -29,6 +30,7 @@ const ROUTES: [(Route, &str); 9] = [
     (Route::Members, "members"),
     (Route::Metrics, "metrics"),
     (Route::Internal, "internal"),
+    (Route::Backup, "backup"),
     (Route::Other, "other"),
 ];
 

@@ -9,20 +9,22 @@
 //! so a slow download lets the data file grow by what is written in the
 //! meantime (bounded by the download's deadline). A copy that fails ends
 //! the response without its last chunk, which clients report as an error.
-//! One backup runs at a time.
+//! The download runs on a thread of its own, not on an HTTP worker. One
+//! backup runs at a time; another request meanwhile gets `503`.
 
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tiny_http::{Method, Request, Response, StatusCode};
 
 use super::{allow, check_client_auth, header, send_error, ApiError};
 use crate::clock;
-use crate::metrics::Route;
+use crate::metrics::{Metrics, Route};
 use crate::node::Node;
 use crate::store::StoreError;
 
@@ -42,7 +44,9 @@ impl Drop for Running {
     }
 }
 
-/// `GET /backup`.
+/// `GET /backup`: checks, starts the copy and hands the response to a
+/// thread of its own, so the download (minutes or hours for a large
+/// store) holds no HTTP worker.
 pub fn backup(node: &Node, rq: Request, started: Instant) {
     let prepared = allow(&rq, "GET", &[Method::Get])
         .and_then(|()| check_client_auth(node, &rq))
@@ -57,10 +61,25 @@ pub fn backup(node: &Node, rq: Request, started: Instant) {
                 .map_err(|e| ApiError::Internal(format!("backup: cannot make a pipe: {e}")))?;
             Ok((reader, writer, running))
         });
-    let (reader, writer, _running) = match prepared {
+    let (reader, writer, running) = match prepared {
         Ok(p) => p,
-        Err(e) => return send_error(node, rq, e, Route::Other, started),
+        Err(e) => return send_error(node, rq, e, Route::Backup, started),
     };
+    // The sending thread starts first and waits for its download, so that
+    // a failure to start it can still be answered.
+    let (hand_over, handed) = mpsc::sync_channel::<Download>(1);
+    let metrics = node.metrics.clone();
+    let sender = std::thread::Builder::new()
+        .name("backup-send".into())
+        .spawn(move || {
+            if let Ok(download) = handed.recv() {
+                download.send(&metrics);
+            }
+        });
+    if let Err(e) = sender {
+        let e = ApiError::Internal(format!("backup: cannot start a thread to send it: {e}"));
+        return send_error(node, rq, e, Route::Backup, started);
+    }
     let store = node.store.clone();
     let copier = std::thread::Builder::new()
         .name("backup".into())
@@ -72,7 +91,7 @@ pub fn backup(node: &Node, rq: Request, started: Instant) {
         Ok(c) => c,
         Err(e) => {
             let e = ApiError::Internal(format!("backup: cannot start the copy: {e}"));
-            return send_error(node, rq, e, Route::Other, started);
+            return send_error(node, rq, e, Route::Backup, started);
         }
     };
     // A size-based deadline cannot be known up front: allow the longest.
@@ -97,23 +116,55 @@ pub fn backup(node: &Node, rq: Request, started: Instant) {
         inner: reader,
         bytes: bytes.clone(),
     };
-    let response = Response::new(StatusCode(200), headers, counted, None, None);
-    let sent = rq.respond(response);
-    let copied = copier.join().unwrap_or_else(|_| {
-        Err(StoreError::from(std::io::Error::other(
-            "the copy thread failed",
-        )))
-    });
-    let n = bytes.load(Ordering::Relaxed);
-    match (copied, sent) {
-        (Ok(()), Ok(())) => log::info!(
-            "backup: {n} bytes sent in {} ms",
-            started.elapsed().as_millis()
-        ),
-        (Err(e), _) => log::warn!("backup failed after {n} bytes: {e}"),
-        (Ok(()), Err(e)) => log::warn!("backup: the client stopped reading after {n} bytes: {e}"),
+    let download = Download {
+        rq,
+        response: Response::new(StatusCode(200), headers, counted, None, None),
+        copier,
+        bytes,
+        started,
+        _running: running,
+    };
+    // The thread waits on this channel alone; it cannot be gone before
+    // taking the one download it was started for.
+    if hand_over.send(download).is_err() {
+        log::error!("backup: the sending thread ended before its download");
     }
-    node.metrics.observe(Route::Other, 200, started.elapsed());
+}
+
+/// A backup under way: the request, its response streaming the pipe, and
+/// the copy writing into it.
+struct Download {
+    rq: Request,
+    response: Response<Counted<std::io::PipeReader>>,
+    copier: JoinHandle<Result<(), StoreError>>,
+    bytes: Arc<AtomicU64>,
+    started: Instant,
+    /// Held until the download ends: one backup at a time.
+    _running: Running,
+}
+
+impl Download {
+    /// Streams the backup to the client, then reports how it went.
+    fn send(self, metrics: &Metrics) {
+        let sent = self.rq.respond(self.response);
+        let copied = self.copier.join().unwrap_or_else(|_| {
+            Err(StoreError::from(std::io::Error::other(
+                "the copy thread failed",
+            )))
+        });
+        let n = self.bytes.load(Ordering::Relaxed);
+        match (copied, sent) {
+            (Ok(()), Ok(())) => log::info!(
+                "backup: {n} bytes sent in {} ms",
+                self.started.elapsed().as_millis()
+            ),
+            (Err(e), _) => log::warn!("backup failed after {n} bytes: {e}"),
+            (Ok(()), Err(e)) => {
+                log::warn!("backup: the client stopped reading after {n} bytes: {e}")
+            }
+        }
+        metrics.observe(Route::Backup, 200, self.started.elapsed());
+    }
 }
 
 /// A reader that counts what went through it.

@@ -12,8 +12,8 @@
 //! together with the request, and the writer answers after its commit, so
 //! their worker does not wait for a disk flush and many writes share one
 //! commit. Batches, recursive deletes and versions pushed by peers wait on
-//! their worker for the commit. Blocking queries wait in `watch`, not on a
-//! worker.
+//! their worker for the commit. Blocking queries wait in `watch`, and a
+//! backup download is sent from its own thread, not from a worker.
 
 use crate::cluster::peer::SECRET_HEADER;
 use crate::escape::percent_decode;
@@ -205,9 +205,8 @@ fn endpoint(node: &Node, method: &Method, target: &Target<'_>) -> (Route, Creden
             Credentials::ClientOrCluster,
             SMALL_BODY_BYTES,
         ),
-        "/members" | "/members/" | "/backup" => {
-            (Route::Members, Credentials::Client, SMALL_BODY_BYTES)
-        }
+        "/members" | "/members/" => (Route::Members, Credentials::Client, SMALL_BODY_BYTES),
+        "/backup" => (Route::Backup, Credentials::Client, SMALL_BODY_BYTES),
         "/metrics" => (Route::Metrics, Credentials::Client, SMALL_BODY_BYTES),
         "/health" => (Route::Health, Credentials::Open, SMALL_BODY_BYTES),
         _ => (Route::Other, Credentials::Open, SMALL_BODY_BYTES),
