@@ -354,7 +354,8 @@ pub struct Plan {
 
 /// Compares the stamps of the same buckets on both sides. `drop_before` is
 /// the purge horizon when this node is back from an absence longer than
-/// `bootstrap_max_age_hours` (see `Cluster::stale`). Sorted, for determinism.
+/// `bootstrap_max_age_hours` (see `gc::Reconcile::horizon`). Each list is
+/// sorted by key, for determinism.
 pub fn plan(
     local: &HashMap<String, Stamp>,
     remote: &HashMap<String, Stamp>,

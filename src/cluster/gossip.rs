@@ -205,7 +205,8 @@ pub fn fanout(members: usize) -> usize {
 }
 
 /// How long one gossip call may take: well below `failure_timeout`, so a
-/// round with a frozen peer still ends in time for the next heartbeat.
+/// round with a frozen peer still ends well within it and the next round's
+/// probes start on time.
 pub fn gossip_timeout(failure_timeout: Duration) -> Duration {
     (failure_timeout / 4).clamp(Duration::from_millis(100), peer::QUICK)
 }

@@ -52,7 +52,8 @@ pub struct MemberEntry {
     pub joined_timestamp: u64,
     /// Grows with every restart of the node (ms at start, or more).
     pub generation: u64,
-    /// Grows with every gossip round of the node.
+    /// The node's incarnation: grows only when it refutes a suspicion of
+    /// itself or leaves (liveness comes from probes, not from this).
     pub heartbeat: u64,
     /// Some node could not reach it and doubts it is alive.
     #[serde(default, skip_serializing_if = "is_false")]

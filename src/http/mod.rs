@@ -7,7 +7,9 @@
 //! head alone (credentials, body limit for the endpoint) whether the body is
 //! read at all, then the body within `BODY_TIMEOUT` and a shared memory
 //! budget. A pool of `http_threads` workers takes complete requests and
-//! answers them, so a slow or hostile client never holds a worker.
+//! answers them, so a client slow to send never holds a worker. A client
+//! slow to read its reply does, while the worker writes it: at most
+//! `RESPONSE_TIMEOUT` from the first byte, then the connection is dropped.
 //! Single client writes (PUT, DELETE) are handed to the writer thread
 //! together with the request, and the writer answers after its commit, so
 //! their worker does not wait for a disk flush and many writes share one
