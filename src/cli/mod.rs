@@ -1,0 +1,436 @@
+//! The command-line client, in the same binary as the node:
+//! `kvs get|put|delete|ls|watch|members|backup|export|import`.
+//!
+//! It talks to one node over HTTP: `--addr HOST:PORT` or `$KVS_ADDR`
+//! (default 127.0.0.1:8080), with the bearer token from `--token` or
+//! `$KVS_TOKEN`. Exit status: 0 done; 1 not found, a failed condition or
+//! any other refusal by the node; 2 a usage error or no connection.
+//!
+//! This file parses the command line; `client` is the HTTP client (one
+//! call, its answer), `commands` what each command does through it.
+
+use std::process::ExitCode;
+
+use crate::output::{note, OutputError};
+
+/// The commands this module runs.
+pub const COMMANDS: [&str; 9] = [
+    "get", "put", "delete", "ls", "watch", "members", "backup", "export", "import",
+];
+
+pub const USAGE: &str = "\
+Client commands (talk to a running node):
+  kvs get KEY                      print the value (exit 1 if absent)
+  kvs put KEY [VALUE] [--if-match ETAG] [--ttl SECONDS]
+                                   store VALUE (JSON; read from stdin when
+                                   not given)
+  kvs delete KEY [--recurse]       delete a key, or every key under a prefix
+  kvs ls [PREFIX]                  list keys, one per line
+  kvs watch KEY|PREFIX/ [--wait SECONDS]
+                                   print each change as a JSON line, until
+                                   interrupted
+  kvs members                      list the cluster's members
+  kvs backup FILE                  save a consistent copy of the node's
+                                   database (FILE - for stdout); restore it
+                                   with kvs restore FILE DIR
+  kvs export [PREFIX]              print every key as a JSON line
+                                   {\"key\",\"value\",\"timestamp\",\"uuid\"}
+  kvs import [FILE]                write JSON lines from FILE (or stdin)
+                                   through POST /batch
+Client options:
+  --addr HOST:PORT   the node (default $KVS_ADDR, else 127.0.0.1:8080)
+  --token TOKEN      a client token (default $KVS_TOKEN)
+Exit status: 0 done, 1 not found / failed condition / refused, 2 usage or
+connection error.
+";
+
+mod client;
+mod commands;
+
+use client::Client;
+
+/// Why a command failed, and so its exit status.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CliError {
+    /// Exit 2: the command line is wrong.
+    Usage(String),
+    /// Exit 2: the node could not be reached.
+    Connection(String),
+    /// Exit 1: not found, a failed condition, a refusal, bad input.
+    Failed(String),
+    /// Exit 2: what the command prints could not be written.
+    Output(String),
+    /// Exit 0, quietly: the reader of stdout has gone (`kvs ls | head`).
+    Closed,
+}
+
+impl From<OutputError> for CliError {
+    fn from(e: OutputError) -> Self {
+        match e {
+            OutputError::Closed => CliError::Closed,
+            OutputError::Failed(_) => CliError::Output(e.to_string()),
+        }
+    }
+}
+
+impl CliError {
+    fn code(&self) -> u8 {
+        match self {
+            CliError::Closed => 0,
+            CliError::Failed(_) => 1,
+            CliError::Usage(_) | CliError::Connection(_) | CliError::Output(_) => 2,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            CliError::Usage(m)
+            | CliError::Connection(m)
+            | CliError::Failed(m)
+            | CliError::Output(m) => m,
+            CliError::Closed => "",
+        }
+    }
+}
+
+/// A parsed command line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invocation {
+    pub addr: String,
+    pub token: Option<String>,
+    pub command: Command,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: Option<String>,
+        if_match: Option<String>,
+        /// Seconds, as given (checked like the node checks `?ttl=`).
+        ttl: Option<String>,
+    },
+    Delete {
+        key: String,
+        recurse: bool,
+    },
+    Ls {
+        prefix: String,
+    },
+    Watch {
+        target: String,
+        wait: Option<u64>,
+    },
+    Members,
+    Backup {
+        file: String,
+    },
+    Export {
+        prefix: String,
+    },
+    Import {
+        file: Option<String>,
+    },
+}
+
+fn usage(m: String) -> CliError {
+    CliError::Usage(format!("{m} (see kvs --help)"))
+}
+
+/// The options of one command line, and its other arguments.
+#[derive(Default)]
+struct Options {
+    addr: Option<String>,
+    token: Option<String>,
+    recurse: bool,
+    if_match: Option<String>,
+    ttl: Option<String>,
+    wait: Option<u64>,
+    positional: Vec<String>,
+}
+
+/// Parses `args` (the command name first); `env` reads the environment.
+pub fn parse(
+    args: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Invocation, CliError> {
+    let name = args.first().ok_or_else(|| usage("no command".into()))?;
+    let mut o = options(name, &args[1..])?;
+    let addr = o
+        .addr
+        .take()
+        .or_else(|| env("KVS_ADDR").filter(|a| !a.is_empty()))
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    if addr.contains('/') || addr.is_empty() {
+        return Err(usage(format!("--addr {addr:?}: give HOST:PORT")));
+    }
+    let token = o
+        .token
+        .take()
+        .or_else(|| env("KVS_TOKEN").filter(|t| !t.is_empty()));
+    Ok(Invocation {
+        addr,
+        token,
+        command: command(name, o)?,
+    })
+}
+
+/// Reads the options a command takes (`--name value` or `--name=value`).
+fn options(name: &str, args: &[String]) -> Result<Options, CliError> {
+    let takes = |option: &str| -> bool {
+        matches!(
+            (name, option),
+            (_, "addr" | "token") | ("put", "if-match" | "ttl") | ("watch", "wait")
+        )
+    };
+    let mut o = Options::default();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        if arg == "--recurse" && name == "delete" {
+            o.recurse = true;
+            continue;
+        }
+        let Some(opt) = arg.strip_prefix("--") else {
+            o.positional.push(arg.clone());
+            continue;
+        };
+        let (opt, inline) = match opt.split_once('=') {
+            Some((o, v)) => (o, Some(v.to_string())),
+            None => (opt, None),
+        };
+        if !takes(opt) {
+            return Err(usage(format!("kvs {name}: unknown option --{opt}")));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => {
+                i += 1;
+                args.get(i - 1)
+                    .cloned()
+                    .ok_or_else(|| usage(format!("option --{opt} needs a value")))?
+            }
+        };
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| usage(format!("--{opt}: {v:?} is not a whole number")))
+        };
+        match opt {
+            "addr" => o.addr = Some(value),
+            "token" => o.token = Some(value),
+            "if-match" => o.if_match = Some(value),
+            "ttl" => {
+                crate::clock::parse_ttl_ms(&value).map_err(|e| usage(format!("--ttl: {e}")))?;
+                o.ttl = Some(value)
+            }
+            _ => o.wait = Some(number(&value)?),
+        }
+    }
+    Ok(o)
+}
+
+/// The command, once its arguments are counted.
+fn command(name: &str, o: Options) -> Result<Command, CliError> {
+    let n = o.positional.len();
+    let arity = |min: usize, max: usize, shape: &str| {
+        if n < min || n > max {
+            Err(usage(format!("usage: kvs {name} {shape}")))
+        } else {
+            Ok(())
+        }
+    };
+    let mut args = o.positional.into_iter();
+    let mut next = || args.next();
+    Ok(match name {
+        "get" => {
+            arity(1, 1, "KEY")?;
+            Command::Get {
+                key: next().unwrap_or_default(),
+            }
+        }
+        "put" => {
+            arity(1, 2, "KEY [VALUE]")?;
+            Command::Put {
+                key: next().unwrap_or_default(),
+                value: next(),
+                if_match: o.if_match,
+                ttl: o.ttl,
+            }
+        }
+        "delete" => {
+            arity(1, 1, "KEY [--recurse]")?;
+            Command::Delete {
+                key: next().unwrap_or_default(),
+                recurse: o.recurse,
+            }
+        }
+        "ls" => {
+            arity(0, 1, "[PREFIX]")?;
+            Command::Ls {
+                prefix: next().unwrap_or_default(),
+            }
+        }
+        "watch" => {
+            arity(1, 1, "KEY|PREFIX/ [--wait SECONDS]")?;
+            Command::Watch {
+                target: next().unwrap_or_default(),
+                wait: o.wait,
+            }
+        }
+        "members" => {
+            arity(0, 0, "")?;
+            Command::Members
+        }
+        "backup" => {
+            arity(1, 1, "FILE")?;
+            Command::Backup {
+                file: next().unwrap_or_default(),
+            }
+        }
+        "export" => {
+            arity(0, 1, "[PREFIX]")?;
+            Command::Export {
+                prefix: next().unwrap_or_default(),
+            }
+        }
+        "import" => {
+            arity(0, 1, "[FILE]")?;
+            Command::Import {
+                file: next().filter(|f| f != "-"),
+            }
+        }
+        other => return Err(usage(format!("unknown command {other:?}"))),
+    })
+}
+
+/// Runs a client command; `args` starts with its name.
+pub fn main(args: &[String]) -> ExitCode {
+    let result = parse(args, |name| std::env::var(name).ok())
+        .and_then(|inv| Client::new(&inv).run(inv.command));
+    match result {
+        Ok(()) | Err(CliError::Closed) => ExitCode::SUCCESS,
+        Err(e) => {
+            note!("kvs: {}", e.message());
+            ExitCode::from(e.code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_string).collect()
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn commands_and_their_arguments() {
+        let inv = parse(&args("get users/john"), no_env).unwrap();
+        assert_eq!(inv.addr, "127.0.0.1:8080");
+        assert_eq!(inv.token, None);
+        assert_eq!(
+            inv.command,
+            Command::Get {
+                key: "users/john".into()
+            }
+        );
+        let inv = parse(
+            &args("put k {\"a\":1} --if-match \"x\" --ttl=30 --addr 10.0.0.1:9000"),
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(inv.addr, "10.0.0.1:9000");
+        assert_eq!(
+            inv.command,
+            Command::Put {
+                key: "k".into(),
+                value: Some("{\"a\":1}".into()),
+                if_match: Some("\"x\"".into()),
+                ttl: Some("30".into()),
+            }
+        );
+        assert_eq!(
+            parse(&args("put k"), no_env).unwrap().command,
+            Command::Put {
+                key: "k".into(),
+                value: None,
+                if_match: None,
+                ttl: None
+            }
+        );
+        assert_eq!(
+            parse(&args("delete users/ --recurse"), no_env)
+                .unwrap()
+                .command,
+            Command::Delete {
+                key: "users/".into(),
+                recurse: true
+            }
+        );
+        assert_eq!(
+            parse(&args("ls"), no_env).unwrap().command,
+            Command::Ls { prefix: "".into() }
+        );
+        assert_eq!(
+            parse(&args("import -"), no_env).unwrap().command,
+            Command::Import { file: None }
+        );
+        assert_eq!(
+            parse(&args("watch jobs/ --wait 5"), no_env)
+                .unwrap()
+                .command,
+            Command::Watch {
+                target: "jobs/".into(),
+                wait: Some(5)
+            }
+        );
+    }
+
+    #[test]
+    fn the_environment_gives_defaults_that_options_override() {
+        let env = |name: &str| match name {
+            "KVS_ADDR" => Some("node2:8082".to_string()),
+            "KVS_TOKEN" => Some("s3cret".to_string()),
+            _ => None,
+        };
+        let inv = parse(&args("members"), env).unwrap();
+        assert_eq!(inv.addr, "node2:8082");
+        assert_eq!(inv.token.as_deref(), Some("s3cret"));
+        let inv = parse(&args("members --token other --addr h:1"), env).unwrap();
+        assert_eq!(inv.addr, "h:1");
+        assert_eq!(inv.token.as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for bad in [
+            "get",
+            "get a b",
+            "put",
+            "members extra",
+            "backup",
+            "delete k --ttl 3",
+            "get k --recurse",
+            "put k v --ttl soon",
+            "put k v --ttl -1",
+            "get k --addr",
+            "get k --addr http://h:1/",
+            "frobnicate",
+        ] {
+            let e = parse(&args(bad), no_env).unwrap_err();
+            assert_eq!(e.code(), 2, "{bad}: {e:?}");
+            assert!(matches!(e, CliError::Usage(_)), "{bad}");
+        }
+        assert_eq!(CliError::Failed("x".into()).code(), 1);
+        assert_eq!(CliError::Connection("x".into()).code(), 2);
+    }
+}
