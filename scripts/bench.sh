@@ -385,6 +385,8 @@ elif cmd == "writes":
         c.request("PUT", f"/kv/scale/{i}", body=b'{"payload":"' + b"x" * 180 + b'"}')
         c.getresponse().read()
 PY
+  # lo_counters: bytes and packets sent on the loopback interface so far.
+  lo_counters() { awk -F'[: ]+' '$2 == "lo" {print $3, $4}' /proc/net/dev; }
   for n in ${SCALE_NODES:-5 20 50}; do
     echo "== scale: $n nodes, intervals scaled down 20x, idle ${IDLE}s" >&2
     names=(); for i in $(seq 1 "$n"); do names+=("z$n-$i"); done
@@ -405,11 +407,22 @@ PY
     tail_s=$(( IDLE > 120 ? 60 : IDLE / 2 ))
     sleep $((IDLE - tail_s))
     bm=$(gossip_bytes); tm=$(now_ms)
+    # Everything on the wire meanwhile, from the loopback counters (only
+    # these nodes talk on it during the window; the polls are outside it).
+    read -r lo_b0 lo_p0 < <(lo_counters); lo_t0=$(now_ms)
     sleep "$tail_s"
+    read -r lo_b1 lo_p1 < <(lo_counters); lo_t1=$(now_ms)
     u1=$(unhealthy); b1=$(gossip_bytes); t1=$(now_ms)
     row "$n nodes: false \"unhealthy\" events, ${IDLE}s idle" "$((u1 - u0))" "target 0"
     row "$n nodes: gossip bytes/s per node, ${IDLE}s after the joins" "$(( (b1 - b0) * 1000 / (t1 - t0) / n ))" "request + reply bodies of the node's own calls, news of the joins included"
     row "$n nodes: gossip bytes/s per node, idle (last ${tail_s}s)" "$(( (b1 - bm) * 1000 / (t1 - tm) / n ))" "the same, once the news has spread; target flat in N"
+    # Each byte on the wire is written by one node and read by another: a
+    # node's share, read + written, is 2 x total / N. Payload = what the
+    # sockets carry (HTTP heads and bodies): each packet on lo also carries
+    # 66 bytes of Ethernet, IP and TCP (with timestamps) headers.
+    lo_ms=$((lo_t1 - lo_t0)); lo_bytes=$((lo_b1 - lo_b0)); lo_packets=$((lo_p1 - lo_p0))
+    row "$n nodes: socket bytes/s per node, idle, read + written" "$(( 2 * (lo_bytes - 66 * lo_packets) * 1000 / lo_ms / n ))" "HTTP heads and bodies, both directions, every call and answer"
+    row "$n nodes: wire bytes/s per node, idle, read + written" "$(( 2 * lo_bytes * 1000 / lo_ms / n ))" "the same with TCP/IP headers, handshakes and acks ($(( lo_packets * 1000 / lo_ms / n )) packets/s per node)"
     python3 "$WORK/scale.py" writes "${ports[0]}" 1000
     pid=${PID[${names[0]}]}
     row "$n nodes: threads and RSS of the writer after 1000 writes" "$(awk '/^Threads/ {print $2}' "/proc/$pid/status") threads" "$(( $(rss_kb "$pid") / 1024 )) MB RSS"
