@@ -555,3 +555,37 @@ fn a_backup_nobody_reads_and_waiting_queries_hold_no_one_up() {
     drop(waiting);
     drop(stalled);
 }
+
+#[test]
+fn clients_that_never_read_their_replies_hold_no_handler() {
+    let mut node = TestNode::start(&["--http-threads", "1"]);
+    // A 900 KB value: a few replies fill any socket buffer.
+    let big = format!("\"{}\"", "y".repeat(900 * 1024));
+    put(&node, "big", &big);
+    let mut attack = Attack::new();
+    for _ in 0..4 {
+        let addr = node.addr.clone();
+        attack.spawn(move |stop, started| {
+            let Ok(mut s) = TcpStream::connect(&addr) else {
+                return;
+            };
+            // Pipelined GETs of the big value, and never a read.
+            let rq = b"GET /kv/big HTTP/1.1\r\nHost: t\r\n\r\n".repeat(50);
+            if s.write_all(&rq).is_err() {
+                return;
+            }
+            started.fetch_add(1, Ordering::Relaxed);
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    }
+    attack.wait_started();
+    for i in 0..3 {
+        assert_serving(&mut node);
+        put(&node, &format!("fresh/{i}"), "{\"ok\":true}");
+        assert_value(&node, &format!("fresh/{i}"), "{\"ok\":true}");
+    }
+    drop(attack);
+    assert!(node.alive());
+}

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{call, read_reply, TestNode};
+use common::{call, read_reply, read_reply_from, TestNode};
 
 #[test]
 fn sixty_four_keep_alive_clients_arriving_at_once_are_all_answered() {
@@ -42,6 +42,56 @@ fn sixty_four_keep_alive_clients_arriving_at_once_are_all_answered() {
     let results: Vec<(u16, u16)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     let answered = results.iter().filter(|r| **r == (404, 200)).count();
     assert_eq!(answered, CLIENTS, "answers: {results:?}");
+}
+
+#[test]
+fn pipelined_requests_on_many_connections_are_answered_in_order() {
+    let node = TestNode::start(&["--http-threads", "2"]);
+    const CLIENTS: usize = 32;
+    const ROUNDS: usize = 10;
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let addr = node.addr.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                // All requests in one write: a PUT, a GET of what it wrote,
+                // a GET of a missing key, round after round.
+                let mut all = String::new();
+                for r in 0..ROUNDS {
+                    let body = format!("{{\"c\":{c},\"r\":{r}}}");
+                    all += &format!(
+                        "PUT /kv/pipe/{c}/{r} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    all += &format!("GET /kv/pipe/{c}/{r} HTTP/1.1\r\nHost: t\r\n\r\n");
+                    all += &format!("GET /kv/none/{c}/{r} HTTP/1.1\r\nHost: t\r\n\r\n");
+                }
+                s.write_all(all.as_bytes()).unwrap();
+                let mut reader = BufReader::new(s);
+                let mut got = Vec::new();
+                for r in 0..ROUNDS {
+                    let put = read_reply_from(&mut reader).unwrap();
+                    let get = read_reply_from(&mut reader).unwrap();
+                    let missing = read_reply_from(&mut reader).unwrap();
+                    let want = format!("{{\"c\":{c},\"r\":{r}}}");
+                    got.push((
+                        put.status,
+                        get.status,
+                        String::from_utf8_lossy(&get.body) == want,
+                        missing.status,
+                    ));
+                }
+                got
+            })
+        })
+        .collect();
+    for (c, t) in threads.into_iter().enumerate() {
+        let got = t.join().unwrap();
+        for (r, g) in got.iter().enumerate() {
+            assert_eq!(*g, (200, 200, true, 404), "client {c}, round {r}: {got:?}");
+        }
+    }
 }
 
 #[test]

@@ -1,21 +1,25 @@
-//! The HTTP server: worker threads over one tiny_http server, routing, and
-//! the helpers every endpoint shares (bodies, JSON replies, credentials).
+//! The HTTP server: one tiny_http server whose connection threads handle
+//! their own requests, routing, and the helpers every endpoint shares
+//! (bodies, JSON replies, credentials).
 //!
 //! tiny_http (patched, see `vendor/README.md`) gives each connection its own
-//! thread, which reads a request whole before a worker sees it: the head
-//! within size bounds and `header_timeout`, then `admit` decides from the
-//! head alone (credentials, body limit for the endpoint) whether the body is
+//! thread, which reads a request whole before kvs sees it: the head within
+//! size bounds and `header_timeout`, then `admit` decides from the head
+//! alone (credentials, body limit for the endpoint) whether the body is
 //! read at all, then the body within `BODY_TIMEOUT` and a shared memory
-//! budget. A pool of `http_threads` workers takes complete requests and
-//! answers them, so a client slow to send never holds a worker. A client
-//! slow to read its reply does, while the worker writes it: at most
+//! budget. The same thread then calls `handle` and waits for the answer
+//! before it reads the next request: no queue and no second thread in
+//! between, and replies on one connection go out in order. At most
+//! `http_threads` requests are handled at once (`gate`), so a slow or
+//! hostile client holds only its own connection's thread. A client slow to
+//! read its reply holds its thread while the reply is written, at most
 //! `RESPONSE_TIMEOUT` from the first byte, then the connection is dropped.
 //! Single client writes (PUT, DELETE) are handed to the writer thread
 //! together with the request, and the writer answers after its commit, so
-//! their worker does not wait for a disk flush and many writes share one
-//! commit. Batches, recursive deletes and versions pushed by peers wait on
-//! their worker for the commit. Blocking queries wait in `watch`, and a
-//! backup download is sent from its own thread, not from a worker.
+//! they leave the gate before the disk flush and many writes share one
+//! commit. Batches, recursive deletes and versions pushed by peers wait
+//! for the commit inside the gate. Blocking queries wait in `watch`, and
+//! a backup download is sent from its own thread, both outside the gate.
 
 use crate::cluster::peer::SECRET_HEADER;
 use crate::escape::percent_decode;
@@ -23,16 +27,17 @@ use crate::escape::percent_decode;
 pub mod backup;
 pub mod client;
 pub mod error;
+mod gate;
 pub mod internal;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tiny_http::{ConnectionLimits, Header, Method, Refusal, Request, Response, Server};
 
 pub use error::ApiError;
+use gate::Gate;
 
 use crate::metrics::{Metrics, Route};
 use crate::node::Node;
@@ -44,6 +49,8 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client must take a whole response within this long, counted from its
 /// first byte; one that reads too slowly is dropped.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a stop waits for the requests being handled.
+const STOP_WAIT: Duration = Duration::from_secs(70);
 /// Bytes of a refused request's body read and thrown away before closing.
 const DRAIN_LIMIT_BYTES: usize = 64 * 1024;
 /// Requests that carry no document (GET, DELETE, `/health`, leave, ...) may
@@ -62,18 +69,22 @@ const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// A chunk-size line with its extensions.
 const MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
 
-/// The running server and its workers.
+/// The running server, and the gate of its handlers.
 pub struct HttpServer {
     server: Arc<Server>,
-    workers: Vec<JoinHandle<()>>,
+    gate: Arc<Gate>,
 }
 
-/// Starts the server on a bound listener with `http_threads` workers.
+/// Starts the server on a bound listener; at most `http_threads` requests
+/// are handled at once.
 pub fn start(node: Arc<Node>, listener: TcpListener) -> std::io::Result<HttpServer> {
     let largest_body = internal::internal_body_limit(&node).max(node.config.max_value_bytes);
-    // A weak reference: connection threads that outlive the stop (kept-alive
+    // Weak references: connection threads that outlive the stop (kept-alive
     // peers) must not keep the node, and so LMDB, from closing.
     let admit_node = Arc::downgrade(&node);
+    let handler_node = Arc::downgrade(&node);
+    let gate = Arc::new(Gate::new(node.config.http_threads));
+    let handler_gate = gate.clone();
     let limits = ConnectionLimits {
         max_connections: connections_that_fit(node.config.max_connections),
         head_timeout: node.config.header_timeout,
@@ -95,52 +106,53 @@ pub fn start(node: Arc<Node>, listener: TcpListener) -> std::io::Result<HttpServ
                 None => Err(refusal(&ApiError::Stopping)),
             }
         })),
+        // The gate is passed before the node is taken: once it is closed,
+        // no request holds the node.
+        handler: Some(Arc::new(move |rq: Request| {
+            let Some(turn) = handler_gate.enter() else {
+                return answer_stopping(rq);
+            };
+            gate::hold(turn);
+            match handler_node.upgrade() {
+                Some(node) => handle(&node, rq),
+                None => answer_stopping(rq),
+            }
+            gate::leave();
+        })),
     };
     let server = Server::from_listener_with_limits(listener, None, limits)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let server = Arc::new(server);
-    let mut workers = Vec::new();
-    for i in 0..node.config.http_threads {
-        let server = server.clone();
-        let node = node.clone();
-        workers.push(
-            std::thread::Builder::new()
-                .name(format!("http-{i}"))
-                .spawn(move || worker_loop(&node, &server))?,
-        );
+    Ok(HttpServer {
+        server: Arc::new(server),
+        gate,
+    })
+}
+
+/// `503` with `Retry-After`: the node is stopping.
+fn answer_stopping(rq: Request) {
+    let e = ApiError::Stopping;
+    let mut response = Response::from_data(e.body()).with_status_code(e.status());
+    for (name, value) in e.headers() {
+        if let Some(h) = header(name, &value) {
+            response.add_header(h);
+        }
     }
-    Ok(HttpServer { server, workers })
+    let _ = rq.respond(response);
 }
 
 impl HttpServer {
-    /// Stops accepting connections, lets the workers answer every request
-    /// already received, and waits for them.
-    /// Requests that arrive later on open keep-alive connections are
-    /// answered 503 (with Retry-After) until the process exits, so that no
-    /// client or peer waits for its timeout.
+    /// Stops accepting connections and waits for every request already
+    /// received to be handled. Requests that arrive later on open
+    /// keep-alive connections are answered 503 (with Retry-After) until the
+    /// process exits, so that no client or peer waits for its timeout.
     pub fn stop(self) {
         self.server.stop_accepting();
-        for _ in &self.workers {
-            self.server.unblock();
+        if !self.gate.close(STOP_WAIT) {
+            log::warn!(
+                "stopping: requests still being handled after {} s; going on",
+                STOP_WAIT.as_secs()
+            );
         }
-        for w in self.workers {
-            let _ = w.join();
-        }
-        let server = self.server;
-        let _ = std::thread::Builder::new()
-            .name("http-closed".into())
-            .spawn(move || {
-                while let Ok(rq) = server.recv() {
-                    let e = ApiError::Stopping;
-                    let mut response = Response::from_data(e.body()).with_status_code(e.status());
-                    for (name, value) in e.headers() {
-                        if let Some(h) = header(name, &value) {
-                            response.add_header(h);
-                        }
-                    }
-                    let _ = rq.respond(response);
-                }
-            });
     }
 }
 
@@ -246,13 +258,6 @@ fn refusal(e: &ApiError) -> Refusal {
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
         body: e.body(),
-    }
-}
-
-/// One worker: take a request, answer it, repeat until unblocked.
-fn worker_loop(node: &Node, server: &Server) {
-    while let Ok(rq) = server.recv() {
-        handle(node, rq);
     }
 }
 
@@ -404,6 +409,8 @@ pub fn send_with(metrics: &Metrics, rq: Request, reply: Reply, route: Route, sta
             response.add_header(h);
         }
     }
+    // A reply to a slow reader must not hold a turn of the gate.
+    gate::leave();
     if let Err(e) = rq.respond(response) {
         log::debug!("could not send a response: {e}");
     }

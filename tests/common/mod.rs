@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -123,7 +123,13 @@ pub struct Reply {
 
 /// Reads one HTTP/1.1 response with a Content-Length.
 pub fn read_reply(stream: &mut TcpStream) -> std::io::Result<Reply> {
-    let mut reader = BufReader::new(stream);
+    read_reply_from(&mut BufReader::new(stream))
+}
+
+/// Reads one response from a buffered reader that is kept between
+/// responses (pipelined replies on one connection).
+#[allow(dead_code)]
+pub fn read_reply_from(reader: &mut impl BufRead) -> std::io::Result<Reply> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let status: u16 = line

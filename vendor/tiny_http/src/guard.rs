@@ -27,6 +27,11 @@ pub struct Refusal {
 /// may be read, and up to how many bytes.
 pub type Admission = Arc<dyn Fn(&Method, &str, &[Header]) -> Result<usize, Refusal> + Send + Sync>;
 
+/// Answers a request on the thread of its connection (it may also hand
+/// the request to another thread, which answers it later); the connection
+/// reads its next request only once this one is answered.
+pub type Handler = Arc<dyn Fn(crate::Request) + Send + Sync>;
+
 /// Limits applied to every accepted connection.
 #[derive(Clone)]
 pub struct ConnectionLimits {
@@ -67,6 +72,10 @@ pub struct ConnectionLimits {
     pub drain_limit: usize,
     /// Checks a request's head before its body is read.
     pub admission: Option<Admission>,
+    /// Serves each request on its connection's thread, in sequence: read a
+    /// request, call this, wait for the answer, read the next. None: the
+    /// requests are queued for `Server::recv`.
+    pub handler: Option<Handler>,
 }
 
 impl fmt::Debug for ConnectionLimits {
@@ -98,6 +107,7 @@ impl Default for ConnectionLimits {
             default_body_limit: 1024 * 1024,
             drain_limit: 64 * 1024,
             admission: None,
+            handler: None,
         }
     }
 }

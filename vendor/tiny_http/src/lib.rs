@@ -111,7 +111,7 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use guard::{Admission, ConnectionLimits, Refusal};
+pub use guard::{Admission, ConnectionLimits, Handler, Refusal};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
@@ -356,16 +356,22 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let handler = limits.handler.clone();
                         let mut client = Some(client);
                         let spawned = tasks_pool.spawn(Box::new(move || {
                             if let Some(client) = client.take() {
                                 // kvs patch: every connection, not only HTTPS, waits
                                 // for a response before it reads the next request, so
                                 // responses of one connection never wait on each
-                                // other across threads
+                                // other across threads. With a handler, the request
+                                // is served right here, without a queue in between.
                                 let (sender, receiver) = mpsc::channel();
                                 for rq in client {
-                                    messages.push(rq.with_notify_sender(sender.clone()).into());
+                                    let rq = rq.with_notify_sender(sender.clone());
+                                    match &handler {
+                                        Some(handler) => handler(rq),
+                                        None => messages.push(rq.into()),
+                                    }
                                     if receiver.recv().is_err() {
                                         break;
                                     }
