@@ -41,6 +41,7 @@ pub fn scrub_loop(cluster: Arc<Cluster>) {
     // Some(cursor) while a pass runs.
     let mut pass: Option<Option<String>> = None;
     let (mut pass_checked, mut pass_damaged) = (0usize, 0usize);
+    let mut pass_started = Instant::now();
     let mut unrepaired: BTreeMap<String, Instant> = BTreeMap::new();
     let mut last_repair = Instant::now();
     loop {
@@ -59,6 +60,7 @@ pub fn scrub_loop(cluster: Arc<Cluster>) {
         if pass.is_none() && Instant::now() >= next_pass {
             pass = Some(None);
             (pass_checked, pass_damaged) = (0, 0);
+            pass_started = Instant::now();
             cluster.metrics.scrub_runs.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(cursor) = pass.take() {
@@ -90,7 +92,8 @@ pub fn scrub_loop(cluster: Arc<Cluster>) {
                             }
                         };
                         let say = format!(
-                            "scrub: {pass_checked} versions checked, {pass_damaged} damaged, {summary}"
+                            "scrub: {pass_checked} versions checked in {} ms, {pass_damaged} damaged, {summary}",
+                            pass_started.elapsed().as_millis()
                         );
                         if pass_damaged > 0 || summary != "summary matches" {
                             log::warn!("{say}");
