@@ -106,12 +106,13 @@ impl Drop for Turn {
     fn drop(&mut self) {
         let mut s = self.gate.lock();
         s.running -= 1;
-        let wake_all = s.closed;
+        let (waiting, closed) = (s.waiting > 0, s.closed);
         drop(s);
-        if wake_all {
+        // A notification costs a system call: only when someone waits.
+        if closed {
             // The closer waits on the same condition.
             self.gate.freed.notify_all();
-        } else {
+        } else if waiting {
             self.gate.freed.notify_one();
         }
     }

@@ -12,7 +12,7 @@
 use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ascii::AsciiString;
@@ -21,7 +21,6 @@ use crate::common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 use crate::guard::{BodyBudget, ConnectionLimits, Refusal, Reservation, Slot};
 use crate::util::refined_tcp_stream::Deadline;
 use crate::util::RefinedTcpStream;
-use crate::util::{SequentialWriter, SequentialWriterBuilder};
 use crate::Request;
 
 /// How long a refusal may take to write, and how long the rest of a
@@ -45,9 +44,10 @@ pub struct ClientConnection {
     // the read half, buffered
     source: BufReader<RefinedTcpStream>,
 
-    // sequence of Writers to the stream, to avoid writing response #2 before
-    //  response #1
-    sink: SequentialWriterBuilder<BufWriter<RefinedTcpStream>>,
+    // kvs patch: the write half, shared by the requests' writers; one
+    // request at a time is read and answered (see lib.rs), so the writers
+    // of one connection never overlap and need no sequencing
+    sink: SharedWriter,
 
     read_deadline: Arc<Deadline>,
     write_deadline: Arc<Deadline>,
@@ -64,6 +64,30 @@ pub struct ClientConnection {
     limits: ConnectionLimits,
     budget: Arc<BodyBudget>,
     slot: Slot,
+}
+
+/// kvs patch: a handle on a connection's buffered write half.
+#[derive(Clone)]
+pub(crate) struct SharedWriter(Arc<Mutex<BufWriter<RefinedTcpStream>>>);
+
+impl SharedWriter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BufWriter<RefinedTcpStream>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.lock().write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.lock().write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.lock().flush()
+    }
 }
 
 /// Why no request was read.
@@ -117,7 +141,7 @@ impl ClientConnection {
 
         ClientConnection {
             source: BufReader::with_capacity(8 * 1024, read_socket),
-            sink: SequentialWriterBuilder::new(BufWriter::with_capacity(8 * 1024, write_socket)),
+            sink: SharedWriter(Arc::new(Mutex::new(BufWriter::with_capacity(8 * 1024, write_socket)))),
             remote_addr,
             read_deadline,
             write_deadline,
@@ -270,7 +294,7 @@ impl ClientConnection {
         }
 
         // the writer for this request's answer (and a `100 Continue`)
-        let mut writer = self.sink.next().ok_or(Failure::Close)?;
+        let mut writer = self.sink.clone();
         if let Some(expect) = header_value(&headers, "Expect") {
             if !expect.eq_ignore_ascii_case("100-continue") {
                 return Err(Failure::answer(
@@ -435,7 +459,8 @@ impl ClientConnection {
     /// the client must not go on sending.
     fn refuse(&mut self, status: u16, headers: &[(String, String)], body: &[u8]) {
         self.write_deadline.set_in(REFUSAL_WRITE_TIME);
-        if let Some(mut writer) = self.sink.next() {
+        {
+            let mut writer = self.sink.clone();
             let mut head = format!(
                 "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
                 status,
