@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Measures kvs, never asserts. Prints one table and the commands it ran.
 #
-#   scripts/bench.sh [SECTION...]
+#   scripts/bench.sh [--peers] [SECTION...]
+#
+# --peers: the http section also measures, in the same run, nginx serving a
+# fixed 200-byte body (1 worker), redis-server with appendfsync always and
+# a 1-member etcd, and prints each kvs figure beside the peer's, as a ratio
+# (the peers are installed with apt-get when missing).
 #
 # Sections (default: all but scale): http membership replication antientropy
 # storage watch ops size
@@ -37,6 +42,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 SECS=${BENCH_SECONDS:-5}
+PEERS=0
+if [ "${1:-}" = --peers ]; then PEERS=1; shift; fi
 SECTIONS=("$@")
 [ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(http membership replication antientropy storage watch ops size)
 want() { local s; for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
@@ -72,7 +79,7 @@ free_port() {
 }
 FAST=(--gossip-interval-min 0.2 --gossip-interval-max 0.4 --sync-interval 1 --catchup-interval 0.5
       --failure-timeout 2 --removal-timeout 4 --antientropy-interval 2 --throttle-delay-ms 5 --fetch-delay-ms 2)
-declare -A PORT PID
+declare -A PORT PID KVS_FIG
 # node NAME [ARGS...]: start a node with its data in $WORK/NAME.
 node() {
   local name=$1; shift
@@ -146,12 +153,14 @@ if want http; then
   row "idle RSS, 10 000 keys loaded" "$(( $(rss_kb "${PID[h]}") / 1024 )) MB" "< 20 MB"
   for c in 1 16 64; do
     read -r rps p50 p99 err < <(wrk_run get "$c" "$WORK/get.lua" "http://127.0.0.1:${PORT[h]}")
+    KVS_FIG[get$c]=$rps
     row "GET, $c connection(s)" "$rps req/s" "p50 $p50 ms, p99 $p99 ms, non-2xx $err$([ "$c" = 16 ] && echo ', target >= 30000 req/s')"
   done
   commits() { curl -s "http://127.0.0.1:${PORT[h]}/metrics" | awk '/^kvs_commits_total/ {c=$2} /^kvs_committed_ops_total/ {o=$2} END {print c, o}'; }
   for c in 1 16 64; do
     [ "$c" = 64 ] && read -r c0 o0 < <(commits)
     read -r rps p50 p99 err < <(wrk_run put "$c" "$WORK/put.lua" "http://127.0.0.1:${PORT[h]}")
+    KVS_FIG[put$c]=$rps; KVS_FIG[put${c}p99]=$p99
     target=""; [ "$c" = 64 ] && target=", target >= 15000 req/s"; [ "$c" = 1 ] && target=", target p99 < 5 ms"
     row "durable PUT, $c connection(s)" "$rps req/s" "p50 $p50 ms, p99 $p99 ms, non-2xx $err$target"
   done
@@ -160,6 +169,108 @@ if want http; then
   row "writes per commit (group commit), PUT at 64 connections" "$(awk -v c=$((c1 - c0)) -v o=$((o1 - o0)) 'BEGIN {printf "%.1f", o / c}')"
   stop h
   cmd "wrk -t2 -c{1,16,64} -d${SECS}s --latency -s get.lua|put.lua http://127.0.0.1:PORT  (scripts in scripts/bench.sh)"
+fi
+
+# --------------------------------------------------------------- peers
+if [ "$PEERS" = 1 ] && want http; then
+  echo "== peers: nginx (fixed 200-byte body, 1 worker), redis-server (appendfsync always), etcd (1 member)" >&2
+  missing=()
+  command -v nginx > /dev/null || missing+=(nginx-light)
+  command -v redis-server > /dev/null || missing+=(redis-server)
+  command -v etcd > /dev/null || missing+=(etcd-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (Debian packages; their own services are not started)" >&2
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+    policy=/usr/sbin/policy-rc.d; made_policy=0
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" > /dev/null; $sudo chmod +x "$policy"; made_policy=1; fi
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" > /dev/null || true
+    [ "$made_policy" = 1 ] && $sudo rm -f "$policy"
+  fi
+  wait_port() { local d=$((SECONDS + 20)); until ! port_free "$1"; do [ "$SECONDS" -lt "$d" ] || return 1; sleep 0.05; done; }
+  ratio() { python3 -c "r = $1 / $2; print(f'{r:.2f}x' if r >= 0.1 else f'{r:.3f}x')"; }
+  if command -v nginx > /dev/null; then
+    np=$(free_port); mkdir -p "$WORK/nginx"
+    body=$(printf 'x%.0s' $(seq 1 200))
+    cat > "$WORK/nginx/nginx.conf" << NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$np; location / { default_type text/plain; return 200 '$body'; } }
+}
+NGINX
+    nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2> /dev/null & PIDS+=($!); ngpid=$!
+    if wait_port "$np"; then
+      for c in 16 64; do
+        read -r rps p50 p99 _ < <(wrk_run nginx "$c" "$WORK/get.lua" "http://127.0.0.1:$np")
+        row "peer: nginx, fixed 200-byte body, 1 worker, GET $c conn" "$rps req/s" "kvs GET $c conn: ${KVS_FIG[get$c]} req/s = $(ratio "${KVS_FIG[get$c]}" "$rps") (target >= 0.6x at 16)"
+      done
+    else row "peer: nginx" "did not start" "$(tail -n 2 "$WORK/nginx/error.log" 2> /dev/null)"; fi
+    kill -TERM "$ngpid" 2> /dev/null || true; wait "$ngpid" 2> /dev/null || true
+    cmd "nginx -c nginx.conf (worker_processes 1; return 200 with a 200-byte body); wrk -t2 -c{16,64} -d${SECS}s get.lua"
+  fi
+  if command -v redis-server > /dev/null && command -v redis-benchmark > /dev/null; then
+    rp=$(free_port); mkdir -p "$WORK/redis"
+    redis-server --bind 127.0.0.1 --port "$rp" --dir "$WORK/redis" --appendonly yes --appendfsync always \
+      --save '' --daemonize no --logfile "$WORK/redis/log" & PIDS+=($!); rpid=$!
+    if wait_port "$rp"; then
+      # redis-benchmark --csv: "test","rps","avg","min","p50","p95","p99","max"
+      bench_redis() { redis-benchmark -h 127.0.0.1 -p "$rp" -t set -c "$1" -d 200 -r 1000000 -n "$2" --csv | awk -F'"' '/^"SET"/ {print $4, $14}'; }
+      read -r rps _ < <(bench_redis 64 $((SECS * 60000)))
+      row "peer: redis SET 200 B, appendfsync always, 64 conn" "$rps req/s" "kvs durable PUT 64 conn: ${KVS_FIG[put64]} req/s = $(ratio "${KVS_FIG[put64]}" "$rps") (target >= 0.75x)"
+      read -r rps p99 < <(bench_redis 1 $((SECS * 2000)))
+      row "peer: redis SET 200 B, appendfsync always, 1 conn" "$rps req/s" "p99 $p99 ms; kvs PUT 1 conn p99 ${KVS_FIG[put1p99]} ms"
+    else row "peer: redis-server" "did not start" "$(tail -n 2 "$WORK/redis/log" 2> /dev/null)"; fi
+    kill -TERM "$rpid" 2> /dev/null || true; wait "$rpid" 2> /dev/null || true
+    cmd "redis-server --appendonly yes --appendfsync always --save ''; redis-benchmark -t set -d 200 -r 1000000 -c {64,1} --csv"
+  fi
+  if command -v etcd > /dev/null; then
+    ep=$(free_port); epp=$(free_port)
+    etcd --name bench --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$ep" \
+      --advertise-client-urls "http://127.0.0.1:$ep" --listen-peer-urls "http://127.0.0.1:$epp" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$epp" --initial-cluster "bench=http://127.0.0.1:$epp" \
+      > "$WORK/etcd.log" 2>&1 & PIDS+=($!); epid=$!
+    cat > "$WORK/etcd-put.lua" << 'LUA'
+-- etcd v3 JSON gateway: PUT of the same ~200-byte document to fresh keys.
+local counter = 0
+local threads = 0
+local b64chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function b64(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local idx = { math.floor(n / 262144) % 64, math.floor(n / 4096) % 64, math.floor(n / 64) % 64, n % 64 }
+    out[#out + 1] = b64chars:sub(idx[1] + 1, idx[1] + 1) .. b64chars:sub(idx[2] + 1, idx[2] + 1)
+      .. (b and b64chars:sub(idx[3] + 1, idx[3] + 1) or "=") .. (c and b64chars:sub(idx[4] + 1, idx[4] + 1) or "=")
+  end
+  return table.concat(out)
+end
+function setup(thread) thread:set("tid", threads); threads = threads + 1 end
+function init(args)
+  value = b64('{"user":"bench","tags":["a","b","c"],"payload":"' .. string.rep("x", 140) .. '"}')
+  headers = { ["Content-Type"] = "application/json" }
+end
+function request()
+  counter = counter + 1
+  local body = '{"key":"' .. b64("bench/" .. tid .. "/" .. counter) .. '","value":"' .. value .. '"}'
+  return wrk.format("POST", "/v3/kv/put", headers, body)
+end
+LUA
+    if wait_port "$ep"; then
+      for c in 1 64; do
+        read -r rps p50 p99 err < <(wrk_run etcd "$c" "$WORK/etcd-put.lua" "http://127.0.0.1:$ep")
+        if [ "$c" = 1 ]; then note="kvs PUT 1 conn p99 ${KVS_FIG[put1p99]} ms = $(ratio "${KVS_FIG[put1p99]}" "$p99") of etcd's (target <= 1x)"
+        else note="kvs PUT 64 conn: ${KVS_FIG[put64]} req/s = $(ratio "${KVS_FIG[put64]}" "$rps")"; fi
+        row "peer: etcd 1 member, PUT (JSON gateway), $c conn" "$rps req/s" "p50 $p50 ms, p99 $p99 ms, non-2xx $err; $note"
+      done
+    else row "peer: etcd" "did not start" "$(tail -n 2 "$WORK/etcd.log")"; fi
+    kill -TERM "$epid" 2> /dev/null || true; wait "$epid" 2> /dev/null || true
+    cmd "etcd (1 member, data in a temp dir); wrk -c{1,64} -d${SECS}s POST /v3/kv/put (etcd-put.lua in scripts/bench.sh)"
+  fi
 fi
 
 # ---------------------------------------------------------- membership
@@ -425,7 +536,7 @@ PY
     row "$n nodes: wire bytes/s per node, idle, read + written" "$(( 2 * lo_bytes * 1000 / lo_ms / n ))" "the same with TCP/IP headers, handshakes and acks ($(( lo_packets * 1000 / lo_ms / n )) packets/s per node)"
     python3 "$WORK/scale.py" writes "${ports[0]}" 1000
     pid=${PID[${names[0]}]}
-    row "$n nodes: threads and RSS of the writer after 1000 writes" "$(awk '/^Threads/ {print $2}' "/proc/$pid/status") threads" "$(( $(rss_kb "$pid") / 1024 )) MB RSS"
+    row "$n nodes: threads and RSS of the writer after 1000 writes" "$(awk '/^Threads/ {print $2}' "/proc/$pid/status") threads, $(( $(rss_kb "$pid") / 1024 )) MB RSS"
     read -r p50 max < <(python3 "$WORK/scale.py" spread "${ports[@]}")
     row "$n nodes: a write readable on all nodes" "p50 $p50 ms, max $max ms" "20 writes on random nodes"
     kill_n=$(( (n + 9) / 10 )); dead=(); alive_ports=()
@@ -449,11 +560,11 @@ if want storage; then
   for throttle in 100 0; do
     node sc --scrub-interval 0.5 --throttle-delay-ms "$throttle"
     up sc
-    until [ "$(scrub_metric kvs_scrub_runs_total)" -ge 1 ]; do sleep 0.01; done
-    t0=$(now_ms)
-    until [ "$(scrub_metric kvs_scrub_checked_total)" -ge 200000 ]; do sleep 0.05; done
-    t1=$(now_ms)
-    row "scrub of 200 000 values, throttle_delay_ms $throttle" "$((200000 * 1000 / (t1 - t0))) values/s" "$((t1 - t0)) ms for the pass"
+    # The node logs each pass with its duration.
+    until grep -q "scrub: [0-9]* versions checked in" "$WORK/sc.log"; do sleep 0.05; done
+    read -r checked ms < <(grep -o "scrub: [0-9]* versions checked in [0-9]* ms" "$WORK/sc.log" | head -n 1 | awk '{print $2, $6}')
+    row "scrub of 200 000 values, throttle_delay_ms $throttle" "$((checked * 1000 / (ms > 0 ? ms : 1))) values/s" "$ms ms for the pass of $checked (from the node's log)"
+    : > "$WORK/sc.log"
     stop sc
   done
   for scrub in 100000 0.05; do
@@ -645,4 +756,4 @@ printf '%s\n' "-----------------------------------------------------------+-----
 printf '%s\n' "${ROWS[@]}"
 echo
 echo "commands:"
-printf '  %s\n' "scripts/bench.sh ${SECTIONS[*]}" "${COMMANDS[@]}"
+printf '  %s\n' "scripts/bench.sh $([ "$PEERS" = 1 ] && echo '--peers ')${SECTIONS[*]}" "${COMMANDS[@]}"
