@@ -9,12 +9,13 @@
 //! have the same tree; one differing key changes exactly the nodes on the
 //! path to its bucket.
 //!
-//! Levels 0 to 3 (1 + 16 + 256 + 4096 nodes) are kept in memory and, as
-//! one 32 KiB record, in LMDB; the 65 536 leaf hashes (level 4) are not
-//! stored: the leaves of one level-3 node are computed when asked for, from
-//! the `buckets` index, which lists each bucket's versions in order. So a
-//! commit rewrites one contiguous record instead of one random page per
-//! written key.
+//! Levels 0 to 3 (1 + 16 + 256 + 4096 nodes) are kept in memory and level
+//! 3, in 64 records of 64 hashes (`CHUNKS`), in LMDB; the 65 536 leaf
+//! hashes (level 4) are not stored: the leaves of one level-3 node are
+//! computed when asked for, from the `buckets` index, which lists each
+//! bucket's versions in order. So a commit rewrites the few small records
+//! above the buckets it changed (one for a single write, at most 64 for a
+//! large group), not one random page per written key nor the whole level.
 //!
 //! The hash functions here are part of the wire protocol: every node must
 //! compute them alike, so they are written out rather than taken from std.
@@ -29,6 +30,24 @@ pub const LEAVES: usize = 1 << (4 * DEPTH);
 pub const STORED: usize = DEPTH - 1;
 /// Nodes at the stored level.
 pub const STORED_NODES: usize = 1 << (4 * STORED);
+
+/// The stored level is kept on disk in this many records (chunks) of
+/// `CHUNK_NODES` hashes (512 bytes each, several to an LMDB page), so that
+/// a commit rewrites only the chunks above the buckets it changed: one
+/// small record for a single write, not the whole level.
+pub const CHUNKS: usize = 64;
+/// Hashes per chunk.
+pub const CHUNK_NODES: usize = STORED_NODES / CHUNKS;
+
+/// The chunk holding stored node `node`.
+pub fn chunk_of(node: usize) -> usize {
+    node / CHUNK_NODES
+}
+
+/// The key of chunk `chunk` in the `tree` table.
+pub fn chunk_key(chunk: usize) -> [u8; 3] {
+    [b'c', (chunk >> 8) as u8, chunk as u8]
+}
 
 /// 64-bit FNV-1a over several byte strings, then a finalizer that spreads
 /// every input bit over the output (MurmurHash3's fmix64 constants).
@@ -155,6 +174,19 @@ pub fn decode_stored(bytes: &[u8]) -> Option<Vec<u64>> {
     )
 }
 
+/// Decodes one chunk record; None when it has the wrong size.
+pub fn decode_chunk(bytes: &[u8]) -> Option<Vec<u64>> {
+    if bytes.len() != CHUNK_NODES * 8 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+    )
+}
+
 /// Positions where two children lists differ, as child node indexes of the
 /// next level.
 pub fn differing_children(parent: usize, local: &[u64], remote: &[u64]) -> Vec<usize> {
@@ -256,6 +288,17 @@ mod tests {
         assert_eq!(bytes.len(), STORED_NODES * 8);
         assert_eq!(Tree::from_stored(&decode_stored(&bytes).unwrap()), a);
         assert!(decode_stored(&bytes[1..]).is_none());
+        // The chunks together are the stored level, in order.
+        let chunked: Vec<u64> = (0..CHUNKS)
+            .flat_map(|c| {
+                let part = &a.stored()[c * CHUNK_NODES..(c + 1) * CHUNK_NODES];
+                decode_chunk(&encode_stored(part)).unwrap()
+            })
+            .collect();
+        assert_eq!(Tree::from_stored(&chunked), a);
+        assert!(decode_chunk(&encode_stored(&a.stored()[..CHUNK_NODES - 1])).is_none());
+        assert_eq!(chunk_of(STORED_NODES - 1), CHUNKS - 1);
+        assert_ne!(chunk_key(1), chunk_key(256));
         assert!(a.children(STORED, 0).is_none());
         assert!(a.children(0, 1).is_none());
     }

@@ -185,10 +185,13 @@ fn utf8(bytes: &[u8]) -> Result<String> {
 /// Meta name of the summary format; a missing entry means the tree must be
 /// rebuilt from the versions (a data directory from before the summary).
 const META_TREE_FORMAT: &str = schema::TREE_FORMAT;
-/// The summary layout this build writes.
-const TREE_FORMAT: &[u8] = b"2";
-/// Key of the level-3 hashes in the `tree` table.
-const TREE_RECORD: &[u8] = b"level3";
+/// The summary layout this build writes: the level-3 hashes in
+/// `merkle::CHUNKS` records keyed by `merkle::chunk_key`.
+const TREE_FORMAT: &[u8] = b"3";
+/// The layout before it: the level-3 hashes in one record, `OLD_TREE_RECORD`,
+/// which `load_tree` splits into chunks.
+const OLD_TREE_FORMAT: &[u8] = b"2";
+const OLD_TREE_RECORD: &[u8] = b"level3";
 
 /// Creates `dir` if needed and locks it against a second kvs process (the
 /// lock lasts as long as the returned file is open).
@@ -316,21 +319,39 @@ impl Store {
     }
 
     /// Loads the summary from the `tree` table, rebuilding it from the
-    /// versions when the table predates it.
+    /// versions when the table predates it, and splitting the one record
+    /// of the previous layout into chunks.
     fn load_tree(&self) -> Result<()> {
         let rtxn = self.read_txn()?;
         let format = self
             .meta
             .get(&rtxn, META_TREE_FORMAT.as_bytes())?
             .map(|v| v.to_vec());
-        let stored = self
+        let old_record = self
             .tree_db
-            .get(&rtxn, TREE_RECORD)?
+            .get(&rtxn, OLD_TREE_RECORD)?
             .and_then(merkle::decode_stored);
+        let chunks = match format.as_deref() {
+            Some(TREE_FORMAT) => self.stored_chunks(&rtxn)?,
+            _ => None,
+        };
         drop(rtxn);
-        let tree = match (format.as_deref(), stored) {
-            (Some(TREE_FORMAT), Some(hashes)) => Tree::from_stored(&hashes),
-            (Some(TREE_FORMAT), None) => Tree::new(),
+        let tree = match (format.as_deref(), chunks, old_record) {
+            (Some(TREE_FORMAT), Some(hashes), _) => Tree::from_stored(&hashes),
+            (Some(OLD_TREE_FORMAT), _, Some(hashes)) => {
+                let tree = Tree::from_stored(&hashes);
+                self.write_tree_chunks(&tree)?;
+                log::info!(
+                    "the anti-entropy summary is now kept in {} records",
+                    merkle::CHUNKS
+                );
+                tree
+            }
+            (Some(OLD_TREE_FORMAT), _, None) => {
+                let tree = Tree::new();
+                self.write_tree_chunks(&tree)?;
+                tree
+            }
             _ => {
                 let tree = self.rebuild_tree()?;
                 let keys = self.counts()?.0;
@@ -341,6 +362,42 @@ impl Store {
             }
         };
         *self.tree.write().unwrap_or_else(|e| e.into_inner()) = tree;
+        Ok(())
+    }
+
+    /// The stored level as the chunk records hold it (a missing chunk is
+    /// all zeros). None when a chunk has the wrong size.
+    fn stored_chunks(&self, txn: &RoTxn<'_, WithoutTls>) -> Result<Option<Vec<u64>>> {
+        let mut hashes = Vec::with_capacity(merkle::STORED_NODES);
+        for c in 0..merkle::CHUNKS {
+            match self.tree_db.get(txn, &merkle::chunk_key(c))? {
+                Some(bytes) => match merkle::decode_chunk(bytes) {
+                    Some(part) => hashes.extend(part),
+                    None => return Ok(None),
+                },
+                None => hashes.extend(std::iter::repeat_n(0, merkle::CHUNK_NODES)),
+            }
+        }
+        Ok(Some(hashes))
+    }
+
+    /// Replaces the `tree` table with `tree`'s chunks, in the current
+    /// layout.
+    fn write_tree_chunks(&self, tree: &Tree) -> Result<()> {
+        let mut wtxn = self.write_txn()?;
+        self.tree_db.clear(&mut wtxn)?;
+        self.put_tree_chunks(&mut wtxn, tree)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    fn put_tree_chunks(&self, wtxn: &mut RwTxn<'_>, tree: &Tree) -> Result<()> {
+        for (c, part) in tree.stored().chunks(merkle::CHUNK_NODES).enumerate() {
+            self.tree_db
+                .put(wtxn, &merkle::chunk_key(c), &merkle::encode_stored(part))?;
+        }
+        self.meta
+            .put(wtxn, META_TREE_FORMAT.as_bytes(), TREE_FORMAT)?;
         Ok(())
     }
 
@@ -378,13 +435,7 @@ impl Store {
         for (k, v) in &entries {
             self.buckets.put(&mut wtxn, k, v)?;
         }
-        self.tree_db.put(
-            &mut wtxn,
-            TREE_RECORD,
-            &merkle::encode_stored(tree.stored()),
-        )?;
-        self.meta
-            .put(&mut wtxn, META_TREE_FORMAT.as_bytes(), TREE_FORMAT)?;
+        self.put_tree_chunks(&mut wtxn, &tree)?;
         wtxn.commit()?;
         Ok(tree)
     }
@@ -397,6 +448,14 @@ impl Store {
         let (fresh, leaves) = self.tree_from_versions(&rtxn)?;
         drop(rtxn);
         if fresh != *self.tree.read().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(false);
+        }
+        // What is on disk must be what is in memory, or the next start
+        // would load a different summary.
+        let rtxn = self.read_txn()?;
+        let stored = self.stored_chunks(&rtxn)?;
+        drop(rtxn);
+        if stored.as_deref() != Some(fresh.stored()) {
             return Ok(false);
         }
         for node in 0..merkle::STORED_NODES {

@@ -361,6 +361,64 @@ fn the_summary_is_kept_by_writes_persisted_and_checked() {
 }
 
 #[test]
+fn a_summary_in_the_previous_one_record_layout_is_split_into_chunks() {
+    let mut t = TempStore::new();
+    let batch: Vec<(String, Version)> = (0..300)
+        .map(|i| (format!("old/{i}"), version(1000 + i, Some("{}"))))
+        .collect();
+    let refs: Vec<(&str, Version)> = batch.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    write(t.store(), &refs);
+    let root = t.store().tree_root();
+    // Put the directory back into the previous layout: the whole stored
+    // level in one record, format "2".
+    {
+        let s = t.store();
+        let stored = s.tree.read().unwrap().stored().to_vec();
+        let mut w = s.write_txn().unwrap();
+        s.tree_db.clear(&mut w).unwrap();
+        s.tree_db
+            .put(&mut w, OLD_TREE_RECORD, &merkle::encode_stored(&stored))
+            .unwrap();
+        s.meta
+            .put(&mut w, META_TREE_FORMAT.as_bytes(), OLD_TREE_FORMAT)
+            .unwrap();
+        w.commit().unwrap();
+    }
+    t.reopen();
+    let s = t.store();
+    assert_eq!(s.tree_root(), root, "the same summary after the split");
+    assert!(
+        s.verify_tree().unwrap(),
+        "the chunks on disk match the memory"
+    );
+    let r = s.read_txn().unwrap();
+    assert!(s.tree_db.get(&r, OLD_TREE_RECORD).unwrap().is_none());
+    assert_eq!(
+        s.meta.get(&r, META_TREE_FORMAT.as_bytes()).unwrap(),
+        Some(TREE_FORMAT)
+    );
+    drop(r);
+    // Writes go on in the new layout, and survive a restart.
+    write(t.store(), &[("old/new", version(5000, Some("1")))]);
+    let root = t.store().tree_root();
+    t.reopen();
+    assert_eq!(t.store().tree_root(), root);
+    assert!(t.store().verify_tree().unwrap());
+}
+
+#[test]
+fn a_summary_chunk_that_differs_from_memory_fails_the_check() {
+    let t = TempStore::new();
+    write(t.store(), &[("k", version(1, Some("1")))]);
+    assert!(t.store().verify_tree().unwrap());
+    let s = t.store();
+    let mut w = s.write_txn().unwrap();
+    s.tree_db.clear(&mut w).unwrap();
+    w.commit().unwrap();
+    assert!(!s.verify_tree().unwrap(), "a lost chunk is seen");
+}
+
+#[test]
 fn two_stores_with_the_same_versions_have_the_same_summary() {
     let a = TempStore::new();
     let b = TempStore::new();

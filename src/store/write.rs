@@ -11,7 +11,7 @@ use heed::{RoTxn, RwTxn, WithoutTls};
 use super::version::{self, Version};
 use super::{
     bucket_key, merkle, split_time_key, time_key, utf8, Result, Stamp, Store, StoreError, Touched,
-    META_INDEX, NO_SPACE_BYTES, TREE_RECORD,
+    META_INDEX, NO_SPACE_BYTES,
 };
 
 impl Store {
@@ -168,16 +168,33 @@ impl Store {
                 .put(&mut txn, META_INDEX.as_bytes(), &index.to_be_bytes())?;
         }
         if !deltas.is_empty() {
-            let mut stored = match self.tree_db.get(&txn, TREE_RECORD)? {
-                Some(bytes) => merkle::decode_stored(bytes)
-                    .ok_or_else(|| StoreError::Corrupt("summary record".into()))?,
-                None => vec![0u64; merkle::STORED_NODES],
-            };
+            // Only the chunks above the changed buckets are rewritten.
+            let mut chunks: Vec<(usize, Vec<u64>)> = Vec::new();
             for &(leaf, delta) in deltas {
-                stored[merkle::stored_node_of(leaf)] ^= delta;
+                let node = merkle::stored_node_of(leaf);
+                let c = merkle::chunk_of(node);
+                let at = match chunks.iter().position(|(i, _)| *i == c) {
+                    Some(at) => at,
+                    None => {
+                        let hashes = match self.tree_db.get(&txn, &merkle::chunk_key(c))? {
+                            Some(bytes) => merkle::decode_chunk(bytes).ok_or_else(|| {
+                                StoreError::Corrupt(format!("summary record {c}"))
+                            })?,
+                            None => vec![0u64; merkle::CHUNK_NODES],
+                        };
+                        chunks.push((c, hashes));
+                        chunks.len() - 1
+                    }
+                };
+                chunks[at].1[node % merkle::CHUNK_NODES] ^= delta;
             }
-            self.tree_db
-                .put(&mut txn, TREE_RECORD, &merkle::encode_stored(&stored))?;
+            for (c, hashes) in &chunks {
+                self.tree_db.put(
+                    &mut txn,
+                    &merkle::chunk_key(*c),
+                    &merkle::encode_stored(hashes),
+                )?;
+            }
         }
         txn.commit().map_err(|e| self.commit_error(e))?;
         if !deltas.is_empty() {
