@@ -95,7 +95,7 @@ config_keys! {
     antientropy_interval: f64, value, "600", "seconds between Merkle exchanges with a random peer";
     advertise_address: String, text, "(bind_address:port)", "host:port that peers should dial";
     max_value_bytes: usize, value, "1048576", "largest accepted body in bytes (413 above)";
-    http_threads: usize, value, "8", "request worker threads";
+    http_threads: usize, value, "8", "requests handled at once (each on its connection's thread)";
     max_connections: usize, value, "512", "open client connections; more wait for a free slot";
     header_timeout: f64, value, "10", "seconds a client has to send a whole request head";
     max_members: usize, value, "1024", "largest member table; entries beyond are refused and logged";
