@@ -163,7 +163,12 @@ pub fn encode_stored(hashes: &[u64]) -> Vec<u8> {
 
 /// Decodes the level-3 record; None when it has the wrong size.
 pub fn decode_stored(bytes: &[u8]) -> Option<Vec<u64>> {
-    if bytes.len() != STORED_NODES * 8 {
+    decode_hashes(bytes, STORED_NODES)
+}
+
+/// Decodes `n` big-endian hashes; None when `bytes` is not that long.
+fn decode_hashes(bytes: &[u8], n: usize) -> Option<Vec<u64>> {
+    if bytes.len() != n * 8 {
         return None;
     }
     Some(
@@ -176,15 +181,7 @@ pub fn decode_stored(bytes: &[u8]) -> Option<Vec<u64>> {
 
 /// Decodes one chunk record; None when it has the wrong size.
 pub fn decode_chunk(bytes: &[u8]) -> Option<Vec<u64>> {
-    if bytes.len() != CHUNK_NODES * 8 {
-        return None;
-    }
-    Some(
-        bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
-    )
+    decode_hashes(bytes, CHUNK_NODES)
 }
 
 /// Positions where two children lists differ, as child node indexes of the

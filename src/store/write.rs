@@ -169,31 +169,30 @@ impl Store {
         }
         if !deltas.is_empty() {
             // Only the chunks above the changed buckets are rewritten.
-            let mut chunks: Vec<(usize, Vec<u64>)> = Vec::new();
+            let mut chunks: Vec<Option<Vec<u64>>> = vec![None; merkle::CHUNKS];
             for &(leaf, delta) in deltas {
                 let node = merkle::stored_node_of(leaf);
                 let c = merkle::chunk_of(node);
-                let at = match chunks.iter().position(|(i, _)| *i == c) {
-                    Some(at) => at,
-                    None => {
-                        let hashes = match self.tree_db.get(&txn, &merkle::chunk_key(c))? {
-                            Some(bytes) => merkle::decode_chunk(bytes).ok_or_else(|| {
-                                StoreError::Corrupt(format!("summary record {c}"))
-                            })?,
-                            None => vec![0u64; merkle::CHUNK_NODES],
-                        };
-                        chunks.push((c, hashes));
-                        chunks.len() - 1
-                    }
-                };
-                chunks[at].1[node % merkle::CHUNK_NODES] ^= delta;
+                if chunks[c].is_none() {
+                    let hashes = match self.tree_db.get(&txn, &merkle::chunk_key(c))? {
+                        Some(bytes) => merkle::decode_chunk(bytes)
+                            .ok_or_else(|| StoreError::Corrupt(format!("summary record {c}")))?,
+                        None => vec![0u64; merkle::CHUNK_NODES],
+                    };
+                    chunks[c] = Some(hashes);
+                }
+                if let Some(hashes) = &mut chunks[c] {
+                    hashes[node % merkle::CHUNK_NODES] ^= delta;
+                }
             }
-            for (c, hashes) in &chunks {
-                self.tree_db.put(
-                    &mut txn,
-                    &merkle::chunk_key(*c),
-                    &merkle::encode_stored(hashes),
-                )?;
+            for (c, hashes) in chunks.iter().enumerate() {
+                if let Some(hashes) = hashes {
+                    self.tree_db.put(
+                        &mut txn,
+                        &merkle::chunk_key(c),
+                        &merkle::encode_stored(hashes),
+                    )?;
+                }
             }
         }
         txn.commit().map_err(|e| self.commit_error(e))?;
