@@ -28,7 +28,7 @@ step "gossip calls run on long-lived threads, not new ones every round"
 call_threads() {
   local t
   for t in /proc/"$(pid_of "$1")"/task/*; do
-    [ "$(cat "$t/comm" 2>/dev/null)" = gossip-call ] && basename "$t"
+    if [ "$(cat "$t/comm" 2>/dev/null)" = gossip-call ]; then basename "$t"; fi
   done | sort
 }
 has_call_threads() { [ -n "$(call_threads "$1")" ]; }

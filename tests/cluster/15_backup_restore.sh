@@ -40,7 +40,8 @@ expect_status 401 GET "$(url a /backup)"
 
 step "a refused request is counted under its own route (DELETE as kv_delete, not kv_put)"
 expect_status 401 DELETE "$(url a /kv/nope)"
-refused() { curl -s -H 'Authorization: Bearer tok' "$(url a /metrics)" | grep -q "^kvs_requests_total{route=\"$1\",status=\"401\"} [1-9]"; }
+# The whole page first: grep -q on curl's pipe would end curl early (SIGPIPE).
+refused() { local page; page=$(curl -s -H 'Authorization: Bearer tok' "$(url a /metrics)"); grep -q "^kvs_requests_total{route=\"$1\",status=\"401\"} [1-9]" <<< "$page"; }
 refused kv_delete || fail "the refused DELETE is not counted as kv_delete: $(curl -s -H 'Authorization: Bearer tok' "$(url a /metrics)" | grep 'status="401"')"
 
 step "kvs backup while writes go on"

@@ -51,6 +51,9 @@ _cleanup() {
 }
 trap _cleanup EXIT
 trap 'exit 130' INT TERM
+# A command that fails outside a condition ends the test (set -e): say which
+# (top-level commands only, so that failures inside conditions stay quiet).
+trap 'echo "FAIL [$TEST_NAME]: line $LINENO: \"$BASH_COMMAND\" exited with $?" >&2' ERR
 
 fail() { echo "FAIL [$TEST_NAME]: $*" >&2; exit 1; }
 step() { echo "  - $*"; }
