@@ -87,21 +87,11 @@ impl Client {
                     .header("Content-Type", "application/json")
                     .body(b.to_vec())
                     .map_err(|e| connection(e.to_string()))?;
-                let rq = self
-                    .agent
-                    .configure_request(rq)
-                    .timeout_global(timeout)
-                    .build();
-                self.agent.run(rq)
+                self.send(rq, timeout)
             }
             None => {
                 let rq = rq.body(()).map_err(|e| connection(e.to_string()))?;
-                let rq = self
-                    .agent
-                    .configure_request(rq)
-                    .timeout_global(timeout)
-                    .build();
-                self.agent.run(rq)
+                self.send(rq, timeout)
             }
         };
         let response = result.map_err(|e| connection(e.to_string()))?;
@@ -111,5 +101,19 @@ impl Client {
             headers: parts.headers,
             body,
         })
+    }
+
+    /// Runs a built request with this call's time limit.
+    fn send(
+        &self,
+        rq: ureq::http::Request<impl ureq::AsSendBody>,
+        timeout: Option<Duration>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let rq = self
+            .agent
+            .configure_request(rq)
+            .timeout_global(timeout)
+            .build();
+        self.agent.run(rq)
     }
 }
