@@ -101,7 +101,7 @@ config_keys! {
     max_members: usize, value, "1024", "largest member table; entries beyond are refused and logged";
     scrub_interval: f64, value, "86400", "seconds between background checks of every stored version";
     map_size_mb: u64, value, "1024", "LMDB map size in MiB (507 when full)";
-    client_tokens: Vec<String>, value, "[]", "bearer tokens for client endpoints; empty = open";
+    client_tokens: Vec<serde_yaml::Value>, value, "[]", "bearer tokens for client endpoints: strings (full access) or scoped entries (see the README); empty = open; SIGHUP reloads them";
     cluster_secret: String, text, "\"\"", "shared secret for internal endpoints; empty = open";
 }
 
@@ -165,8 +165,9 @@ pub struct Config {
     pub scrub_interval: Duration,
     /// LMDB map size in MiB.
     pub map_size_mb: u64,
-    /// Bearer tokens accepted on client endpoints; empty means open.
-    pub client_tokens: Vec<String>,
+    /// Bearer tokens accepted on client endpoints, with their scopes;
+    /// empty means open.
+    pub client_tokens: Vec<crate::auth::Token>,
     /// Shared secret for internal endpoints; empty means open.
     pub cluster_secret: String,
 }
@@ -310,7 +311,7 @@ struct Limits {
 }
 
 struct Access {
-    client_tokens: Vec<String>,
+    client_tokens: Vec<crate::auth::Token>,
     cluster_secret: String,
 }
 
@@ -469,13 +470,9 @@ impl RawConfig {
     }
 
     fn access(&mut self) -> Result<Access, ConfigError> {
-        let client_tokens = given("client_tokens", self.client_tokens.take())?;
-        if client_tokens
-            .iter()
-            .any(|t| t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()))
-        {
-            return err("client_tokens: tokens must be non-empty and contain no spaces");
-        }
+        let client_tokens =
+            crate::auth::parse_tokens(&given("client_tokens", self.client_tokens.take())?)
+                .map_err(ConfigError)?;
         let cluster_secret = given("cluster_secret", self.cluster_secret.take())?;
         if cluster_secret.chars().any(|c| c.is_control() || c == ' ') {
             return err("cluster_secret: must not contain spaces or control characters");

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::auth::Tokens;
 use crate::clock;
 use crate::cluster::conflict::ConflictQueue;
 use crate::cluster::gc::Reconcile;
@@ -137,7 +138,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, StartError> {
     let threads = start_threads(&node)?;
     let watch_thread = crate::watch::start(node.watch.clone(), node.clone())
         .map_err(starting("the watch thread"))?;
-    watch_signals(exit_tx, loaded, reload)?;
+    watch_signals(exit_tx, loaded, reload, node.tokens.clone())?;
     log_start(&node, local, versions, syncing);
 
     let code = exit_rx.recv().unwrap_or(1);
@@ -390,6 +391,7 @@ fn watch_signals(
     exit: mpsc::Sender<i32>,
     loaded: Config,
     reload: Reload,
+    tokens: Arc<Tokens>,
 ) -> Result<(), StartError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -400,7 +402,7 @@ fn watch_signals(
             let mut current = loaded;
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    current = reload_config(current, &reload);
+                    current = reload_config(current, &reload, &tokens);
                     continue;
                 }
                 let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
@@ -452,11 +454,11 @@ fn expiry_loop(cluster: Arc<Cluster>) {
 }
 
 /// SIGHUP: reopens the log file (logrotate moved it) and reads the
-/// configuration again. `log_level`, `log_file` and `log_format` take
-/// effect at once; other changed keys are logged as waiting for a
+/// configuration again. `log_level`, `log_file`, `log_format` and
+/// `client_tokens` take effect at once; other changed keys are logged as waiting for a
 /// restart. A configuration that does not load is logged and changes
 /// nothing but the reopening.
-fn reload_config(mut current: Config, reload: &Reload) -> Config {
+fn reload_config(mut current: Config, reload: &Reload, tokens: &Tokens) -> Config {
     let new = match reload() {
         Ok(c) => c,
         Err(e) => {
@@ -490,7 +492,16 @@ fn reload_config(mut current: Config, reload: &Reload) -> Config {
             new.log_level.as_str().to_lowercase()
         );
     }
-    let later: Vec<&str> = changed.into_iter().filter(|k| *k != "log_level").collect();
+    if new.client_tokens != current.client_tokens {
+        tokens.replace(new.client_tokens.clone());
+        log::info!(
+            "SIGHUP: client_tokens reloaded ({} tokens)",
+            new.client_tokens.len()
+        );
+        current.client_tokens = new.client_tokens.clone();
+    }
+    let live = ["log_level", "client_tokens"];
+    let later: Vec<&str> = changed.into_iter().filter(|k| !live.contains(k)).collect();
     if !later.is_empty() {
         log::warn!(
             "SIGHUP: {} changed; taking effect at the next restart",

@@ -4,6 +4,7 @@
 //! `daemon::run` (or to one of the offline tools in `tools`). Every failure
 //! becomes one line on stderr and a non-zero exit code.
 
+mod auth;
 mod cli;
 mod clock;
 mod cluster;
@@ -42,6 +43,9 @@ Usage:
                                    stopped node's data and compare
   kvs restore BACKUP_FILE DIR      make a new data directory from a file that
                                    GET /backup (or kvs backup) wrote
+  kvs token new [--read PREFIX]... [--write PREFIX]... [--admin]
+                                   print a fresh random token and the
+                                   client_tokens entry holding its hash
   kvs --help | --version
 
 Options (each overrides the same key of the config file):
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
         Some("load") => return exit(tools::load(&args[1..])),
         Some("verify") => return exit(tools::verify(&args[1..])),
         Some("restore") => return exit(tools::restore(&args[1..])),
+        Some("token") => return exit(tools::token(&args[1..])),
         Some(cmd) if cli::COMMANDS.contains(&cmd) => return cli::main(&args),
         _ => {}
     }

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::auth::Failure;
+
 /// Request routes, as labelled in the metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -107,6 +109,8 @@ macro_rules! counters {
             pub commit_duration: Histogram,
             /// Damaged versions no peer could repair yet (a gauge).
             pub unrepaired: AtomicU64,
+            /// Refused credentials, by `auth::Failure::ALL`.
+            auth_failures: [AtomicU64; Failure::ALL.len()],
             $(#[doc = $help] pub $field: AtomicU64,)*
         }
 
@@ -120,6 +124,7 @@ macro_rules! counters {
                     replication_lag: Histogram::new(),
                     commit_duration: Histogram::new(),
                     unrepaired: AtomicU64::new(0),
+                    auth_failures: Default::default(),
                     $($field: AtomicU64::new(0),)*
                 }
             }
@@ -180,6 +185,13 @@ fn route_index(route: Route) -> usize {
 }
 
 impl Metrics {
+    /// Records a request refused for its credentials.
+    pub fn auth_failed(&self, why: Failure) {
+        if let Some(i) = Failure::ALL.iter().position(|f| *f == why) {
+            self.auth_failures[i].fetch_add(1, Relaxed);
+        }
+    }
+
     /// Records one answered request.
     pub fn observe(&self, route: Route, status: u16, elapsed: Duration) {
         let r = route_index(route);
@@ -227,6 +239,18 @@ impl Metrics {
             );
         }
         self.render_counters(&mut out);
+        out.push_str(
+            "# HELP kvs_auth_failures_total Requests refused for their credentials, by reason.\n",
+        );
+        out.push_str("# TYPE kvs_auth_failures_total counter\n");
+        for (i, f) in Failure::ALL.iter().enumerate() {
+            let n = self.auth_failures[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "kvs_auth_failures_total{{reason=\"{}\"}} {n}",
+                f.label()
+            );
+        }
         counter(
             &mut out,
             "kvs_damaged_versions_total",
@@ -294,13 +318,17 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.strip_suffix(" counter"))
             .collect();
-        // 24 counters of the list, the damaged versions and the requests.
-        assert_eq!(types.len(), 26, "{types:?}");
+        // 24 counters of the list, the damaged versions, the requests and
+        // the refused credentials.
+        assert_eq!(types.len(), 27, "{types:?}");
         let mut unique = types.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), types.len(), "a counter rendered twice");
-        for name in types.iter().filter(|n| **n != "kvs_requests_total") {
+        for name in types
+            .iter()
+            .filter(|n| !["kvs_requests_total", "kvs_auth_failures_total"].contains(n))
+        {
             assert!(
                 text.contains(&format!("# HELP {name} ")),
                 "{name} has no help"

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::auth::Tokens;
 use crate::cluster::{Cluster, Mode};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -21,6 +22,8 @@ pub struct Node {
     pub writer: WriterHandle,
     pub metrics: Arc<Metrics>,
     pub cluster: Arc<Cluster>,
+    /// The client tokens in force (`client_tokens`, reloaded on SIGHUP).
+    pub tokens: Arc<Tokens>,
     stopping: AtomicBool,
 }
 
@@ -32,6 +35,7 @@ impl Node {
         cluster: Arc<Cluster>,
     ) -> Node {
         Node {
+            tokens: Arc::new(Tokens::new(cluster.config.client_tokens.clone())),
             config: cluster.config.clone(),
             metrics: cluster.metrics.clone(),
             store,

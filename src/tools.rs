@@ -345,3 +345,64 @@ fn restore_into(file: &str, dir: &std::path::Path, len: u64) -> Result<(), ToolE
         dir.display()
     ))?)
 }
+
+/// `kvs token new [--read PREFIX]... [--write PREFIX]... [--admin]`: a
+/// fresh random token, and the `client_tokens` entry that holds only its
+/// hash (with the given scope; none given: full access).
+pub fn token(args: &[String]) -> Result<(), ToolError> {
+    const USAGE: &str = "usage: kvs token new [--read PREFIX]... [--write PREFIX]... [--admin]";
+    let Some(("new", rest)) = args.split_first().map(|(f, r)| (f.as_str(), r)) else {
+        return Err(ToolError::Usage(USAGE.into()));
+    };
+    let (mut read, mut write, mut admin) = (Vec::new(), Vec::new(), false);
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i].as_str() {
+            "--admin" => admin = true,
+            flag @ ("--read" | "--write") => {
+                let value = rest
+                    .get(i + 1)
+                    .ok_or_else(|| ToolError::Usage(format!("{flag} needs a key prefix")))?;
+                if flag == "--read" {
+                    &mut read
+                } else {
+                    &mut write
+                }
+                .push(value.clone());
+                i += 1;
+            }
+            other => {
+                return Err(ToolError::Usage(format!(
+                    "unknown argument {other}; {USAGE}"
+                )))
+            }
+        }
+        i += 1;
+    }
+    let token = crate::auth::new_token().map_err(ToolError::Rejected)?;
+    let hash = crate::auth::hex(&crate::auth::sha256(token.as_bytes()));
+    let list = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+    if read.is_empty() && write.is_empty() && !admin {
+        // No scope given: everything, as a plain token has.
+        write.push(String::new());
+        admin = true;
+    }
+    let mut entry = format!("  - token_sha256: \"{hash}\"\n");
+    if !read.is_empty() {
+        entry.push_str(&format!("    read: {}\n", list(&read)));
+    }
+    if !write.is_empty() {
+        entry.push_str(&format!("    write: {}\n", list(&write)));
+    }
+    if admin {
+        entry.push_str("    admin: true\n");
+    }
+    let mut out = Output::stdout();
+    out.line(format_args!("{token}"))?;
+    out.line(format_args!(
+        "# the entry for client_tokens in the config file (it holds only the token's hash):"
+    ))?;
+    out.line(format_args!("client_tokens:\n{}", entry.trim_end()))?;
+    out.flush()?;
+    Ok(())
+}

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{Method, Request, Response, StatusCode};
 
-use super::{allow, check_client_auth, header, send_error, ApiError};
+use super::{allow, check_client_auth, forbidden, header, require_admin, send_error, ApiError};
 use crate::clock;
 use crate::metrics::{Metrics, Route};
 use crate::node::Node;
@@ -50,7 +50,14 @@ impl Drop for Running {
 pub fn backup(node: &Node, rq: Request, started: Instant) {
     let prepared = allow(&rq, "GET", &[Method::Get])
         .and_then(|()| check_client_auth(node, &rq))
-        .and_then(|()| {
+        .and_then(|access| {
+            require_admin(node, &access, "/backup")?;
+            if !access.may_read_all("") {
+                return Err(forbidden(
+                    node,
+                    "/backup needs a token that may read every key".into(),
+                ));
+            }
             if RUNNING.swap(true, Ordering::AcqRel) {
                 return Err(ApiError::Busy(
                     "a backup is already running on this node; retry when it is done".into(),

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{Method, Request};
 
-use super::{allow, check_client_auth, header_value, send, ApiError, Reply, Target};
+use super::{
+    allow, check_client_auth, forbidden, header_value, require_admin, send, ApiError, Reply, Target,
+};
+use crate::auth::Access;
 use crate::cluster::Mode;
 use crate::metrics::{Metrics, Route};
 use crate::node::Node;
@@ -72,23 +75,26 @@ pub fn kv_route(method: &Method, target: &Target<'_>) -> Route {
 pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started: Instant) {
     let method = rq.method().clone();
     let route = kv_route(&method, target);
-    if let Err(e) = check_client_auth(node, &rq) {
-        return fail(node, rq, e, route, started);
-    }
+    let access = match check_client_auth(node, &rq) {
+        Ok(access) => access,
+        Err(e) => return fail(node, rq, e, route, started),
+    };
     if matches!(method, Method::Get | Method::Head) {
         if target.has("changes") {
-            return changes(node, rq, raw, target, started);
+            return changes(node, rq, raw, target, started, access);
         }
         if target.has("index") {
-            return blocking(node, rq, raw, target, route, started);
+            return blocking(node, rq, raw, target, route, started, access);
         }
     }
     let result = match method {
-        Method::Get | Method::Head => return answer_read(node, rq, raw, target, route, started),
-        Method::Delete if target.has("recurse") => delete_recurse(node, raw),
+        Method::Get | Method::Head => {
+            return answer_read(node, rq, raw, target, route, started, &access)
+        }
+        Method::Delete if target.has("recurse") => delete_recurse(node, raw, &access),
         Method::Put | Method::Delete => {
             let prepared = ttl_of(target, method == Method::Put).and_then(|ttl| {
-                prepare_write(node, &mut rq, raw, method == Method::Put).map(|p| (p, ttl))
+                prepare_write(node, &mut rq, raw, method == Method::Put, &access).map(|p| (p, ttl))
             });
             match prepared {
                 Ok(((key, data, cond), ttl_ms)) => {
@@ -132,11 +138,12 @@ fn answer_read(
     target: &Target<'_>,
     route: Route,
     started: Instant,
+    access: &Access,
 ) {
     let result = if route == Route::KvList {
-        list(node, raw, target)
+        list(node, raw, target, access)
     } else {
-        get(node, raw, &condition(&rq))
+        get(node, raw, &condition(&rq), access)
     };
     let reply = result.unwrap_or_else(|e| Reply::error(&e));
     send(node, rq, with_index(node, reply), route, started);
@@ -181,11 +188,12 @@ fn blocking(
     target: &Target<'_>,
     route: Route,
     started: Instant,
+    access: Access,
 ) {
     let scope = if route == Route::KvList {
         parse_prefix(raw).map(Scope::Prefix)
     } else {
-        parse_key(raw).map(Scope::Key)
+        parse_key(raw).and_then(|key| may_read(node, &access, key).map(Scope::Key))
     };
     let parsed = index_and_wait(target).and_then(|iw| scope.map(|s| (iw, s)));
     let ((index, wait), scope) = match parsed {
@@ -196,7 +204,7 @@ fn blocking(
         let url = rq.url().to_string();
         let target = Target::parse(&url);
         let raw = kv_raw(target.path);
-        answer_read(node, rq, raw, &target, route, started);
+        answer_read(node, rq, raw, &target, route, started, &access);
     });
     if index == 0 {
         return job(node);
@@ -217,7 +225,14 @@ const CHANGES_LIMIT: usize = 1000;
 /// (deletions included), oldest change first, as `{"index": M, "changes":
 /// [...]}`; M (also in `X-Kvs-Index`) is where the next request starts.
 /// `410` when N is older than the history kept.
-fn changes(node: &Node, rq: Request, raw: &str, target: &Target<'_>, started: Instant) {
+fn changes(
+    node: &Node,
+    rq: Request,
+    raw: &str,
+    target: &Target<'_>,
+    started: Instant,
+    access: Access,
+) {
     let route = Route::KvList;
     let parsed = index_and_wait(target).and_then(|iw| parse_prefix(raw).map(|p| (iw, p)));
     let ((index, wait), prefix) = match parsed {
@@ -228,7 +243,7 @@ fn changes(node: &Node, rq: Request, raw: &str, target: &Target<'_>, started: In
     let job: watch::Job<Node> = {
         let scope = scope.clone();
         Box::new(move |node: &Node| {
-            let reply = changes_reply(node, &scope, index)
+            let reply = changes_reply(node, &scope, index, &access)
                 .unwrap_or_else(|e| with_index(node, Reply::error(&e)));
             send(node, rq, reply, route, started);
         })
@@ -239,7 +254,12 @@ fn changes(node: &Node, rq: Request, raw: &str, target: &Target<'_>, started: In
     }
 }
 
-fn changes_reply(node: &Node, scope: &Scope, index: u64) -> Result<Reply, ApiError> {
+fn changes_reply(
+    node: &Node,
+    scope: &Scope,
+    index: u64,
+    access: &Access,
+) -> Result<Reply, ApiError> {
     let page = match node.watch.changes(scope, index, CHANGES_LIMIT) {
         Ok(page) => page,
         Err(gone) => {
@@ -259,7 +279,10 @@ fn changes_reply(node: &Node, scope: &Scope, index: u64) -> Result<Reply, ApiErr
     let now = crate::clock::now_ms();
     let mut body = Vec::with_capacity(128 * page.keys.len() + 40);
     body.extend_from_slice(format!("{{\"index\":{},\"changes\":[", page.next).as_bytes());
-    for (i, (at, key)) in page.keys.iter().enumerate() {
+    // Keys the token may not read are left out (the next index is the
+    // same: the client goes on from there).
+    let readable = page.keys.iter().filter(|(_, key)| access.may_read(key));
+    for (i, (at, key)) in readable.enumerate() {
         if i > 0 {
             body.push(b',');
         }
@@ -297,8 +320,8 @@ fn write_stamp(body: &mut Vec<u8>, stamp: &crate::store::Stamp, index: u64) {
 
 /// `GET /kv/{key}`, with `If-Match` (`412` when it fails) and
 /// `If-None-Match` (`304` with the `ETag` when it matches).
-fn get(node: &Node, raw: &str, cond: &Condition) -> Result<Reply, ApiError> {
-    let key = parse_key(raw)?;
+fn get(node: &Node, raw: &str, cond: &Condition, access: &Access) -> Result<Reply, ApiError> {
+    let key = may_read(node, access, parse_key(raw)?)?;
     let found = node.store.with_value(&key, |stamp, data, expires| {
         let etag = format!("\"{}\"", stamp.uuid);
         match cond.evaluate(Some(stamp)) {
@@ -329,6 +352,24 @@ fn get(node: &Node, raw: &str, cond: &Condition) -> Result<Reply, ApiError> {
             format!("precondition failed: {key} does not exist"),
         )),
         None => Err(ApiError::NotFound(format!("key not found: {key}"))),
+    }
+}
+
+/// A key the token may read, or `403` (whether the key exists or not).
+fn may_read(node: &Node, access: &Access, key: String) -> Result<String, ApiError> {
+    if access.may_read(&key) {
+        Ok(key)
+    } else {
+        Err(forbidden(node, format!("this token may not read {key}")))
+    }
+}
+
+/// A key the token may write, or `403`.
+fn may_write(node: &Node, access: &Access, key: String) -> Result<String, ApiError> {
+    if access.may_write(&key) {
+        Ok(key)
+    } else {
+        Err(forbidden(node, format!("this token may not write {key}")))
     }
 }
 
@@ -369,7 +410,7 @@ struct BatchOp<'a> {
 /// and nothing is applied.
 pub fn batch(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
     super::allow(rq, "POST", &[Method::Post])?;
-    check_client_auth(node, rq)?;
+    let access = check_client_auth(node, rq)?;
     writable(node)?;
     let body = super::read_body(rq, batch_body_limit(node))?;
     check_json(&body)?;
@@ -389,6 +430,12 @@ pub fn batch(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
     for (i, op) in ops.into_iter().enumerate() {
         let bad = |msg: String| ApiError::BadRequest(format!("op {i} ({:?}): {msg}", op.key));
         crate::store::check_key(&op.key, false).map_err(bad)?;
+        if !access.may_write(&op.key) {
+            return Err(forbidden(
+                node,
+                format!("op {i} ({:?}): this token may not write it", op.key),
+            ));
+        }
         let data = match (op.op.as_str(), op.value) {
             ("put", Some(v)) => {
                 let bytes = v.get().as_bytes();
@@ -428,9 +475,15 @@ const DELETE_BATCH: usize = 500;
 /// keys for an empty prefix, as in Consul), `DELETE_BATCH` keys per
 /// commit; the tombstones replicate like single deletes. Answers
 /// `{"deleted": N}`.
-fn delete_recurse(node: &Node, raw: &str) -> Result<Reply, ApiError> {
+fn delete_recurse(node: &Node, raw: &str, access: &Access) -> Result<Reply, ApiError> {
     writable(node)?;
     let prefix = parse_prefix(raw)?;
+    if !access.may_write_all(&prefix) {
+        return Err(forbidden(
+            node,
+            format!("this token may not write every key under {prefix:?}"),
+        ));
+    }
     let mut deleted = 0;
     let mut after: Option<String> = None;
     loop {
@@ -466,9 +519,10 @@ fn prepare_write(
     rq: &mut Request,
     raw: &str,
     is_put: bool,
+    access: &Access,
 ) -> Result<(String, Option<Vec<u8>>, Condition), ApiError> {
     writable(node)?;
-    let key = parse_key(raw)?;
+    let key = may_write(node, access, parse_key(raw)?)?;
     let cond = condition(rq);
     if !is_put {
         return Ok((key, None, cond));
@@ -557,8 +611,9 @@ fn submit_write(
 }
 
 /// `GET /kv/<prefix>?keys` and `?recurse`.
-fn list(node: &Node, raw: &str, target: &Target<'_>) -> Result<Reply, ApiError> {
+fn list(node: &Node, raw: &str, target: &Target<'_>, access: &Access) -> Result<Reply, ApiError> {
     let prefix = parse_prefix(raw)?;
+    let readable = access.readable_under(&prefix);
     let recurse = target.has("recurse");
     let separator = match target.param("separator").transpose()? {
         None => None,
@@ -591,9 +646,14 @@ fn list(node: &Node, raw: &str, target: &Target<'_>) -> Result<Reply, ApiError> 
         },
     };
     let after = target.param("after").transpose()?;
-    let (entries, more) = node
-        .store
-        .list(&prefix, after.as_deref(), separator, recurse, limit)?;
+    let (entries, more) = node.store.list_visible(
+        &prefix,
+        after.as_deref(),
+        separator,
+        recurse,
+        limit,
+        readable.as_deref(),
+    )?;
     let mut body = Vec::with_capacity(64 * entries.len() + 2);
     body.push(b'[');
     let mut last = None;
@@ -684,14 +744,14 @@ pub fn health(node: &Node, rq: &Request) -> Result<Reply, ApiError> {
 /// `GET /members/`.
 pub fn members(node: &Node, rq: &Request) -> Result<Reply, ApiError> {
     allow(rq, "GET, HEAD", &[Method::Get, Method::Head])?;
-    check_client_auth(node, rq)?;
+    require_admin(node, &check_client_auth(node, rq)?, "/members/")?;
     Ok(Reply::json_value(200, &node.cluster.members.views()))
 }
 
 /// `GET /metrics`.
 pub fn metrics(node: &Node, rq: &Request) -> Result<Reply, ApiError> {
     allow(rq, "GET", &[Method::Get])?;
-    check_client_auth(node, rq)?;
+    require_admin(node, &check_client_auth(node, rq)?, "/metrics")?;
     let text = node.render_metrics();
     Ok(Reply {
         status: 200,

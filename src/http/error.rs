@@ -13,6 +13,8 @@ pub enum ApiError {
     Unauthorized,
     /// 403: client writes are refused in read-only mode.
     ReadOnly,
+    /// 403: the token may not do this (its scope, `client_tokens`).
+    Forbidden(String),
     /// 404: no such key, or no such endpoint.
     NotFound(String),
     /// 405: the method is not served on this path.
@@ -46,7 +48,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized => 401,
-            ApiError::ReadOnly => 403,
+            ApiError::ReadOnly | ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Conflict(_) => 409,
@@ -72,6 +74,7 @@ impl ApiError {
             | ApiError::Internal(m) => m.clone(),
             ApiError::Unauthorized => "missing or wrong credentials".into(),
             ApiError::ReadOnly => "this node is read-only: client writes are refused".into(),
+            ApiError::Forbidden(what) => what.clone(),
             ApiError::MethodNotAllowed(allow) => {
                 format!("method not allowed here; allowed: {allow}")
             }

@@ -5,7 +5,9 @@
 use serde::de::DeserializeOwned;
 use tiny_http::{Method, Request};
 
-use super::{allow, check_client_auth, check_cluster_auth, read_body, ApiError, Reply, Target};
+use super::{
+    allow, check_client_auth, check_cluster_auth, read_body, require_admin, ApiError, Reply, Target,
+};
 use crate::cluster::gossip::{self, Gossip, JoinAnswer};
 use crate::cluster::membership::MemberEntry;
 use crate::cluster::{antientropy, conflict, replicate, sync};
@@ -59,7 +61,8 @@ pub fn leave(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
     allow(rq, "POST", &[Method::Post])?;
     let body = read_body(rq, internal_body_limit(node))?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        check_client_auth(node, rq)?;
+        let access = check_client_auth(node, rq)?;
+        require_admin(node, &access, "a node's leave")?;
         node.cluster.leave();
         return Ok(Reply::json_value(
             200,

@@ -21,6 +21,7 @@
 //! for the commit inside the gate. Blocking queries wait in `watch`, and
 //! a backup download is sent from its own thread, both outside the gate.
 
+use crate::auth::{constant_time_eq, Access, Failure};
 use crate::cluster::peer::SECRET_HEADER;
 use crate::escape::percent_decode;
 
@@ -233,19 +234,31 @@ fn endpoint(node: &Node, method: &Method, target: &Target<'_>) -> (Route, Creden
 fn admit(node: &Node, method: &Method, url: &str, headers: &[Header]) -> Result<usize, Refusal> {
     let (route, credentials, limit) = endpoint(node, method, &Target::parse(url));
     let allowed = match credentials {
-        Credentials::Open => true,
-        Credentials::Client => client_auth_ok(node, headers),
-        Credentials::Cluster => cluster_auth_ok(node, headers),
+        Credentials::Open => Ok(()),
+        Credentials::Client => authenticate(node, headers).map(|_| ()),
+        Credentials::Cluster => check_secret(node, headers),
         Credentials::ClientOrCluster => {
-            client_auth_ok(node, headers) || cluster_auth_ok(node, headers)
+            if cluster_auth_ok(node, headers) {
+                Ok(())
+            } else {
+                authenticate(node, headers).map(|_| ())
+            }
         }
     };
-    if allowed {
+    let Err(e) = allowed else {
         return Ok(limit);
-    }
-    let e = ApiError::Unauthorized;
+    };
     node.metrics.observe(route, e.status(), Duration::ZERO);
     Err(refusal(&e))
+}
+
+fn check_secret(node: &Node, headers: &[Header]) -> Result<(), ApiError> {
+    if cluster_auth_ok(node, headers) {
+        Ok(())
+    } else {
+        node.metrics.auth_failed(Failure::ClusterSecret);
+        Err(ApiError::Unauthorized)
+    }
 }
 
 /// An error as tiny_http sends it for a request refused from its head.
@@ -434,48 +447,43 @@ fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
-/// Compares two secrets in time that does not depend on where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The access of a request's token (`client_tokens`); a refusal is
+/// counted by its reason.
+pub fn check_client_auth(node: &Node, rq: &Request) -> Result<Access, ApiError> {
+    authenticate(node, rq.headers())
 }
 
-/// Checks a client's bearer token when tokens are configured.
-pub fn check_client_auth(node: &Node, rq: &Request) -> Result<(), ApiError> {
-    if client_auth_ok(node, rq.headers()) {
+fn authenticate(node: &Node, headers: &[Header]) -> Result<Access, ApiError> {
+    node.tokens
+        .authenticate(find_header(headers, "Authorization"))
+        .map_err(|why| {
+            node.metrics.auth_failed(why);
+            ApiError::Unauthorized
+        })
+}
+
+/// A `403` for a token used outside its scope, counted.
+pub fn forbidden(node: &Node, what: String) -> ApiError {
+    node.metrics.auth_failed(Failure::Scope);
+    ApiError::Forbidden(what)
+}
+
+/// `/metrics`, `/members/`, a client's leave and `/backup` need a token
+/// with `admin` (or full access).
+pub fn require_admin(node: &Node, access: &Access, endpoint: &str) -> Result<(), ApiError> {
+    if access.is_admin() {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized)
+        Err(forbidden(
+            node,
+            format!("{endpoint} needs a token with admin access"),
+        ))
     }
-}
-
-fn client_auth_ok(node: &Node, headers: &[Header]) -> bool {
-    let tokens = &node.config.client_tokens;
-    if tokens.is_empty() {
-        return true;
-    }
-    let given = find_header(headers, "Authorization")
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .unwrap_or("");
-    // Compare against every token so the time does not tell which matched.
-    tokens.iter().fold(false, |acc, t| {
-        constant_time_eq(t.as_bytes(), given.as_bytes()) | acc
-    })
 }
 
 /// Checks the cluster secret on internal endpoints when one is configured.
 pub fn check_cluster_auth(node: &Node, rq: &Request) -> Result<(), ApiError> {
-    if cluster_auth_ok(node, rq.headers()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    check_secret(node, rq.headers())
 }
 
 fn cluster_auth_ok(node: &Node, headers: &[Header]) -> bool {

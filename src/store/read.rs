@@ -311,6 +311,22 @@ impl Store {
         with_values: bool,
         limit: usize,
     ) -> Result<(Vec<Listed>, bool)> {
+        self.list_visible(prefix, after, separator, with_values, limit, None)
+    }
+
+    /// [`Store::list`] of only the keys that start with one of `visible`
+    /// (sorted prefixes, none covering another; `None`: every key). A
+    /// common prefix shows when a visible key is under it; the keys in
+    /// between are skipped, not read.
+    pub fn list_visible(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        separator: Option<char>,
+        with_values: bool,
+        limit: usize,
+        visible: Option<&[String]>,
+    ) -> Result<(Vec<Listed>, bool)> {
         let rtxn = self.read_txn()?;
         let mut out = Vec::new();
         let now = crate::clock::now_ms();
@@ -332,6 +348,17 @@ impl Store {
                 let (k, v) = item?;
                 if !k.starts_with(prefix.as_bytes()) {
                     return Ok((out, false));
+                }
+                if let Some(visible) = visible {
+                    if !visible.iter().any(|p| k.starts_with(p.as_bytes())) {
+                        // The first visible key after k starts the next
+                        // visible prefix above it.
+                        match visible.iter().find(|p| p.as_bytes() > k) {
+                            Some(p) => skip_to = Some(Some(p.as_bytes().to_vec())),
+                            None => return Ok((out, false)),
+                        }
+                        break;
+                    }
                 }
                 let stamp =
                     version::decode_stamp(v).ok_or_else(|| self.damaged(k, Damage::Malformed))?;

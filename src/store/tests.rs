@@ -322,6 +322,35 @@ fn prefix_listing_collapses_and_pages() {
     let (everything, _) = s.list("", None, None, true, 100).unwrap();
     assert_eq!(everything.len(), 5);
     assert!(matches!(&everything[0], Listed::Key(k, Some(v)) if k == "other" && v.data == b"1"));
+
+    // Only some prefixes visible (a scoped token): the rest is skipped,
+    // pages stay full, and a common prefix shows only over a visible key.
+    let visible = |v: &[&str]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let only_bob = visible(&["users/bob/y"]);
+    let (bob, more) = s
+        .list_visible("users/", None, None, false, 100, Some(&only_bob))
+        .unwrap();
+    assert_eq!(names(bob), ["users/bob/y"]);
+    assert!(!more);
+    let (level, _) = s
+        .list_visible("", None, Some('/'), false, 100, Some(&only_bob))
+        .unwrap();
+    assert_eq!(names(level), ["users/"]);
+    let two = visible(&["other", "users/bob/"]);
+    let (page, more) = s
+        .list_visible("", None, None, false, 2, Some(&two))
+        .unwrap();
+    assert_eq!(names(page), ["other", "users/bob/x"]);
+    assert!(more);
+    let (rest, more) = s
+        .list_visible("", Some("users/bob/x"), None, false, 2, Some(&two))
+        .unwrap();
+    assert_eq!(names(rest), ["users/bob/y"]);
+    assert!(!more);
+    let (none, _) = s
+        .list_visible("", None, None, false, 10, Some(&[]))
+        .unwrap();
+    assert!(none.is_empty());
 }
 
 #[test]
