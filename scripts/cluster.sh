@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # A local cluster in one command, for trying kvs and for tests.
 #
-#   scripts/cluster.sh start N [--port BASE] [-- EXTRA KVS OPTIONS]
+#   scripts/cluster.sh start N [--port BASE] [--tls] [-- EXTRA KVS OPTIONS]
 #   scripts/cluster.sh status
 #   scripts/cluster.sh stop
 #
 # Nodes listen on 127.0.0.1 (free ports, or BASE, BASE+1, ...), keep their
 # data under $KVS_CLUSTER_DIR (default ./cluster) and use fast intervals.
 # Node 1 is the seed of the others. The binary is $KVS_BIN, or a release
-# build of this repository (built if missing).
+# build of this repository (built if missing). With --tls, the nodes speak
+# HTTPS with mutual TLS between them: a CA (made once, in $DIR/tls) signs a
+# certificate per node, and clients use $DIR/tls/ca.pem.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=${KVS_CLUSTER_DIR:-$PWD/cluster}
@@ -38,15 +40,27 @@ pick_port() { # pick_port ALREADY-TAKEN...
   die "no free port found"
 }
 
-healthy() { curl -sf --max-time 2 "http://127.0.0.1:$1/health" >/dev/null 2>&1; }
+TLS_DIR=$DIR/tls
+# http or https, as the running cluster was started.
+scheme() { if [ -f "$DIR/scheme" ]; then cat "$DIR/scheme"; else echo http; fi; }
+curl_node() { # curl_node PORT PATH [CURL ARGS...]
+  local port=$1 path=$2; shift 2
+  if [ "$(scheme)" = https ]; then
+    curl --cacert "$TLS_DIR/ca.pem" "$@" "https://127.0.0.1:$port$path"
+  else
+    curl "$@" "http://127.0.0.1:$port$path"
+  fi
+}
+healthy() { curl_node "$1" /health -sf --max-time 2 >/dev/null 2>&1; }
 
 start() {
   local n=${1:-}; shift || true
-  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] || die "usage: cluster.sh start N [--port BASE] [-- OPTIONS]"
-  local base="" extra=()
+  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] || die "usage: cluster.sh start N [--port BASE] [--tls] [-- OPTIONS]"
+  local base="" extra=() tls=0
   while [ $# -gt 0 ]; do
     case "$1" in
       --port) base=$2; shift 2 ;;
+      --tls) tls=1; shift ;;
       --) shift; extra=("$@"); break ;;
       *) die "unknown option $1" ;;
     esac
@@ -56,6 +70,18 @@ start() {
   local bin; bin=$(binary)
   mkdir -p "$DIR"
   : > "$STATE"
+  if [ "$tls" -eq 1 ]; then
+    echo https > "$DIR/scheme"
+    mkdir -p "$TLS_DIR"
+    [ -f "$TLS_DIR/ca-key.pem" ] || "$bin" tls ca --dir "$TLS_DIR" > /dev/null || die "kvs tls ca failed"
+    for i in $(seq 1 "$n"); do
+      [ -f "$TLS_DIR/node$i-key.pem" ] ||
+        "$bin" tls cert "node$i" --dir "$TLS_DIR" --ip 127.0.0.1 --dns localhost > /dev/null ||
+        die "kvs tls cert node$i failed"
+    done
+  else
+    echo http > "$DIR/scheme"
+  fi
   local ports=() i port seed=""
   for i in $(seq 1 "$n"); do
     if [ -n "$base" ]; then port=$((base + i - 1)); port_free "$port" || die "port $port is in use"
@@ -66,6 +92,8 @@ start() {
     port=${ports[$((i - 1))]}
     local args=(--node-id "node$i" --port "$port" --data-dir "$DIR/node$i" "${FAST[@]}")
     [ "$i" -gt 1 ] && args+=(--seed "127.0.0.1:${ports[0]}")
+    [ "$tls" -eq 1 ] && args+=(--tls-cert-file "$TLS_DIR/node$i.pem" --tls-key-file "$TLS_DIR/node$i-key.pem"
+                               --tls-ca-file "$TLS_DIR/ca.pem" --tls-client-auth peers)
     (cd "$DIR" && exec "$bin" "${args[@]}" "${extra[@]}" >> "$DIR/node$i.log" 2>&1) &
     echo "node$i $! $port" >> "$STATE"
   done
@@ -78,15 +106,19 @@ start() {
     done
   done
   echo "started $n nodes (data and logs in $DIR):"
-  for i in $(seq 1 "$n"); do echo "  node$i  http://127.0.0.1:${ports[$((i - 1))]}"; done
+  for i in $(seq 1 "$n"); do echo "  node$i  $(scheme)://127.0.0.1:${ports[$((i - 1))]}"; done
+  if [ "$tls" -eq 1 ]; then
+    echo "clients: curl --cacert $TLS_DIR/ca.pem https://127.0.0.1:${ports[0]}/health"
+    echo "         KVS_CACERT=$TLS_DIR/ca.pem kvs get KEY --addr https://127.0.0.1:${ports[0]}"
+  fi
 }
 
 status() {
   [ -s "$STATE" ] || { echo "no cluster running from $DIR"; return 3; }
   local name pid port rc=0
   while read -r name pid port; do
-    if ! kill -0 "$pid" 2>/dev/null; then echo "$name  http://127.0.0.1:$port  not running"; rc=1
-    else echo "$name  http://127.0.0.1:$port  pid $pid  $(curl -s --max-time 2 "http://127.0.0.1:$port/health" || echo 'no answer')"; fi
+    if ! kill -0 "$pid" 2>/dev/null; then echo "$name  $(scheme)://127.0.0.1:$port  not running"; rc=1
+    else echo "$name  $(scheme)://127.0.0.1:$port  pid $pid  $(curl_node "$port" /health -s --max-time 2 || echo 'no answer')"; fi
   done < "$STATE"
   return $rc
 }
@@ -110,5 +142,5 @@ case "${1:-}" in
   start) shift; start "$@" ;;
   status) status ;;
   stop) stop ;;
-  *) echo "usage: cluster.sh start N [--port BASE] [-- OPTIONS] | status | stop" >&2; exit 2 ;;
+  *) echo "usage: cluster.sh start N [--port BASE] [--tls] [-- OPTIONS] | status | stop" >&2; exit 2 ;;
 esac

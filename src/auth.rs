@@ -62,14 +62,18 @@ pub enum Failure {
     Scope,
     /// An internal call without the right cluster secret.
     ClusterSecret,
+    /// An internal call on a connection without a client certificate
+    /// (`tls_client_auth: peers`).
+    ClientCertificate,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 4] = [
+    pub const ALL: [Failure; 5] = [
         Failure::Missing,
         Failure::Unknown,
         Failure::Scope,
         Failure::ClusterSecret,
+        Failure::ClientCertificate,
     ];
 
     pub fn label(self) -> &'static str {
@@ -78,6 +82,7 @@ impl Failure {
             Failure::Unknown => "unknown_token",
             Failure::Scope => "out_of_scope",
             Failure::ClusterSecret => "cluster_secret",
+            Failure::ClientCertificate => "client_certificate",
         }
     }
 }
@@ -303,10 +308,12 @@ fn parse_entry(value: &serde_yaml::Value) -> Result<Token, String> {
             "read" => read = prefix_list("read", v)?,
             "write" => write = prefix_list("write", v)?,
             "admin" => admin = v.as_bool().ok_or("admin must be true or false")?,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown field {}: an entry takes token or token_sha256, and read, write, admin",
                 serde_yaml::to_string(k).unwrap_or_default().trim()
-            )),
+            ))
+            }
         }
     }
     let digest = match (clear, hashed) {

@@ -103,6 +103,10 @@ config_keys! {
     map_size_mb: u64, value, "1024", "LMDB map size in MiB (507 when full)";
     client_tokens: Vec<serde_yaml::Value>, value, "[]", "bearer tokens for client endpoints: strings (full access) or scoped entries (see the README); empty = open; SIGHUP reloads them";
     cluster_secret: String, text, "\"\"", "shared secret for internal endpoints; empty = open";
+    tls_cert_file: String, text, "\"\"", "PEM certificate chain: with tls_key_file, the port speaks HTTPS only";
+    tls_key_file: String, text, "\"\"", "PEM private key of tls_cert_file";
+    tls_ca_file: String, text, "\"\"", "PEM CA that peers' and clients' certificates are checked against";
+    tls_client_auth: String, text, "\"none\"", "none, peers (internal endpoints need a certificate from the CA) or all";
 }
 
 /// The validated configuration of one node (defaults: [`KEYS`]).
@@ -170,6 +174,8 @@ pub struct Config {
     pub client_tokens: Vec<crate::auth::Token>,
     /// Shared secret for internal endpoints; empty means open.
     pub cluster_secret: String,
+    /// TLS on the port and to peers; None: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl RawConfig {
@@ -313,6 +319,7 @@ struct Limits {
 struct Access {
     client_tokens: Vec<crate::auth::Token>,
     cluster_secret: String,
+    tls: Option<crate::tls::TlsFiles>,
 }
 
 impl RawConfig {
@@ -477,18 +484,59 @@ impl RawConfig {
         if cluster_secret.chars().any(|c| c.is_control() || c == ' ') {
             return err("cluster_secret: must not contain spaces or control characters");
         }
-        if !client_tokens.is_empty() && cluster_secret.is_empty() {
+        let tls = self.tls()?;
+        let peers_certified = tls
+            .as_ref()
+            .is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None);
+        if !client_tokens.is_empty() && cluster_secret.is_empty() && !peers_certified {
             // The internal API serves every value and takes any version:
             // tokens on the client API alone would protect nothing.
             return err(
                 "client_tokens is set but cluster_secret is empty: the internal API would serve \
-                 and accept every value without credentials; set cluster_secret too",
+                 and accept every value without credentials; set cluster_secret too (or \
+                 tls_client_auth: peers)",
             );
         }
         Ok(Access {
             client_tokens,
             cluster_secret,
+            tls,
         })
+    }
+
+    fn tls(&mut self) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+        let path = |v: Option<String>| v.filter(|p| !p.is_empty()).map(PathBuf::from);
+        let cert = path(self.tls_cert_file.take());
+        let key = path(self.tls_key_file.take());
+        let ca = path(self.tls_ca_file.take());
+        let auth_text = given("tls_client_auth", self.tls_client_auth.take())?;
+        let client_auth = crate::tls::ClientAuth::parse(&auth_text).ok_or_else(|| {
+            ConfigError(format!(
+                "tls_client_auth: \"{auth_text}\" is not one of none, peers, all"
+            ))
+        })?;
+        let (cert, key) = match (cert, key) {
+            (Some(c), Some(k)) => (c, k),
+            (None, None) => {
+                if client_auth != crate::tls::ClientAuth::None || ca.is_some() {
+                    return err(
+                        "tls_client_auth and tls_ca_file need tls_cert_file and tls_key_file",
+                    );
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => return err("tls_key_file: must be set with tls_cert_file"),
+            (None, Some(_)) => return err("tls_cert_file: must be set with tls_key_file"),
+        };
+        if client_auth != crate::tls::ClientAuth::None && ca.is_none() {
+            return err("tls_ca_file: must be set when tls_client_auth is peers or all");
+        }
+        Ok(Some(crate::tls::TlsFiles {
+            cert,
+            key,
+            ca,
+            client_auth,
+        }))
     }
 }
 
@@ -508,6 +556,9 @@ impl Config {
         let t = raw.timing()?;
         let m = raw.limits()?;
         let a = raw.access()?;
+        if a.tls.as_ref().is_some_and(|t| t.ca.is_none()) && !n.seed_nodes.is_empty() {
+            return err("tls_ca_file: must be set when TLS is on and the node has seed_nodes: peers' certificates are checked against it");
+        }
         Ok(Config {
             node_id: n.node_id,
             bind_address: n.bind_address,
@@ -539,6 +590,7 @@ impl Config {
             map_size_mb: m.map_size_mb,
             client_tokens: a.client_tokens,
             cluster_secret: a.cluster_secret,
+            tls: a.tls,
         })
     }
 
@@ -582,6 +634,7 @@ impl Config {
             map_size_mb => "map_size_mb",
             client_tokens => "client_tokens",
             cluster_secret => "cluster_secret",
+            tls => "tls_cert_file, tls_key_file, tls_ca_file, tls_client_auth",
         );
         out
     }

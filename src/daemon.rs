@@ -59,6 +59,7 @@ use crate::store::schema::{
 };
 use crate::store::writer::{self, Hooks};
 use crate::store::{Store, StoreError};
+use crate::tls::Tls;
 use crate::watch::Watch;
 
 fn meta_u64(store: &Store, name: &str) -> Option<u64> {
@@ -80,6 +81,8 @@ pub enum StartError {
     /// A thread, the HTTP server or the signal handler could not be
     /// started (which, why).
     Start(String, std::io::Error),
+    /// A TLS file cannot be read or does not fit (names the file).
+    Tls(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -88,6 +91,7 @@ impl std::fmt::Display for StartError {
             StartError::Listen(at, e) => write!(f, "port: cannot listen on {at}: {e}"),
             StartError::Store(e) => write!(f, "{e}"),
             StartError::Start(what, e) => write!(f, "cannot start {what}: {e}"),
+            StartError::Tls(why) => write!(f, "{why}"),
         }
     }
 }
@@ -110,6 +114,13 @@ pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send>;
 /// Runs a node until a signal or a fatal error; returns the exit code.
 pub fn run(mut config: Config, reload: Reload) -> Result<i32, StartError> {
     let loaded = config.clone();
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::new(
+            files.clone(),
+            crate::tls::load(files).map_err(StartError::Tls)?,
+        )),
+        None => None,
+    };
     let at = format!("{}:{}", config.bind_address, config.port);
     let (listener, local) = TcpListener::bind((config.bind_address, config.port))
         .and_then(|l| l.local_addr().map(|a| (l, a)))
@@ -127,6 +138,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, StartError> {
     let (exit_tx, exit_rx) = mpsc::channel();
     let (node, writer_thread) = assemble(
         config,
+        tls,
         store,
         (joined, generation),
         syncing,
@@ -138,7 +150,7 @@ pub fn run(mut config: Config, reload: Reload) -> Result<i32, StartError> {
     let threads = start_threads(&node)?;
     let watch_thread = crate::watch::start(node.watch.clone(), node.clone())
         .map_err(starting("the watch thread"))?;
-    watch_signals(exit_tx, loaded, reload, node.tokens.clone())?;
+    watch_signals(exit_tx, loaded, reload, Live::of(&node))?;
     log_start(&node, local, versions, syncing);
 
     let code = exit_rx.recv().unwrap_or(1);
@@ -221,6 +233,7 @@ fn starts_syncing(store: &Store, config: &Config, versions: u64) -> bool {
 /// the changes history and the writer (started here, with its hooks).
 fn assemble(
     config: Config,
+    tls: Option<Arc<Tls>>,
     store: Arc<Store>,
     (joined, generation): (u64, u64),
     syncing: bool,
@@ -236,7 +249,10 @@ fn assemble(
     let metrics = Arc::new(Metrics::new());
     let stopper = Arc::new(Stopper::new());
     let members = members_at_start(&config, &store, joined, generation);
-    let peer = PeerClient::new(&config.cluster_secret);
+    let peer = PeerClient::with_tls(
+        &config.cluster_secret,
+        tls.as_ref().map(|t| t.current().client.clone()),
+    );
     let replicator = Replicator::new(
         config.node_id.clone(),
         members.clone(),
@@ -271,7 +287,7 @@ fn assemble(
             let _ = fatal_tx.lock().unwrap_or_else(|e| e.into_inner()).send(1);
         }),
     });
-    let node = Arc::new(Node::new(store, watch, writer, cluster));
+    let node = Arc::new(Node::new(store, watch, writer, cluster, tls));
     Ok((node, writer_thread))
 }
 
@@ -377,7 +393,35 @@ fn log_start(node: &Node, local: std::net::SocketAddr, versions: u64, syncing: b
         },
         cfg.seed_nodes.len()
     );
-    if cfg.cluster_secret.is_empty() && !local.ip().is_loopback() {
+    if let Some(tls) = &node.tls {
+        let material = tls.current();
+        log::info!(
+            "TLS: the port speaks HTTPS only; peers are dialled with https{}",
+            match tls.files.client_auth {
+                crate::tls::ClientAuth::None => "",
+                crate::tls::ClientAuth::Peers => "; internal endpoints need a client certificate",
+                crate::tls::ClientAuth::All => "; every connection needs a client certificate",
+            }
+        );
+        crate::tls::warn_if_expiring(material.expires);
+        let host = cfg
+            .advertise_address
+            .rsplit_once(':')
+            .map_or(cfg.advertise_address.as_str(), |(h, _)| h);
+        let named = crate::tls::own_certificate(&tls.files)
+            .is_ok_and(|der| crate::tls::names_host(&der, host));
+        if !named {
+            log::warn!(
+                "TLS: the certificate in tls_cert_file does not name {host} (advertise_address): \
+                 peers that dial it will refuse it"
+            );
+        }
+    }
+    let secured = node
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.files.client_auth != crate::tls::ClientAuth::None);
+    if cfg.cluster_secret.is_empty() && !secured && !local.ip().is_loopback() {
         log::warn!(
             "no cluster_secret while listening on {local}: anyone who can reach this port can \
              read every value through the internal API and rewrite the member list; \
@@ -391,7 +435,7 @@ fn watch_signals(
     exit: mpsc::Sender<i32>,
     loaded: Config,
     reload: Reload,
-    tokens: Arc<Tokens>,
+    live: Live,
 ) -> Result<(), StartError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -402,7 +446,7 @@ fn watch_signals(
             let mut current = loaded;
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    current = reload_config(current, &reload, &tokens);
+                    current = reload_config(current, &reload, &live);
                     continue;
                 }
                 let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
@@ -458,7 +502,43 @@ fn expiry_loop(cluster: Arc<Cluster>) {
 /// `client_tokens` take effect at once; other changed keys are logged as waiting for a
 /// restart. A configuration that does not load is logged and changes
 /// nothing but the reopening.
-fn reload_config(mut current: Config, reload: &Reload, tokens: &Tokens) -> Config {
+/// What SIGHUP changes in a running node.
+struct Live {
+    tokens: Arc<Tokens>,
+    tls: Option<Arc<Tls>>,
+    peer: PeerClient,
+}
+
+impl Live {
+    fn of(node: &Node) -> Live {
+        Live {
+            tokens: node.tokens.clone(),
+            tls: node.tls.clone(),
+            peer: node.cluster.peer.clone(),
+        }
+    }
+
+    /// Reads the TLS files again: new handshakes and peer connections use
+    /// them; a bad file keeps the old set.
+    fn reload_tls(&self) {
+        let Some(tls) = &self.tls else { return };
+        match tls.reload() {
+            Ok(()) => {
+                let material = tls.current();
+                self.peer.set_tls(material.client.clone());
+                log::info!("SIGHUP: TLS certificate, key and CA reloaded");
+                crate::tls::warn_if_expiring(material.expires);
+            }
+            Err(e) => {
+                log::warn!("SIGHUP: the TLS files were not reloaded ({e}); the old ones stay")
+            }
+        }
+    }
+}
+
+fn reload_config(mut current: Config, reload: &Reload, live: &Live) -> Config {
+    live.reload_tls();
+    let tokens = &live.tokens;
     let new = match reload() {
         Ok(c) => c,
         Err(e) => {

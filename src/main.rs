@@ -5,6 +5,7 @@
 //! becomes one line on stderr and a non-zero exit code.
 
 mod auth;
+mod certs;
 mod cli;
 mod clock;
 mod cluster;
@@ -18,6 +19,7 @@ mod node;
 mod output;
 mod store;
 mod sys;
+mod tls;
 mod tools;
 mod watch;
 
@@ -46,6 +48,11 @@ Usage:
   kvs token new [--read PREFIX]... [--write PREFIX]... [--admin]
                                    print a fresh random token and the
                                    client_tokens entry holding its hash
+  kvs tls ca [--dir D] [--days N]  write a new CA: D/ca.pem, D/ca-key.pem
+  kvs tls cert NAME [--ip A]... [--dns H]... [--days N] [--dir D]
+                                   write D/NAME.pem and D/NAME-key.pem signed
+                                   by that CA (server and client use; names
+                                   localhost and 127.0.0.1 if none given)
   kvs --help | --version
 
 Options (each overrides the same key of the config file):
@@ -70,6 +77,7 @@ fn main() -> ExitCode {
         Some("verify") => return exit(tools::verify(&args[1..])),
         Some("restore") => return exit(tools::restore(&args[1..])),
         Some("token") => return exit(tools::token(&args[1..])),
+        Some("tls") => return exit(tools::tls(&args[1..])),
         Some(cmd) if cli::COMMANDS.contains(&cmd) => return cli::main(&args),
         _ => {}
     }

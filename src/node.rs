@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::writer::WriterHandle;
 use crate::store::Store;
+use crate::tls::Tls;
 use crate::watch::Watch;
 
 /// Everything a node owns.
@@ -24,6 +25,8 @@ pub struct Node {
     pub cluster: Arc<Cluster>,
     /// The client tokens in force (`client_tokens`, reloaded on SIGHUP).
     pub tokens: Arc<Tokens>,
+    /// TLS on the port; None: plain HTTP.
+    pub tls: Option<Arc<Tls>>,
     stopping: AtomicBool,
 }
 
@@ -33,8 +36,10 @@ impl Node {
         watch: Arc<Watch<Node>>,
         writer: WriterHandle,
         cluster: Arc<Cluster>,
+        tls: Option<Arc<Tls>>,
     ) -> Node {
         Node {
+            tls,
             tokens: Arc::new(Tokens::new(cluster.config.client_tokens.clone())),
             config: cluster.config.clone(),
             metrics: cluster.metrics.clone(),
@@ -67,7 +72,7 @@ impl Node {
             .iter()
             .filter(|v| v.state == crate::cluster::membership::Health::Alive)
             .count();
-        let gauges = [
+        let mut gauges = vec![
             (
                 "kvs_commit_index",
                 "Versions this node has committed, ever (X-Kvs-Index).",
@@ -123,6 +128,14 @@ impl Node {
                 (self.mode() == Mode::Syncing) as u8 as f64,
             ),
         ];
+        if let Some(tls) = &self.tls {
+            gauges.push((
+                "kvs_tls_cert_expiry_timestamp_seconds",
+                "When this node's TLS certificate expires (seconds since the epoch).",
+                String::new(),
+                tls.current().expires as f64,
+            ));
+        }
         self.metrics.render(&gauges, self.store.damaged_found())
     }
 }

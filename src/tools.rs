@@ -406,3 +406,57 @@ pub fn token(args: &[String]) -> Result<(), ToolError> {
     out.flush()?;
     Ok(())
 }
+
+/// `kvs tls ca [--dir D] [--days N]` and `kvs tls cert NAME [--ip A]...
+/// [--dns H]... [--days N] [--dir D]`.
+pub fn tls(args: &[String]) -> Result<(), ToolError> {
+    const USAGE: &str = "usage: kvs tls ca [--dir D] [--days N] | \
+                         kvs tls cert NAME [--ip A]... [--dns H]... [--days N] [--dir D]";
+    let Some((what, rest)) = args.split_first() else {
+        return Err(ToolError::Usage(USAGE.into()));
+    };
+    let (positional, opts) = parse(rest, &["dir", "days", "ip", "dns"])?;
+    let dir = PathBuf::from(option(&opts, "dir").unwrap_or("."));
+    let days = |default: u64| -> Result<u32, ToolError> {
+        match number(&opts, "days", default)? {
+            d @ 1..=36_500 => Ok(d as u32),
+            d => Err(ToolError::Usage(format!(
+                "--days {d}: give 1 to 36500 days"
+            ))),
+        }
+    };
+    let all = |name: &str| -> Vec<&str> {
+        opts.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let (cert, key) = match (what.as_str(), positional.as_slice()) {
+        ("ca", []) => {
+            if !all("ip").is_empty() || !all("dns").is_empty() {
+                return Err(ToolError::Usage("kvs tls ca takes no --ip or --dns".into()));
+            }
+            crate::certs::make_ca(&dir, days(1825)?).map_err(ToolError::Rejected)?
+        }
+        ("cert", [name]) => {
+            let ips = all("ip")
+                .into_iter()
+                .map(|a| {
+                    a.parse()
+                        .map_err(|_| ToolError::Usage(format!("--ip {a}: not an IP address")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let names = crate::certs::Names {
+                ips,
+                dns: all("dns").into_iter().map(String::from).collect(),
+            };
+            crate::certs::make_cert(&dir, name, &names, days(365)?).map_err(ToolError::Rejected)?
+        }
+        _ => return Err(ToolError::Usage(USAGE.into())),
+    };
+    let mut out = Output::stdout();
+    out.line(format_args!("wrote {}", cert.display()))?;
+    out.line(format_args!("wrote {} (mode 0600)", key.display()))?;
+    out.flush()?;
+    Ok(())
+}

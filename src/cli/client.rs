@@ -48,19 +48,96 @@ pub(super) struct Client {
     token: Option<String>,
 }
 
+/// Where the CA bundle is when `--cacert` is not given.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The TLS settings for an `https://` address.
+fn tls_config(inv: &Invocation) -> Result<ureq::tls::TlsConfig, CliError> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|e| CliError::Usage(format!("cannot read {path}: {e}")))
+    };
+    let ca = inv.cacert.as_deref().unwrap_or(SYSTEM_CA_BUNDLE);
+    let pem = read(ca).map_err(|e| match inv.cacert {
+        Some(_) => e,
+        None => CliError::Usage(format!(
+            "https needs the node's CA: give --cacert FILE or $KVS_CACERT ({SYSTEM_CA_BUNDLE} is not there)"
+        )),
+    })?;
+    let roots: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if roots.is_empty() {
+        return Err(CliError::Usage(format!("{ca}: no PEM certificate in it")));
+    }
+    let mut config = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::new_with_certs(&roots));
+    if let Some((cert, key)) = &inv.cert {
+        let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&read(cert)?)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if chain.is_empty() {
+            return Err(CliError::Usage(format!("{cert}: no PEM certificate in it")));
+        }
+        let key = PrivateKey::from_pem(&read(key)?)
+            .map_err(|e| CliError::Usage(format!("{key}: no PEM private key: {e}")))?;
+        check_pair(&chain, &key, cert)?;
+        config = config.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+    }
+    Ok(config.build())
+}
+
+/// A client certificate whose key does not match would abort the TLS
+/// client; rustls checks the pair first.
+fn check_pair(
+    chain: &[ureq::tls::Certificate<'static>],
+    key: &ureq::tls::PrivateKey<'static>,
+    cert_file: &str,
+) -> Result<(), CliError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = chain
+        .iter()
+        .map(|c| CertificateDer::from(c.der().to_vec()))
+        .collect();
+    let key = PrivateKeyDer::try_from(key.der().to_vec())
+        .map_err(|e| CliError::Usage(format!("--key: {e}")))?;
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .and_then(|b| {
+        b.with_root_certificates(rustls::RootCertStore::empty())
+            .with_client_auth_cert(certs, key)
+    })
+    .map(|_| ())
+    .map_err(|e| CliError::Usage(format!("--key does not go with {cert_file}: {e}")))
+}
+
 impl Client {
-    pub(super) fn new(inv: &Invocation) -> Client {
-        let agent = ureq::Agent::config_builder()
+    pub(super) fn new(inv: &Invocation) -> Result<Client, CliError> {
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
-            .user_agent(concat!("kvs-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
-        Client {
-            agent,
-            base: format!("http://{}", inv.addr),
-            token: inv.token.clone(),
+            .user_agent(concat!("kvs-cli/", env!("CARGO_PKG_VERSION")));
+        if inv.https {
+            config = config.tls_config(tls_config(inv)?);
         }
+        Ok(Client {
+            agent: config.build().into(),
+            base: format!(
+                "{}://{}",
+                if inv.https { "https" } else { "http" },
+                inv.addr
+            ),
+            token: inv.token.clone(),
+        })
     }
 
     /// One call. `timeout` None: no limit (a backup, a blocking query).

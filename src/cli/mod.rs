@@ -1,9 +1,10 @@
 //! The command-line client, in the same binary as the node:
 //! `kvs get|put|delete|ls|watch|members|backup|export|import`.
 //!
-//! It talks to one node over HTTP: `--addr HOST:PORT` or `$KVS_ADDR`
-//! (default 127.0.0.1:8080), with the bearer token from `--token` or
-//! `$KVS_TOKEN`. Exit status: 0 done; 1 not found, a failed condition or
+//! It talks to one node over HTTP or HTTPS: `--addr [https://]HOST:PORT`
+//! or `$KVS_ADDR` (default 127.0.0.1:8080), with the bearer token from
+//! `--token` or `$KVS_TOKEN`, the CA from `--cacert` or `$KVS_CACERT` and
+//! a client certificate from `--cert`/`--key` (or `$KVS_CERT`/`$KVS_KEY`). Exit status: 0 done; 1 not found, a failed condition or
 //! any other refusal by the node; 2 a usage error or no connection.
 //!
 //! This file parses the command line; `client` is the HTTP client (one
@@ -38,8 +39,14 @@ Client commands (talk to a running node):
   kvs import [FILE]                write JSON lines from FILE (or stdin)
                                    through POST /batch
 Client options:
-  --addr HOST:PORT   the node (default $KVS_ADDR, else 127.0.0.1:8080)
+  --addr [https://]HOST:PORT
+                     the node (default $KVS_ADDR, else 127.0.0.1:8080)
   --token TOKEN      a client token (default $KVS_TOKEN)
+  --cacert FILE      the CA that the node's certificate is checked against
+                     (default $KVS_CACERT, else the system's CA bundle)
+  --cert FILE --key FILE
+                     a client certificate for mutual TLS (default
+                     $KVS_CERT and $KVS_KEY)
 Exit status: 0 done, 1 not found / failed condition / refused, 2 usage or
 connection error.
 ";
@@ -97,6 +104,10 @@ impl CliError {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Invocation {
     pub addr: String,
+    /// `--addr https://...`: TLS, with these files.
+    pub https: bool,
+    pub cacert: Option<String>,
+    pub cert: Option<(String, String)>,
     pub token: Option<String>,
     pub command: Command,
 }
@@ -145,6 +156,9 @@ fn usage(m: String) -> CliError {
 struct Options {
     addr: Option<String>,
     token: Option<String>,
+    cacert: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
     recurse: bool,
     if_match: Option<String>,
     ttl: Option<String>,
@@ -164,15 +178,38 @@ pub fn parse(
         .take()
         .or_else(|| env("KVS_ADDR").filter(|a| !a.is_empty()))
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    if addr.contains('/') || addr.is_empty() {
-        return Err(usage(format!("--addr {addr:?}: give HOST:PORT")));
+    let (https, host_port) = match addr.split_once("://") {
+        Some(("https", rest)) => (true, rest),
+        Some(("http", rest)) => (false, rest),
+        Some(_) => return Err(usage(format!("--addr {addr:?}: use http:// or https://"))),
+        None => (false, addr.as_str()),
+    };
+    let host_port = host_port.strip_suffix('/').unwrap_or(host_port);
+    if host_port.contains('/') || host_port.is_empty() {
+        return Err(usage(format!(
+            "--addr {addr:?}: give HOST:PORT or https://HOST:PORT"
+        )));
     }
     let token = o
         .token
         .take()
         .or_else(|| env("KVS_TOKEN").filter(|t| !t.is_empty()));
+    let from_env =
+        |given: Option<String>, name: &str| given.or_else(|| env(name).filter(|v| !v.is_empty()));
+    let cacert = from_env(o.cacert.take(), "KVS_CACERT");
+    let cert = match (
+        from_env(o.cert.take(), "KVS_CERT"),
+        from_env(o.key.take(), "KVS_KEY"),
+    ) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err(usage("--cert and --key go together".into())),
+    };
     Ok(Invocation {
-        addr,
+        addr: host_port.to_string(),
+        https,
+        cacert,
+        cert,
         token,
         command: command(name, o)?,
     })
@@ -183,7 +220,9 @@ fn options(name: &str, args: &[String]) -> Result<Options, CliError> {
     let takes = |option: &str| -> bool {
         matches!(
             (name, option),
-            (_, "addr" | "token") | ("put", "if-match" | "ttl") | ("watch", "wait")
+            (_, "addr" | "token" | "cacert" | "cert" | "key")
+                | ("put", "if-match" | "ttl")
+                | ("watch", "wait")
         )
     };
     let mut o = Options::default();
@@ -222,6 +261,9 @@ fn options(name: &str, args: &[String]) -> Result<Options, CliError> {
         match opt {
             "addr" => o.addr = Some(value),
             "token" => o.token = Some(value),
+            "cacert" => o.cacert = Some(value),
+            "cert" => o.cert = Some(value),
+            "key" => o.key = Some(value),
             "if-match" => o.if_match = Some(value),
             "ttl" => {
                 crate::clock::parse_ttl_ms(&value).map_err(|e| usage(format!("--ttl: {e}")))?;
@@ -310,7 +352,7 @@ fn command(name: &str, o: Options) -> Result<Command, CliError> {
 /// Runs a client command; `args` starts with its name.
 pub fn main(args: &[String]) -> ExitCode {
     let result = parse(args, |name| std::env::var(name).ok())
-        .and_then(|inv| Client::new(&inv).run(inv.command));
+        .and_then(|inv| Client::new(&inv)?.run(inv.command));
     match result {
         Ok(()) | Err(CliError::Closed) => ExitCode::SUCCESS,
         Err(e) => {
@@ -408,6 +450,19 @@ mod tests {
         let inv = parse(&args("members --token other --addr h:1"), env).unwrap();
         assert_eq!(inv.addr, "h:1");
         assert_eq!(inv.token.as_deref(), Some("other"));
+        let tls_env = |name: &str| match name {
+            "KVS_ADDR" => Some("https://node2:8443/".to_string()),
+            "KVS_CACERT" => Some("/etc/kvs/ca.pem".to_string()),
+            _ => None,
+        };
+        let inv = parse(&args("members --cert n.pem --key n-key.pem"), tls_env).unwrap();
+        assert!(inv.https);
+        assert_eq!(inv.addr, "node2:8443");
+        assert_eq!(inv.cacert.as_deref(), Some("/etc/kvs/ca.pem"));
+        assert_eq!(inv.cert, Some(("n.pem".into(), "n-key.pem".into())));
+        let inv = parse(&args("members --addr http://h:2 --cacert x.pem"), tls_env).unwrap();
+        assert!(!inv.https);
+        assert_eq!(inv.cacert.as_deref(), Some("x.pem"));
     }
 
     #[test]
@@ -423,7 +478,9 @@ mod tests {
             "put k v --ttl soon",
             "put k v --ttl -1",
             "get k --addr",
-            "get k --addr http://h:1/",
+            "get k --addr http://h:1/x",
+            "get k --addr ftp://h:1",
+            "get k --addr https://h:1 --cert c.pem",
             "frobnicate",
         ] {
             let e = parse(&args(bad), no_env).unwrap_err();

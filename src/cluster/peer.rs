@@ -6,7 +6,7 @@
 //! reply) comes back as a [`ClusterError`] that callers log and move past.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -40,25 +40,50 @@ pub struct Traffic {
 /// The HTTP client for all peer calls.
 #[derive(Clone)]
 pub struct PeerClient {
-    agent: Agent,
+    /// Replaced whole when the TLS files are reloaded.
+    agent: Arc<RwLock<Agent>>,
     secret: Arc<str>,
+    /// `http`, or `https` when the node speaks TLS.
+    scheme: &'static str,
+}
+
+fn agent(tls: Option<ureq::tls::TlsConfig>) -> Agent {
+    let mut config = Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_global(Some(NORMAL))
+        .max_idle_age(MAX_IDLE_AGE)
+        .max_idle_connections_per_host(4)
+        .user_agent(concat!("kvs/", env!("CARGO_PKG_VERSION")));
+    if let Some(tls) = tls {
+        config = config.tls_config(tls);
+    }
+    config.build().into()
 }
 
 impl PeerClient {
+    #[cfg(test)]
     pub fn new(cluster_secret: &str) -> PeerClient {
-        let agent: Agent = Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_global(Some(NORMAL))
-            .max_idle_age(MAX_IDLE_AGE)
-            .max_idle_connections_per_host(4)
-            .user_agent(concat!("kvs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        Self::with_tls(cluster_secret, None)
+    }
+
+    /// Dials peers with `https`, checking their certificates (and
+    /// presenting this node's) as `tls` says.
+    pub fn with_tls(cluster_secret: &str, tls: Option<ureq::tls::TlsConfig>) -> PeerClient {
         PeerClient {
-            agent,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            agent: Arc::new(RwLock::new(agent(tls))),
             secret: Arc::from(cluster_secret),
         }
+    }
+
+    /// New TLS files (SIGHUP): later calls use them.
+    pub fn set_tls(&self, tls: ureq::tls::TlsConfig) {
+        *self.agent.write().unwrap_or_else(|e| e.into_inner()) = agent(Some(tls));
+    }
+
+    fn agent(&self) -> Agent {
+        self.agent.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// POSTs a JSON body and reads a JSON reply.
@@ -83,10 +108,10 @@ impl PeerClient {
         timeout: Duration,
         traffic: Option<&Traffic>,
     ) -> Result<R, ClusterError> {
-        let url = format!("http://{address}{path}");
+        let url = format!("{}://{address}{path}", self.scheme);
         let sent = body.len() as u64;
         let result = self
-            .agent
+            .agent()
             .post(&url)
             .config()
             .timeout_global(Some(timeout))
@@ -105,9 +130,9 @@ impl PeerClient {
         timeout: Duration,
         traffic: Option<&Traffic>,
     ) -> Result<R, ClusterError> {
-        let url = format!("http://{address}{path_and_query}");
+        let url = format!("{}://{address}{path_and_query}", self.scheme);
         let result = self
-            .agent
+            .agent()
             .get(&url)
             .config()
             .timeout_global(Some(timeout))

@@ -11,6 +11,8 @@ pub enum ApiError {
     BadRequest(String),
     /// 401: credentials missing or wrong.
     Unauthorized,
+    /// 401: an internal call without a client certificate from the CA.
+    CertificateRequired,
     /// 403: client writes are refused in read-only mode.
     ReadOnly,
     /// 403: the token may not do this (its scope, `client_tokens`).
@@ -47,7 +49,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
-            ApiError::Unauthorized => 401,
+            ApiError::Unauthorized | ApiError::CertificateRequired => 401,
             ApiError::ReadOnly | ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
@@ -73,6 +75,7 @@ impl ApiError {
             | ApiError::Busy(m)
             | ApiError::Internal(m) => m.clone(),
             ApiError::Unauthorized => "missing or wrong credentials".into(),
+            ApiError::CertificateRequired => "client certificate required".into(),
             ApiError::ReadOnly => "this node is read-only: client writes are refused".into(),
             ApiError::Forbidden(what) => what.clone(),
             ApiError::MethodNotAllowed(allow) => {

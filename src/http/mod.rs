@@ -101,12 +101,12 @@ pub fn start(node: Arc<Node>, listener: TcpListener) -> std::io::Result<HttpServ
         budget_wait: BODY_BUDGET_WAIT,
         default_body_limit: SMALL_BODY_BYTES,
         drain_limit: DRAIN_LIMIT_BYTES,
-        admission: Some(Arc::new(move |method, url, headers| {
-            match admit_node.upgrade() {
-                Some(node) => admit(&node, method, url, headers),
+        admission: Some(Arc::new(
+            move |method, url, headers, certified| match admit_node.upgrade() {
+                Some(node) => admit(&node, method, url, headers, certified),
                 None => Err(refusal(&ApiError::Stopping)),
-            }
-        })),
+            },
+        )),
         // The gate is passed before the node is taken: once it is closed,
         // no request holds the node.
         handler: Some(Arc::new(move |rq: Request| {
@@ -120,6 +120,7 @@ pub fn start(node: Arc<Node>, listener: TcpListener) -> std::io::Result<HttpServ
             }
             gate::leave();
         })),
+        upgrade: node.tls.as_ref().map(|tls| tls.upgrade()),
     };
     let server = Server::from_listener_with_limits(listener, None, limits)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -231,14 +232,20 @@ fn endpoint(node: &Node, method: &Method, target: &Target<'_>) -> (Route, Creden
 /// Decides from a request's head alone, before its body is read: the
 /// credentials the endpoint takes (a refused request's body is never
 /// read) and the largest body it accepts.
-fn admit(node: &Node, method: &Method, url: &str, headers: &[Header]) -> Result<usize, Refusal> {
+fn admit(
+    node: &Node,
+    method: &Method,
+    url: &str,
+    headers: &[Header],
+    certified: bool,
+) -> Result<usize, Refusal> {
     let (route, credentials, limit) = endpoint(node, method, &Target::parse(url));
     let allowed = match credentials {
         Credentials::Open => Ok(()),
         Credentials::Client => authenticate(node, headers).map(|_| ()),
-        Credentials::Cluster => check_secret(node, headers),
+        Credentials::Cluster => check_secret(node, headers, certified),
         Credentials::ClientOrCluster => {
-            if cluster_auth_ok(node, headers) {
+            if peer_certified(node, certified) && cluster_auth_ok(node, headers) {
                 Ok(())
             } else {
                 authenticate(node, headers).map(|_| ())
@@ -252,7 +259,11 @@ fn admit(node: &Node, method: &Method, url: &str, headers: &[Header]) -> Result<
     Err(refusal(&e))
 }
 
-fn check_secret(node: &Node, headers: &[Header]) -> Result<(), ApiError> {
+fn check_secret(node: &Node, headers: &[Header], certified: bool) -> Result<(), ApiError> {
+    if !peer_certified(node, certified) {
+        node.metrics.auth_failed(Failure::ClientCertificate);
+        return Err(ApiError::CertificateRequired);
+    }
     if cluster_auth_ok(node, headers) {
         Ok(())
     } else {
@@ -483,7 +494,17 @@ pub fn require_admin(node: &Node, access: &Access, endpoint: &str) -> Result<(),
 
 /// Checks the cluster secret on internal endpoints when one is configured.
 pub fn check_cluster_auth(node: &Node, rq: &Request) -> Result<(), ApiError> {
-    check_secret(node, rq.headers())
+    check_secret(node, rq.headers(), rq.client_certified())
+}
+
+/// With `tls_client_auth` peers or all, an internal call must come on a
+/// connection that presented a certificate from the CA.
+fn peer_certified(node: &Node, certified: bool) -> bool {
+    certified
+        || node
+            .tls
+            .as_ref()
+            .is_none_or(|t| t.files.client_auth == crate::tls::ClientAuth::None)
 }
 
 fn cluster_auth_ok(node: &Node, headers: &[Header]) -> bool {

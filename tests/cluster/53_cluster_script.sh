@@ -26,4 +26,19 @@ cs stop > /dev/null
 for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && fail "pid $p still running after stop"; done
 rc=0; cs status > /dev/null || rc=$?
 expect_eq "$rc" 3 "status after stop"
+
+step "--tls: three nodes over HTTPS with a fresh CA"
+export KVS_CLUSTER_DIR=$WORK/cltls
+out=$(cs start 3 --tls)
+mapfile -t urls < <(echo "$out" | grep -o 'https://127.0.0.1:[0-9]*' | head -n 3)
+expect_eq "${#urls[@]}" 3 "https addresses printed"
+ca=$KVS_CLUSTER_DIR/tls/ca.pem
+[ -f "$ca" ] || fail "no CA in $KVS_CLUSTER_DIR/tls"
+tls_members() { curl -s --max-time 2 --cacert "$ca" "$1/health" | grep -q '"member_count":3'; }
+for u in "${urls[@]}"; do wait_until 15 "$u sees 3 members" tls_members "$u"; done
+curl -sf --cacert "$ca" -X PUT --data-binary '"tls"' "${urls[0]}/kv/greeting" > /dev/null || fail "https write failed"
+tls_reads() { [ "$(curl -s --cacert "$ca" "$1/kv/greeting")" = '"tls"' ]; }
+wait_until 5 "replicated over TLS to node3" tls_reads "${urls[2]}"
+cs status | grep -c '"status":"ok"' | grep -q '^3$' || fail "status: $(cs status)"
+cs stop > /dev/null
 pass

@@ -61,6 +61,9 @@ pub struct ClientConnection {
     // true if the connection goes through SSL
     secure: bool,
 
+    // kvs patch: the client presented a verified certificate
+    client_certified: bool,
+
     limits: ConnectionLimits,
     budget: Arc<BodyBudget>,
     slot: Slot,
@@ -130,14 +133,15 @@ impl ClientConnection {
         limits: ConnectionLimits,
         budget: Arc<BodyBudget>,
         slot: Slot,
+        client_certified: bool,
     ) -> ClientConnection {
         // kvs patch: a client that already went away has no address; that
         // is not a reason to panic
         let remote_addr = read_socket.peer_addr().ok().flatten();
         let secure = read_socket.secure();
         let (read_deadline, write_deadline) = deadlines;
-        // a new connection must send its first request head in time
-        read_deadline.set_in(limits.head_timeout);
+        // a new connection must send its first request head in time: the
+        // deadline was set at the accept (an upgrade's handshake counts)
 
         ClientConnection {
             source: BufReader::with_capacity(8 * 1024, read_socket),
@@ -148,6 +152,7 @@ impl ClientConnection {
             no_more_requests: false,
             first_request: true,
             secure,
+            client_certified,
             limits,
             budget,
             slot,
@@ -281,7 +286,9 @@ impl ClientConnection {
         self.slot.busy();
         let framing = framing(&headers, &version)?;
         let max_body = match &self.limits.admission {
-            Some(admit) => admit(&method, &path, &headers).map_err(Failure::Refused)?,
+            Some(admit) => {
+                admit(&method, &path, &headers, self.client_certified).map_err(Failure::Refused)?
+            }
             None => self.limits.default_body_limit,
         };
         if let Some(Framing::Length(n)) = framing {
@@ -334,6 +341,7 @@ impl ClientConnection {
             writer,
             reservation,
         );
+        request.client_certified = self.client_certified;
         request.response_deadline = Some(self.write_deadline.clone());
         Ok(request)
     }

@@ -23,9 +23,29 @@ pub struct Refusal {
     pub body: Vec<u8>,
 }
 
-/// Decides from a request's method, target and headers whether its body
+/// Decides from a request's method, target and headers, and whether its
+/// connection presented a verified client certificate, whether its body
 /// may be read, and up to how many bytes.
-pub type Admission = Arc<dyn Fn(&Method, &str, &[Header]) -> Result<usize, Refusal> + Send + Sync>;
+pub type Admission =
+    Arc<dyn Fn(&Method, &str, &[Header], bool) -> Result<usize, Refusal> + Send + Sync>;
+
+/// kvs patch: what an upgrade made of an accepted connection.
+pub struct Upgraded {
+    /// The stream the connection's requests are read from and answered on.
+    pub stream: Arc<dyn crate::util::refined_tcp_stream::SharedStream>,
+    /// The client presented a certificate that was verified.
+    pub client_certified: bool,
+}
+
+/// kvs patch: turns an accepted connection into the stream its requests
+/// are read from (a TLS handshake), on the connection's own thread before
+/// its first request, by the given deadline (the first request head's);
+/// an error closes the connection.
+pub type Upgrade = Arc<
+    dyn Fn(crate::util::refined_tcp_stream::RawSocket, Instant) -> Result<Upgraded, String>
+        + Send
+        + Sync,
+>;
 
 /// Answers a request on the thread of its connection (it may also hand
 /// the request to another thread, which answers it later); the connection
@@ -76,6 +96,9 @@ pub struct ConnectionLimits {
     /// request, call this, wait for the answer, read the next. None: the
     /// requests are queued for `Server::recv`.
     pub handler: Option<Handler>,
+    /// kvs patch: upgrades each accepted connection (TLS) before its first
+    /// request; None: plain HTTP.
+    pub upgrade: Option<Upgrade>,
 }
 
 impl fmt::Debug for ConnectionLimits {
@@ -108,6 +131,7 @@ impl Default for ConnectionLimits {
             drain_limit: 64 * 1024,
             admission: None,
             handler: None,
+            upgrade: None,
         }
     }
 }

@@ -111,7 +111,8 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
-pub use guard::{Admission, ConnectionLimits, Handler, Refusal};
+pub use guard::{Admission, ConnectionLimits, Handler, Refusal, Upgrade, Upgraded};
+pub use util::refined_tcp_stream::{RawSocket, SharedStream};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
@@ -274,21 +275,12 @@ impl Server {
         type SslContext = ();
         #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
         type SslContext = crate::ssl::SslContextImpl;
-        let ssl: Option<SslContext> = {
-            match ssl_config {
-                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                Some(config) => Some(SslContext::from_pem(
-                    config.certificate,
-                    Zeroizing::new(config.private_key),
-                )?),
-                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                Some(_) => return Err(
-                    "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
-                        .into(),
-                ),
-                None => None,
-            }
-        };
+        // kvs patch: the crate's own TLS (a handshake on the accept loop, one
+        // lock over the stream) is not used; TLS comes through
+        // `ConnectionLimits::upgrade`, on each connection's thread
+        if ssl_config.is_some() {
+            return Err("TLS goes through ConnectionLimits::upgrade".into());
+        }
 
         // creating a task where server.accept() is continuously called
         // and ClientConnection objects are pushed in the messages queue
@@ -315,66 +307,87 @@ impl Server {
                 }
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
-                        use util::refined_tcp_stream::Deadline;
-                        use util::RefinedTcpStream;
+                        use util::refined_tcp_stream::{Closer, Deadline};
                         let read_deadline = Deadline::new(Duration::ZERO);
                         let write_deadline = Deadline::new(limits.response_timeout);
-                        let halves = (
-                            (read_deadline.clone(), limits.idle_timeout),
-                            (write_deadline.clone(), limits.response_timeout),
-                        );
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock, halves.0, halves.1),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock, halves.0, halves.1)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-                        let slot = slots.take(read_closable.closer());
-
-                        Ok(ClientConnection::new(
-                            write_closable,
-                            read_closable,
-                            (read_deadline, write_deadline),
-                            limits.clone(),
-                            budget.clone(),
-                            slot,
-                        ))
+                        // kvs patch: the first request head (and an upgrade's
+                        // handshake before it) is due this long after the accept
+                        read_deadline.set_in(limits.head_timeout);
+                        let sock = Arc::new(sock);
+                        let slot = slots.take(Closer::of(&sock));
+                        Ok((sock, read_deadline, write_deadline, slot))
                     }
                     Err(e) => Err(e),
                 };
 
                 match new_client {
-                    Ok(client) => {
+                    Ok((sock, read_deadline, write_deadline, slot)) => {
                         let messages = inside_messages.clone();
-                        let handler = limits.handler.clone();
-                        let mut client = Some(client);
+                        let mut accepted = Some((
+                            sock,
+                            read_deadline,
+                            write_deadline,
+                            slot,
+                            limits.clone(),
+                            budget.clone(),
+                        ));
                         let spawned = tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // kvs patch: every connection, not only HTTPS, waits
-                                // for a response before it reads the next request, so
-                                // responses of one connection never wait on each
-                                // other across threads. With a handler, the request
-                                // is served right here, without a queue in between.
-                                let (sender, receiver) = mpsc::channel();
-                                for rq in client {
-                                    let rq = rq.with_notify_sender(sender.clone());
-                                    match &handler {
-                                        Some(handler) => handler(rq),
-                                        None => messages.push(rq.into()),
+                            let Some((sock, read_deadline, write_deadline, slot, limits, budget)) =
+                                accepted.take()
+                            else {
+                                return;
+                            };
+                            // kvs patch: an upgrade (TLS handshake) runs here, on the
+                            // connection's thread, never on the accept loop; the
+                            // slot may be taken back while it waits for the client
+                            let (stream, certified) = match &limits.upgrade {
+                                None => (util::refined_tcp_stream::Stream::Http(sock), false),
+                                Some(upgrade) => {
+                                    slot.waiting();
+                                    let due = std::time::Instant::now() + limits.head_timeout;
+                                    match upgrade(RawSocket(sock.clone()), due) {
+                                        Ok(up) => (
+                                            util::refined_tcp_stream::Stream::Wrapped(sock, up.stream),
+                                            up.client_certified,
+                                        ),
+                                        Err(e) => {
+                                            log::debug!("connection not upgraded: {}", e);
+                                            sock.shutdown(std::net::Shutdown::Both).ok();
+                                            return;
+                                        }
                                     }
-                                    if receiver.recv().is_err() {
-                                        break;
-                                    }
+                                }
+                            };
+                            let halves = (
+                                (read_deadline.clone(), limits.idle_timeout),
+                                (write_deadline.clone(), limits.response_timeout),
+                            );
+                            let (read_closable, write_closable) =
+                                util::RefinedTcpStream::new(stream, halves.0, halves.1);
+                            let handler = limits.handler.clone();
+                            let client = ClientConnection::new(
+                                write_closable,
+                                read_closable,
+                                (read_deadline, write_deadline),
+                                limits,
+                                budget,
+                                slot,
+                                certified,
+                            );
+                            // kvs patch: every connection, not only HTTPS, waits
+                            // for a response before it reads the next request, so
+                            // responses of one connection never wait on each
+                            // other across threads. With a handler, the request
+                            // is served right here, without a queue in between.
+                            let (sender, receiver) = mpsc::channel();
+                            for rq in client {
+                                let rq = rq.with_notify_sender(sender.clone());
+                                match &handler {
+                                    Some(handler) => handler(rq),
+                                    None => messages.push(rq.into()),
+                                }
+                                if receiver.recv().is_err() {
+                                    break;
                                 }
                             }
                         }));

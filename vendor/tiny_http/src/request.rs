@@ -58,6 +58,9 @@ pub struct Request {
     // true if HTTPS, false if HTTP
     secure: bool,
 
+    // kvs patch: the connection presented a verified client certificate
+    pub(crate) client_certified: bool,
+
     method: Method,
 
     path: String,
@@ -131,6 +134,7 @@ where
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
         secure,
+        client_certified: false,
         method,
         path,
         http_version: version,
@@ -156,6 +160,13 @@ impl Request {
     #[inline]
     pub fn secure(&self) -> bool {
         self.secure
+    }
+
+    /// kvs patch: true if the connection presented a client certificate
+    /// that the upgrade verified.
+    #[inline]
+    pub fn client_certified(&self) -> bool {
+        self.client_certified
     }
 
     /// Returns the method requested by the client (eg. `GET`, `POST`, etc.).

@@ -9,9 +9,62 @@ use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use crate::ssl::SslStream;
 
+/// kvs patch: a stream over an accepted socket that both halves of a
+/// connection use through a shared reference (a TLS session). Reads and
+/// writes of one connection never overlap (one request at a time is read,
+/// then answered), but they may come from different threads. Timeouts
+/// and shutdown act on the socket underneath.
+pub trait SharedStream: Send + Sync {
+    fn read(&self, buf: &mut [u8]) -> IoResult<usize>;
+    fn write(&self, buf: &[u8]) -> IoResult<usize>;
+    fn flush(&self) -> IoResult<()>;
+}
+
+/// kvs patch: an accepted socket, as an upgrade (`ConnectionLimits::upgrade`)
+/// reads and writes it.
+#[derive(Clone)]
+pub struct RawSocket(pub(crate) Arc<Connection>);
+
+impl RawSocket {
+    /// Reads without taking the bytes (the first bytes tell TLS from HTTP).
+    pub fn peek(&self, buf: &mut [u8]) -> IoResult<usize> {
+        match &*self.0 {
+            Connection::Tcp(s) => s.peek(buf),
+            #[cfg(unix)]
+            Connection::Unix(_) => Err(IoError::new(ErrorKind::Unsupported, "peek on a Unix socket")),
+        }
+    }
+
+    pub fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> IoResult<()> {
+        self.0.set_timeouts(read, write)
+    }
+
+    pub fn shutdown(&self) {
+        self.0.shutdown(Shutdown::Both).ok();
+    }
+}
+
+impl Read for &RawSocket {
+    fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for &RawSocket {
+    fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn flush(&mut self) -> IoResult<()> {
+        Ok(())
+    }
+}
+
 pub(crate) enum Stream {
     // kvs patch: shared, not cloned: one file descriptor per connection
     Http(Arc<Connection>),
+    // kvs patch: the socket and the stream an upgrade made of it
+    Wrapped(Arc<Connection>, Arc<dyn SharedStream>),
     #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
     Https(SslStream),
 }
@@ -20,6 +73,7 @@ impl Clone for Stream {
     fn clone(&self) -> Self {
         match self {
             Stream::Http(tcp_stream) => Stream::Http(tcp_stream.clone()),
+            Stream::Wrapped(raw, s) => Stream::Wrapped(raw.clone(), s.clone()),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
         }
@@ -36,6 +90,7 @@ impl Stream {
     fn secure(&self) -> bool {
         match self {
             Stream::Http(_) => false,
+            Stream::Wrapped(..) => true,
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(_) => true,
         }
@@ -43,7 +98,7 @@ impl Stream {
 
     fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         match self {
-            Stream::Http(tcp_stream) => match **tcp_stream {
+            Stream::Http(tcp_stream) | Stream::Wrapped(tcp_stream, _) => match **tcp_stream {
                 Connection::Tcp(ref s) => s.peer_addr().map(Some),
                 #[cfg(unix)]
                 Connection::Unix(_) => Ok(None),
@@ -55,7 +110,7 @@ impl Stream {
 
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
         match self {
-            Stream::Http(tcp_stream) => tcp_stream.shutdown(how),
+            Stream::Http(tcp_stream) | Stream::Wrapped(tcp_stream, _) => tcp_stream.shutdown(how),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(ssl_stream) => ssl_stream.shutdown(how),
         }
@@ -63,7 +118,7 @@ impl Stream {
 
     fn set_timeout(&self, half: Half, t: Duration) -> IoResult<()> {
         match self {
-            Stream::Http(tcp_stream) => match half {
+            Stream::Http(tcp_stream) | Stream::Wrapped(tcp_stream, _) => match half {
                 Half::Read => tcp_stream.set_read_timeout(Some(t)),
                 Half::Write => tcp_stream.set_write_timeout(Some(t)),
             },
@@ -77,6 +132,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
         match self {
             Stream::Http(tcp_stream) => (&**tcp_stream).read(buf),
+            Stream::Wrapped(_, s) => s.read(buf),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(ssl_stream) => ssl_stream.read(buf),
         }
@@ -87,6 +143,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         match self {
             Stream::Http(tcp_stream) => (&**tcp_stream).write(buf),
+            Stream::Wrapped(_, s) => s.write(buf),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(ssl_stream) => ssl_stream.write(buf),
         }
@@ -95,6 +152,7 @@ impl Write for Stream {
     fn flush(&mut self) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => (&**tcp_stream).flush(),
+            Stream::Wrapped(_, s) => s.flush(),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
             Stream::Https(ssl_stream) => ssl_stream.flush(),
         }
@@ -186,6 +244,10 @@ enum Half {
 pub(crate) struct Closer(Stream);
 
 impl Closer {
+    pub(crate) fn of(socket: &Arc<Connection>) -> Closer {
+        Closer(Stream::Http(socket.clone()))
+    }
+
     pub(crate) fn close(&self) {
         self.0.clone().shutdown(Shutdown::Both).ok();
     }
@@ -327,6 +389,17 @@ impl Write for RefinedTcpStream {
     }
 
     fn flush(&mut self) -> IoResult<()> {
-        self.stream.flush()
+        // kvs patch: a wrapped stream's flush writes (what TLS still
+        // holds), within the deadline like a write
+        loop {
+            let has_deadline = self.apply_deadline(Half::Write)?;
+            match self.stream.flush() {
+                Err(ref e) if has_deadline && timed_out(e) => continue,
+                Err(ref e) if timed_out(e) => {
+                    return Err(IoError::new(ErrorKind::TimedOut, "write timed out"))
+                }
+                other => return other,
+            }
+        }
     }
 }
