@@ -8,10 +8,13 @@
 # a 1-member etcd, and prints each kvs figure beside the peer's, as a ratio
 # (the peers are installed with apt-get when missing).
 #
-# Sections (default: all but scale): http membership replication antientropy
-# storage watch ops size
+# Sections (default: all but scale): http tls membership replication
+# antientropy storage watch ops size
 #   http          GET and durable PUT throughput and p50/p99 latency at
 #                 1, 16 and 64 connections (wrk), idle and peak RSS
+#   tls           GET at 16 and durable PUT at 64 connections over HTTPS and
+#                 plain HTTP in turn (two rounds), the node's CPU per request,
+#                 full TLS handshakes per second
 #   membership    time for 5 nodes to agree; kill -9 to "unhealthy" everywhere
 #   replication   lag p50/p99 on 3 nodes; PUT throughput while replicating vs
 #                 standalone; bootstrap time for 100 000 keys
@@ -45,7 +48,7 @@ SECS=${BENCH_SECONDS:-5}
 PEERS=0
 if [ "${1:-}" = --peers ]; then PEERS=1; shift; fi
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(http membership replication antientropy storage watch ops size)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(http tls membership replication antientropy storage watch ops size)
 want() { local s; for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 for tool in curl python3; do command -v "$tool" > /dev/null || { echo "bench.sh needs $tool" >&2; exit 1; }; done
@@ -274,6 +277,47 @@ LUA
     kill -TERM "$epid" 2> /dev/null || true; wait "$epid" 2> /dev/null || true
     cmd "etcd (1 member, data in a temp dir); wrk -c{1,64} -d${SECS}s POST /v3/kv/put (etcd-put.lua in scripts/bench.sh)"
   fi
+fi
+
+
+# ----------------------------------------------------------------- tls
+if want tls; then
+  echo "== tls: HTTPS vs plain HTTP, same data, alternating (${SECS}s each)" >&2
+  mkdir -p "$WORK/tls"
+  "$BIN" tls ca --dir "$WORK/tls" > /dev/null
+  "$BIN" tls cert node --dir "$WORK/tls" > /dev/null
+  "$BIN" load "$WORK/tp" --count 10000 --prefix load/ --size 200 > /dev/null
+  cp -r "$WORK/tp" "$WORK/ts"
+  node tp
+  node ts --tls-cert-file "$WORK/tls/node.pem" --tls-key-file "$WORK/tls/node-key.pem"
+  up tp
+  d=$((SECONDS + 60)); until curl -sf --max-time 1 --cacert "$WORK/tls/ca.pem" "https://127.0.0.1:${PORT[ts]}/health" > /dev/null; do
+    [ "$SECONDS" -lt "$d" ] || { echo "node ts did not start" >&2; exit 1; }; sleep 0.05; done
+  cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  for kind in get put; do
+    c=16; script=$WORK/get.lua; [ "$kind" = put ] && { c=64; script=$WORK/put.lua; }
+    for round in 1 2; do
+      t0=$(cpu_ticks "${PID[tp]}")
+      read -r prps _ pp99 perr < <(wrk_run "tls-plain-$kind$round" "$c" "$script" "http://127.0.0.1:${PORT[tp]}")
+      pcpu=$(( $(cpu_ticks "${PID[tp]}") - t0 ))
+      t0=$(cpu_ticks "${PID[ts]}")
+      read -r srps _ sp99 serr < <(wrk_run "tls-https-$kind$round" "$c" "$script" "https://127.0.0.1:${PORT[ts]}")
+      scpu=$(( $(cpu_ticks "${PID[ts]}") - t0 ))
+      per_req() { awk -v t="$1" -v r="$2" -v s="$SECS" 'BEGIN {printf "%.1f", t * 10000 / (r * s)}'; }
+      row "$(echo "$kind" | tr a-z A-Z) c=$c HTTPS vs plain, round $round" "$srps vs $prps req/s" \
+        "$(awk -v a="$srps" -v b="$prps" 'BEGIN {printf "%.2fx", a / b}'), p99 $sp99 vs $pp99 ms, node CPU $(per_req "$scpu" "$srps") vs $(per_req "$pcpu" "$prps") us/req, non-2xx $serr/$perr, target >= 0.80x"
+    done
+  done
+  cat > "$WORK/close.lua" << 'LUA'
+-- One request per connection: every request pays a full TLS handshake.
+function request() return wrk.format("GET", "/health", { ["Connection"] = "close" }) end
+LUA
+  read -r hrps _ hp99 _ < <(wrk_run tls-handshakes 16 "$WORK/close.lua" "https://127.0.0.1:${PORT[ts]}")
+  read -r crps _ _ _ < <(wrk_run tls-plain-close 16 "$WORK/close.lua" "http://127.0.0.1:${PORT[tp]}")
+  row "full TLS handshakes per second (new connection per request, c=16)" "$hrps /s" "p99 $hp99 ms; plain HTTP, new connection per request: $crps /s"
+  row "RSS after the TLS runs (VmHWM)" "$(( $(hwm_kb "${PID[ts]}") / 1024 )) MB" "plain node: $(( $(hwm_kb "${PID[tp]}") / 1024 )) MB"
+  stop tp; stop ts
+  cmd "kvs tls ca/cert; two nodes on copies of 10 000 loaded keys, one with tls_cert_file; wrk -c16 get.lua and -c64 put.lua against http:// and https:// in turn, twice; wrk -c16 close.lua (Connection: close) for handshakes"
 fi
 
 # ---------------------------------------------------------- membership

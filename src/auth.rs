@@ -9,6 +9,7 @@
 //! swapped whole on SIGHUP.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ring::digest::{digest, SHA256};
@@ -145,17 +146,23 @@ impl Access {
 #[derive(Debug)]
 pub struct Tokens {
     current: RwLock<Arc<Vec<Token>>>,
+    /// Whether `current` holds any token: an open node answers without
+    /// touching the lock (every request asks, from every thread).
+    any: AtomicBool,
 }
 
 impl Tokens {
     pub fn new(tokens: Vec<Token>) -> Tokens {
         Tokens {
+            any: AtomicBool::new(!tokens.is_empty()),
             current: RwLock::new(Arc::new(tokens)),
         }
     }
 
     pub fn replace(&self, tokens: Vec<Token>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tokens);
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        self.any.store(!tokens.is_empty(), Ordering::Release);
+        *current = Arc::new(tokens);
     }
 
     fn get(&self) -> Arc<Vec<Token>> {
@@ -167,6 +174,9 @@ impl Tokens {
 
     /// The access of a request whose `Authorization` header is `header`.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Access, Failure> {
+        if !self.any.load(Ordering::Acquire) {
+            return Ok(Access::Full);
+        }
         let tokens = self.get();
         if tokens.is_empty() {
             return Ok(Access::Full);

@@ -18,6 +18,9 @@ pub trait SharedStream: Send + Sync {
     fn read(&self, buf: &mut [u8]) -> IoResult<usize>;
     fn write(&self, buf: &[u8]) -> IoResult<usize>;
     fn flush(&self) -> IoResult<()>;
+    /// Ends the stream before the socket's write half is shut down (TLS
+    /// sends its close_notify alert).
+    fn close(&self) {}
 }
 
 /// kvs patch: an accepted socket, as an upgrade (`ConnectionLimits::upgrade`)
@@ -41,6 +44,17 @@ impl RawSocket {
 
     pub fn shutdown(&self) {
         self.0.shutdown(Shutdown::Both).ok();
+    }
+
+    /// Sends small writes at once (TLS writes a handshake flight, then
+    /// session tickets, then the answer: Nagle's algorithm would hold the
+    /// later ones for the peer's delayed acknowledgement).
+    pub fn set_nodelay(&self) -> IoResult<()> {
+        match &*self.0 {
+            Connection::Tcp(s) => s.set_nodelay(true),
+            #[cfg(unix)]
+            Connection::Unix(_) => Ok(()),
+        }
     }
 }
 
@@ -353,6 +367,10 @@ impl Drop for RefinedTcpStream {
         }
 
         if self.close_write {
+            // kvs patch: a wrapped stream ends first
+            if let Stream::Wrapped(_, s) = &self.stream {
+                s.close();
+            }
             self.stream.shutdown(Shutdown::Write).ok();
         }
     }
