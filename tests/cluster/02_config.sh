@@ -19,7 +19,8 @@ for key in node_id bind_address port data_dir seed_nodes read_only log_level gos
     gossip_interval_max sync_interval catchup_interval bootstrap_max_age_hours throttle_delay_ms \
     fetch_delay_ms failure_timeout removal_timeout antientropy_interval advertise_address \
     max_value_bytes http_threads max_connections header_timeout max_members scrub_interval \
-    map_size_mb client_tokens cluster_secret log_file log_format join_timeout; do
+    map_size_mb client_tokens cluster_secret log_file log_format join_timeout \
+    tls_cert_file tls_key_file tls_ca_file tls_client_auth; do
   grep -q "^#$key: " "$WORK/fresh/config.yaml" || fail "default config lacks $key"
 done
 stop_node fresh

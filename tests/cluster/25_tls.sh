@@ -140,6 +140,12 @@ kill -0 "$(pid_of e)" || fail "node e died under the handshake attacks"
 grep -qi "panic" "${NODE_LOG[e]}" && fail "a panic in e's log"
 stop_node e
 
+step "a certificate that does not name advertise_address is warned about"
+"$KVS_BIN" tls cert elsewhere --dir "$CA" --dns elsewhere.example > /dev/null
+start_node g --tls-cert-file "$CA/elsewhere.pem" --tls-key-file "$CA/elsewhere-key.pem"
+wait_until 10 "the warning" grep -q "does not name 127.0.0.1 (advertise_address)" "${NODE_LOG[g]}"
+stop_node g
+
 step "tls_client_auth all: a client without a certificate is refused at the handshake"
 start_node f --tls-cert-file "$CA/node-old.pem" --tls-key-file "$CA/node-old-key.pem" --tls-ca-file "$CA/ca.pem" --tls-client-auth all
 _f_up() { curl -s --max-time 2 --cert "$CA/node-old.pem" --key "$CA/node-old-key.pem" "$(url f /health)" | grep -q status; }
