@@ -102,6 +102,8 @@ config_keys! {
     scrub_interval: f64, value, "86400", "seconds between background checks of every stored version";
     map_size_mb: u64, value, "1024", "LMDB map size in MiB (507 when full)";
     client_tokens: Vec<serde_yaml::Value>, value, "[]", "bearer tokens for client endpoints: strings (full access) or scoped entries (see the README); empty = open; SIGHUP reloads them";
+    write_acks: serde_yaml::Value, value, "1", "nodes a write waits for before its 200 (this one included): a number, quorum or all; ?w= overrides";
+    write_ack_timeout: f64, value, "2", "seconds a write waits for write_acks nodes before a 504 (the write stays)";
     cluster_secret: String, text, "\"\"", "shared secret for internal endpoints; empty = open";
     tls_cert_file: String, text, "\"\"", "PEM certificate chain: with tls_key_file, the port speaks HTTPS only";
     tls_key_file: String, text, "\"\"", "PEM private key of tls_cert_file";
@@ -172,6 +174,10 @@ pub struct Config {
     /// Bearer tokens accepted on client endpoints, with their scopes;
     /// empty means open.
     pub client_tokens: Vec<crate::auth::Token>,
+    /// Nodes a client write waits for by default.
+    pub write_acks: crate::cluster::acks::Wanted,
+    /// How long a write waits for them.
+    pub write_ack_timeout: Duration,
     /// Shared secret for internal endpoints; empty means open.
     pub cluster_secret: String,
     /// TLS on the port and to peers; None: plain HTTP.
@@ -556,6 +562,13 @@ impl Config {
         let t = raw.timing()?;
         let m = raw.limits()?;
         let a = raw.access()?;
+        let write_acks = match given("write_acks", raw.write_acks.take())? {
+            serde_yaml::Value::Number(n) => crate::cluster::acks::Wanted::parse(&n.to_string()),
+            serde_yaml::Value::String(t) => crate::cluster::acks::Wanted::parse(&t),
+            other => Err(format!("not {other:?}")),
+        }
+        .map_err(|e| ConfigError(format!("write_acks: {e}")))?;
+        let write_ack_timeout = seconds("write_ack_timeout", raw.write_ack_timeout)?;
         if a.tls.as_ref().is_some_and(|t| t.ca.is_none()) && !n.seed_nodes.is_empty() {
             return err("tls_ca_file: must be set when TLS is on and the node has seed_nodes: peers' certificates are checked against it");
         }
@@ -590,6 +603,8 @@ impl Config {
             map_size_mb: m.map_size_mb,
             client_tokens: a.client_tokens,
             cluster_secret: a.cluster_secret,
+            write_acks,
+            write_ack_timeout,
             tls: a.tls,
         })
     }
@@ -634,6 +649,8 @@ impl Config {
             map_size_mb => "map_size_mb",
             client_tokens => "client_tokens",
             cluster_secret => "cluster_secret",
+            write_acks => "write_acks",
+            write_ack_timeout => "write_ack_timeout",
             tls => "tls_cert_file, tls_key_file, tls_ca_file, tls_client_auth",
         );
         out

@@ -107,6 +107,8 @@ macro_rules! counters {
             latency: Vec<Histogram>,
             pub replication_lag: Histogram,
             pub commit_duration: Histogram,
+            /// Writes with `?w=`: from the local commit to the answer.
+            pub ack_wait: Histogram,
             /// Damaged versions no peer could repair yet (a gauge).
             pub unrepaired: AtomicU64,
             /// Refused credentials, by `auth::Failure::ALL`.
@@ -123,6 +125,7 @@ macro_rules! counters {
                     latency: (0..ROUTES.len()).map(|_| Histogram::new()).collect(),
                     replication_lag: Histogram::new(),
                     commit_duration: Histogram::new(),
+                    ack_wait: Histogram::new(),
                     unrepaired: AtomicU64::new(0),
                     auth_failures: Default::default(),
                     $($field: AtomicU64::new(0),)*
@@ -169,6 +172,8 @@ counters! {
     antientropy_repaired: "kvs_antientropy_repaired_total", "Versions fetched or pushed by anti-entropy.";
     tombstones_purged: "kvs_tombstones_purged_total", "Tombstones purged after bootstrap_max_age_hours.";
     expired: "kvs_expired_total", "Values turned into tombstones at the end of their ttl.";
+    acks_too_few: "kvs_write_acks_unavailable_total", "Writes refused (503) because fewer members were healthy than they asked to wait for; nothing written.";
+    acks_timeout: "kvs_write_acks_timeout_total", "Writes answered 504: committed here, but not held by as many nodes as asked within write_ack_timeout.";
 }
 
 impl Default for Metrics {
@@ -265,6 +270,10 @@ impl Metrics {
         out.push_str("# TYPE kvs_replication_lag_seconds histogram\n");
         self.replication_lag
             .render(&mut out, "kvs_replication_lag_seconds", "");
+        out.push_str("# HELP kvs_write_ack_wait_seconds Writes with ?w= (or write_acks): from the local commit to the answer.\n");
+        out.push_str("# TYPE kvs_write_ack_wait_seconds histogram\n");
+        self.ack_wait
+            .render(&mut out, "kvs_write_ack_wait_seconds", "");
         let mut last = "";
         for (name, help, labels, value) in gauges {
             if *name != last {
@@ -318,9 +327,9 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.strip_suffix(" counter"))
             .collect();
-        // 24 counters of the list, the damaged versions, the requests and
+        // 26 counters of the list, the damaged versions, the requests and
         // the refused credentials.
-        assert_eq!(types.len(), 27, "{types:?}");
+        assert_eq!(types.len(), 29, "{types:?}");
         let mut unique = types.clone();
         unique.sort();
         unique.dedup();

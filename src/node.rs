@@ -128,6 +128,12 @@ impl Node {
                 (self.mode() == Mode::Syncing) as u8 as f64,
             ),
         ];
+        gauges.push((
+            "kvs_write_acks_waiting",
+            "Writes waiting for acknowledgements from peers (?w=).",
+            String::new(),
+            self.cluster.replicator.acks.waiting() as f64,
+        ));
         if let Some(tls) = &self.tls {
             gauges.push((
                 "kvs_tls_cert_expiry_timestamp_seconds",

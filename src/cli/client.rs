@@ -46,6 +46,8 @@ pub(super) struct Client {
     agent: ureq::Agent,
     pub(super) base: String,
     token: Option<String>,
+    /// `w=...` for writes, when asked.
+    pub(super) w: Option<String>,
 }
 
 /// Where the CA bundle is when `--cacert` is not given.
@@ -137,6 +139,7 @@ impl Client {
                 inv.addr
             ),
             token: inv.token.clone(),
+            w: inv.w.clone(),
         })
     }
 

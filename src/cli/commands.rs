@@ -74,6 +74,7 @@ impl Client {
         if let Some(ttl) = ttl {
             path.push_str(&format!("?ttl={ttl}"));
         }
+        self.add_w(&mut path);
         let mut headers = Vec::new();
         if let Some(tag) = &if_match {
             headers.push(("If-Match", tag.as_str()));
@@ -96,6 +97,7 @@ impl Client {
         if recurse {
             path.push_str("?recurse");
         }
+        self.add_w(&mut path);
         let answer = self.call("DELETE", &path, None, &[], Some(CALL_TIMEOUT))?;
         match answer.status {
             200 => Ok(output::print(format_args!("{}", answer.text()?))?),
@@ -215,7 +217,19 @@ impl Client {
 
     fn send_batch(&self, batch: &mut Batch, name: &str, before: u64) -> Result<u64, CliError> {
         let body = batch.take();
-        let answer = self.call("POST", "/batch", Some(&body.body), &[], Some(CALL_TIMEOUT))?;
+        let mut path = "/batch".to_string();
+        self.add_w(&mut path);
+        let answer = self.call("POST", &path, Some(&body.body), &[], Some(CALL_TIMEOUT))?;
+        if answer.status == 504 {
+            let (first, last) = body.lines;
+            return Err(match answer.refusal("POST /batch") {
+                CliError::Failed(m) => CliError::Failed(format!(
+                    "{name}: lines {first}–{last} were written on this node but not on as many \
+                     nodes as --w asked in time ({before} keys imported before them): {m}"
+                )),
+                other => other,
+            });
+        }
         if answer.status != 200 {
             let (first, last) = body.lines;
             return Err(match answer.refusal("POST /batch") {
@@ -227,6 +241,14 @@ impl Client {
             });
         }
         Ok(body.ops as u64)
+    }
+
+    /// Appends `w=...` to a write's path when `--w` was given.
+    fn add_w(&self, path: &mut String) {
+        if let Some(w) = &self.w {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str(&format!("w={w}"));
+        }
     }
 
     fn members(&self) -> Result<(), CliError> {

@@ -26,6 +26,8 @@ Client commands (talk to a running node):
                                    store VALUE (JSON; read from stdin when
                                    not given)
   kvs delete KEY [--recurse]       delete a key, or every key under a prefix
+                                   (put, delete and import take --w N|quorum|all:
+                                   wait until that many nodes hold the write)
   kvs ls [PREFIX]                  list keys, one per line
   kvs watch KEY|PREFIX/ [--wait SECONDS]
                                    print each change as a JSON line, until
@@ -109,6 +111,8 @@ pub struct Invocation {
     pub cacert: Option<String>,
     pub cert: Option<(String, String)>,
     pub token: Option<String>,
+    /// `--w N|quorum|all`: nodes a write waits for (put, delete, import).
+    pub w: Option<String>,
     pub command: Command,
 }
 
@@ -159,6 +163,7 @@ struct Options {
     cacert: Option<String>,
     cert: Option<String>,
     key: Option<String>,
+    w: Option<String>,
     recurse: bool,
     if_match: Option<String>,
     ttl: Option<String>,
@@ -205,7 +210,9 @@ pub fn parse(
         (None, None) => None,
         _ => return Err(usage("--cert and --key go together".into())),
     };
+    let w = o.w.take();
     Ok(Invocation {
+        w,
         addr: host_port.to_string(),
         https,
         cacert,
@@ -222,6 +229,7 @@ fn options(name: &str, args: &[String]) -> Result<Options, CliError> {
             (name, option),
             (_, "addr" | "token" | "cacert" | "cert" | "key")
                 | ("put", "if-match" | "ttl")
+                | ("put" | "delete" | "import", "w")
                 | ("watch", "wait")
         )
     };
@@ -262,6 +270,11 @@ fn options(name: &str, args: &[String]) -> Result<Options, CliError> {
             "addr" => o.addr = Some(value),
             "token" => o.token = Some(value),
             "cacert" => o.cacert = Some(value),
+            "w" => {
+                crate::cluster::acks::Wanted::parse(&value)
+                    .map_err(|e| usage(format!("--w: {e}")))?;
+                o.w = Some(value)
+            }
             "cert" => o.cert = Some(value),
             "key" => o.key = Some(value),
             "if-match" => o.if_match = Some(value),
@@ -480,6 +493,9 @@ mod tests {
             "get k --addr",
             "get k --addr http://h:1/x",
             "get k --addr ftp://h:1",
+            "put k 1 --w 0",
+            "put k 1 --w most",
+            "get k --w 2",
             "get k --addr https://h:1 --cert c.pem",
             "frobnicate",
         ] {

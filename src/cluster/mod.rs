@@ -25,6 +25,7 @@
 //! Locks are never held across a network call: callers take a snapshot
 //! (a list of peers, a page of versions), drop the lock, then talk.
 
+pub mod acks;
 pub mod antientropy;
 pub mod calls;
 pub mod conflict;

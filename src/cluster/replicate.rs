@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::acks::Acks;
 use super::wire::WireVersion;
 use super::{Members, Stopper};
 use crate::cluster::peer::{self, PeerClient};
@@ -213,6 +214,9 @@ pub struct Replicator {
     metrics: Arc<Metrics>,
     stopper: Arc<Stopper>,
     throttle: Duration,
+    /// Writes waiting for acknowledgements (`?w=`), told of every push
+    /// a peer answered.
+    pub acks: Arc<Acks>,
     this: Weak<Replicator>,
 }
 
@@ -239,6 +243,7 @@ impl Replicator {
             metrics,
             stopper,
             throttle,
+            acks: Acks::new(),
             this: this.clone(),
         })
     }
@@ -517,7 +522,7 @@ impl Replicator {
             (batch, resend)
         };
         let result = if !batch.is_empty() {
-            self.push_batch(&address, &batch).map(|()| None)
+            self.push_batch(&q.peer_id, &address, &batch).map(|()| None)
         } else if let Some((from, after_key)) = resend {
             self.resend_page(&address, q, from, after_key)
         } else {
@@ -550,7 +555,7 @@ impl Replicator {
     }
 
     /// Pushes one batch; on failure returns the timestamp to resend from.
-    fn push_batch(&self, address: &str, batch: &[Queued]) -> Result<(), u64> {
+    fn push_batch(&self, peer_id: &str, address: &str, batch: &[Queued]) -> Result<(), u64> {
         let oldest = batch
             .iter()
             .map(|b| b.version().stamp.timestamp)
@@ -562,6 +567,10 @@ impl Replicator {
             .collect();
         match self.send(address, versions) {
             Ok(()) => {
+                self.acks.acked(
+                    peer_id,
+                    batch.iter().map(|b| (b.key(), b.version().stamp.uuid)),
+                );
                 let now = Instant::now();
                 for b in batch {
                     self.metrics
@@ -628,6 +637,12 @@ impl Replicator {
                 .filter_map(|(k, v)| WireVersion::from_version(k, v))
                 .collect();
             self.send(address, versions).map_err(|_| from)?;
+            self.acks.acked(
+                &q.peer_id,
+                page.versions
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.stamp.uuid)),
+            );
         }
         if page.next.is_none() {
             log::info!("resend to {} done", q.peer_id);

@@ -1,6 +1,7 @@
 //! The client API: `/kv/{key}` (GET, HEAD, PUT, DELETE, prefix listing),
 //! `/health`, `/members/` and `/metrics`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use super::{
     allow, check_client_auth, forbidden, header_value, require_admin, send, ApiError, Reply, Target,
 };
 use crate::auth::Access;
+use crate::cluster::acks::{self, Wanted};
 use crate::cluster::Mode;
 use crate::metrics::{Metrics, Route};
 use crate::node::Node;
@@ -91,14 +93,22 @@ pub fn kv(node: &Node, mut rq: Request, raw: &str, target: &Target<'_>, started:
         Method::Get | Method::Head => {
             return answer_read(node, rq, raw, target, route, started, &access)
         }
-        Method::Delete if target.has("recurse") => delete_recurse(node, raw, &access),
+        Method::Delete if target.has("recurse") => delete_recurse(node, raw, target, &access),
         Method::Put | Method::Delete => {
             let prepared = ttl_of(target, method == Method::Put).and_then(|ttl| {
-                prepare_write(node, &mut rq, raw, method == Method::Put, &access).map(|p| (p, ttl))
+                prepare_write(node, &mut rq, raw, method == Method::Put, &access)
+                    .and_then(|p| ack_wait(node, target).map(|w| (p, ttl, w)))
             });
             match prepared {
-                Ok(((key, data, cond), ttl_ms)) => {
-                    return submit_write(node, rq, key, data, ttl_ms, cond, route, started)
+                Ok(((key, data, cond), ttl_ms, wait)) => {
+                    let write = ClientWrite {
+                        key,
+                        data,
+                        ttl_ms,
+                        condition: cond,
+                        wait,
+                    };
+                    return submit_write(node, rq, write, route, started);
                 }
                 Err(e) => Err(e),
             }
@@ -412,6 +422,7 @@ pub fn batch(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
     super::allow(rq, "POST", &[Method::Post])?;
     let access = check_client_auth(node, rq)?;
     writable(node)?;
+    let url = rq.url().to_string();
     let body = super::read_body(rq, batch_body_limit(node))?;
     check_json(&body)?;
     let ops: Vec<BatchOp<'_>> = serde_json::from_slice(&body).map_err(|e| {
@@ -454,12 +465,123 @@ pub fn batch(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
         };
         writes.push((op.key, data));
     }
+    let wait = ack_wait(node, &Target::parse(&url))?;
+    let keys: Vec<String> = writes.iter().map(|(k, _)| k.clone()).collect();
+    let ticket = wait
+        .filter(|n| *n > 1)
+        .map(|_| node.cluster.replicator.acks.expect(keys.clone()));
     let stamps = node.writer.batch(writes)?;
     let answers: Vec<serde_json::Value> = stamps
         .iter()
         .map(|s| serde_json::json!({ "uuid": s.uuid.to_string(), "timestamp": s.timestamp }))
         .collect();
-    Ok(Reply::json_value(200, &answers))
+    let Some(wanted) = wait else {
+        return Ok(Reply::json_value(200, &answers));
+    };
+    let versions = keys
+        .into_iter()
+        .zip(stamps.iter().map(|s| s.uuid))
+        .collect();
+    let outcome = match ticket {
+        Some(t) => wait_for_acks(node, vec![(t, versions)], wanted),
+        None => one_node(),
+    };
+    let mut body = serde_json::json!({ "results": answers, "acks": outcome.acks });
+    let status = if outcome.reached {
+        200
+    } else {
+        body["error"] = format!(
+            "committed on this node, but {} of {wanted} nodes held the batch within write_ack_timeout; it keeps replicating",
+            outcome.acks
+        )
+        .into();
+        body["wanted"] = wanted.into();
+        504
+    };
+    Ok(Reply::json_value(status, &body).with_header("X-Kvs-Acks", outcome.acks.to_string()))
+}
+
+/// The nodes a client write waits for, this one included: `?w=` or
+/// `write_acks`. `None`: the default of one node, with nothing asked.
+/// `400` for a `w` above the member count, `503` (nothing written) when
+/// fewer members are healthy than wanted.
+fn ack_wait(node: &Node, target: &Target<'_>) -> Result<Option<usize>, ApiError> {
+    let wanted = match target.param("w").transpose()? {
+        Some(text) => Wanted::parse(&text).map_err(ApiError::BadRequest)?,
+        None if node.config.write_acks == Wanted::Nodes(1) => return Ok(None),
+        None => node.config.write_acks,
+    };
+    let members = node.cluster.members.views().len().max(1);
+    let healthy = node.cluster.members.healthy_count();
+    let n = wanted.nodes(members, healthy);
+    if n > members {
+        return Err(ApiError::BadRequest(format!(
+            "w={n}, but the cluster has {members} member(s)"
+        )));
+    }
+    if healthy < n {
+        node.metrics.acks_too_few.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::TooFewHealthy { healthy, wanted: n });
+    }
+    Ok(Some(n.max(1)))
+}
+
+/// The outcome of a write that waits for no other node.
+fn one_node() -> acks::Outcome {
+    acks::Outcome {
+        acks: 1,
+        reached: true,
+        waited: Duration::ZERO,
+    }
+}
+
+/// Waits, on the connection's own thread and outside the gate, for the
+/// acknowledgements of committed versions (one ticket per commit); the
+/// outcome counts the nodes that hold all of them.
+fn wait_for_acks(
+    node: &Node,
+    commits: Vec<(acks::Ticket, Vec<(String, crate::store::VersionId)>)>,
+    wanted: usize,
+) -> acks::Outcome {
+    super::gate::leave();
+    let timeout = node.config.write_ack_timeout;
+    let receivers: Vec<_> = commits
+        .into_iter()
+        .map(|(ticket, versions)| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            node.cluster
+                .replicator
+                .acks
+                .arm(ticket, versions, wanted, timeout, move |o| {
+                    let _ = tx.send(o);
+                });
+            rx
+        })
+        .collect();
+    let mut outcome = one_node();
+    outcome.acks = usize::MAX;
+    for rx in receivers {
+        // The timer answers every waiter by its deadline; the bound here
+        // only guards against a lost answer.
+        let o = rx
+            .recv_timeout(timeout + Duration::from_secs(5))
+            .unwrap_or(acks::Outcome {
+                acks: 1,
+                reached: false,
+                waited: timeout,
+            });
+        outcome.acks = outcome.acks.min(o.acks);
+        outcome.reached &= o.reached;
+        outcome.waited = outcome.waited.max(o.waited);
+    }
+    if outcome.acks == usize::MAX {
+        outcome.acks = 1;
+    }
+    node.metrics.ack_wait.observe(outcome.waited);
+    if !outcome.reached {
+        node.metrics.acks_timeout.fetch_add(1, Ordering::Relaxed);
+    }
+    outcome
 }
 
 /// The largest batch body: four values at the limit.
@@ -475,9 +597,16 @@ const DELETE_BATCH: usize = 500;
 /// keys for an empty prefix, as in Consul), `DELETE_BATCH` keys per
 /// commit; the tombstones replicate like single deletes. Answers
 /// `{"deleted": N}`.
-fn delete_recurse(node: &Node, raw: &str, access: &Access) -> Result<Reply, ApiError> {
+fn delete_recurse(
+    node: &Node,
+    raw: &str,
+    target: &Target<'_>,
+    access: &Access,
+) -> Result<Reply, ApiError> {
     writable(node)?;
     let prefix = parse_prefix(raw)?;
+    let wait = ack_wait(node, target)?;
+    let mut commits = Vec::new();
     if !access.may_write_all(&prefix) {
         return Err(forbidden(
             node,
@@ -500,16 +629,52 @@ fn delete_recurse(node: &Node, raw: &str, access: &Access) -> Result<Reply, ApiE
         let Some(last) = keys.last().cloned() else {
             break;
         };
-        deleted += node.writer.delete_many(keys)?;
+        let ticket = wait
+            .filter(|n| *n > 1)
+            .map(|_| node.cluster.replicator.acks.expect(keys.clone()));
+        deleted += node.writer.delete_many(keys.clone())?;
+        if let Some(ticket) = ticket {
+            // The tombstones just written (a key written again since
+            // counts with its newer version).
+            let txn = node.store.read_txn()?;
+            let versions = keys
+                .into_iter()
+                .filter_map(|k| {
+                    let v = node.store.get_in(&txn, &k).ok().flatten()?;
+                    Some((k, v.stamp.uuid))
+                })
+                .collect();
+            commits.push((ticket, versions));
+        }
         after = Some(last);
         if !more {
             break;
         }
     }
-    Ok(Reply::json_value(
-        200,
-        &serde_json::json!({ "deleted": deleted }),
-    ))
+    let Some(wanted) = wait else {
+        return Ok(Reply::json_value(
+            200,
+            &serde_json::json!({ "deleted": deleted }),
+        ));
+    };
+    let outcome = if commits.is_empty() {
+        one_node()
+    } else {
+        wait_for_acks(node, commits, wanted)
+    };
+    let mut body = serde_json::json!({ "deleted": deleted, "acks": outcome.acks });
+    let status = if outcome.reached {
+        200
+    } else {
+        body["error"] = format!(
+            "deleted on this node, but {} of {wanted} nodes held the tombstones within write_ack_timeout; they keep replicating",
+            outcome.acks
+        )
+        .into();
+        body["wanted"] = wanted.into();
+        504
+    };
+    Ok(Reply::json_value(status, &body).with_header("X-Kvs-Acks", outcome.acks.to_string()))
 }
 
 /// Checks everything about a write that can be checked before the writer:
@@ -552,38 +717,108 @@ pub fn check_json(body: &[u8]) -> Result<(), ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))
 }
 
-/// Hands a write to the writer; the writer answers after commit.
-#[allow(clippy::too_many_arguments)]
-fn submit_write(
-    node: &Node,
-    rq: Request,
+/// A client `PUT` or `DELETE` of one key, checked and ready for the writer.
+struct ClientWrite {
     key: String,
     data: Option<Vec<u8>>,
     ttl_ms: Option<u64>,
     condition: Condition,
-    route: Route,
-    started: Instant,
-) {
-    let metrics: Arc<Metrics> = node.metrics.clone();
-    let store = node.store.clone();
-    let is_put = data.is_some();
-    let reply_key = key.clone();
-    let reply = ClientReply::new(move |outcome: Result<Written, WriteError>| {
-        let reply = match outcome {
-            Ok(w) if is_put => Reply::json(
-                200,
-                format!(
-                    "{{\"uuid\":\"{}\",\"timestamp\":{}}}",
-                    w.stamp.uuid, w.stamp.timestamp
-                )
-                .into_bytes(),
-            )
-            .with_header("ETag", format!("\"{}\"", w.stamp.uuid)),
-            Ok(_) => Reply {
+    /// Nodes to wait for (`?w=`), this one included; None: not asked.
+    wait: Option<usize>,
+}
+
+/// The answer to a committed `PUT` (200 with the version) or `DELETE`
+/// (204; 200 with the version and `acks` when acknowledgements were
+/// asked for). `acks`: the nodes that hold it, the nodes wanted, and
+/// whether that many were reached (else 504).
+fn written_reply(
+    is_put: bool,
+    stamp: &crate::store::Stamp,
+    acks: Option<(usize, usize, bool)>,
+) -> Reply {
+    let Some((acks, wanted, reached)) = acks else {
+        if !is_put {
+            return Reply {
                 status: 204,
                 body: Vec::new(),
                 content_type: "application/json",
                 headers: Vec::new(),
+            };
+        }
+        return Reply::json(
+            200,
+            format!(
+                "{{\"uuid\":\"{}\",\"timestamp\":{}}}",
+                stamp.uuid, stamp.timestamp
+            )
+            .into_bytes(),
+        )
+        .with_header("ETag", format!("\"{}\"", stamp.uuid));
+    };
+    let mut body = serde_json::json!({
+        "uuid": stamp.uuid.to_string(),
+        "timestamp": stamp.timestamp,
+        "acks": acks,
+    });
+    let status = if reached {
+        200
+    } else {
+        body["error"] = format!(
+            "committed on this node, but {acks} of {wanted} nodes held it within write_ack_timeout; it keeps replicating"
+        )
+        .into();
+        body["wanted"] = wanted.into();
+        504
+    };
+    Reply::json_value(status, &body)
+        .with_header("ETag", format!("\"{}\"", stamp.uuid))
+        .with_header("X-Kvs-Acks", acks.to_string())
+}
+
+/// Hands a write to the writer; the writer answers after commit, or, when
+/// acknowledgements were asked for, hands the answer to `acks`, which
+/// gives it once enough nodes hold the version (or at the timeout).
+fn submit_write(node: &Node, rq: Request, write: ClientWrite, route: Route, started: Instant) {
+    let metrics: Arc<Metrics> = node.metrics.clone();
+    let store = node.store.clone();
+    let acks = node.cluster.replicator.acks.clone();
+    let timeout = node.config.write_ack_timeout;
+    let ClientWrite {
+        key,
+        data,
+        ttl_ms,
+        condition,
+        wait,
+    } = write;
+    let is_put = data.is_some();
+    let reply_key = key.clone();
+    let ticket = wait
+        .filter(|n| *n > 1)
+        .map(|_| acks.expect(vec![key.clone()]));
+    let reply = ClientReply::new(move |outcome: Result<Written, WriteError>| {
+        let reply = match outcome {
+            Ok(w) => match (ticket, wait) {
+                (Some(ticket), Some(wanted)) => {
+                    let stamp = w.stamp;
+                    acks.arm(
+                        ticket,
+                        vec![(reply_key, stamp.uuid)],
+                        wanted,
+                        timeout,
+                        move |o| {
+                            metrics.ack_wait.observe(o.waited);
+                            if !o.reached {
+                                metrics.acks_timeout.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let reply =
+                                written_reply(is_put, &stamp, Some((o.acks, wanted, o.reached)))
+                                    .with_header("X-Kvs-Index", store.commit_index().to_string());
+                            super::send_with(&metrics, rq, reply, route, started);
+                        },
+                    );
+                    return;
+                }
+                (_, wait) => written_reply(is_put, &w.stamp, wait.map(|n| (1, n, true))),
             },
             Err(WriteError::PreconditionFailed(current)) => {
                 let msg = match current {

@@ -37,6 +37,9 @@ pub enum ApiError {
     Reconciling,
     /// 503: a one-at-a-time task (a backup) is already running.
     Busy(String),
+    /// 503: fewer healthy members than a write asked to wait for (`?w=`);
+    /// nothing was written.
+    TooFewHealthy { healthy: usize, wanted: usize },
     /// 507: the LMDB map is full.
     StorageFull,
     /// 507: the disk under the data directory is full.
@@ -60,7 +63,8 @@ impl ApiError {
             | ApiError::Stopping
             | ApiError::Reconciling
             | ApiError::Left
-            | ApiError::Busy(_) => 503,
+            | ApiError::Busy(_)
+            | ApiError::TooFewHealthy { .. } => 503,
             ApiError::StorageFull | ApiError::NoSpace => 507,
             ApiError::Internal(_) => 500,
         }
@@ -87,6 +91,9 @@ impl ApiError {
                 "this node is back from a long absence and reconciling with a peer".into()
             }
             ApiError::Stopping => "this node is stopping".into(),
+            ApiError::TooFewHealthy { healthy, wanted } => format!(
+                "the write asks for {wanted} nodes but {healthy} are healthy: nothing was written"
+            ),
             ApiError::Left => {
                 "this node left the cluster: client writes are refused until it is restarted".into()
             }
@@ -101,8 +108,13 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({ "error": self.message() }))
-            .unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec())
+        let value = match self {
+            ApiError::TooFewHealthy { healthy, wanted } => serde_json::json!({
+                "error": self.message(), "healthy": healthy, "wanted": wanted
+            }),
+            _ => serde_json::json!({ "error": self.message() }),
+        };
+        serde_json::to_vec(&value).unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec())
     }
 
     /// Extra headers this error carries.
