@@ -8,13 +8,15 @@
 # a 1-member etcd, and prints each kvs figure beside the peer's, as a ratio
 # (the peers are installed with apt-get when missing).
 #
-# Sections (default: all but scale): http tls membership replication
+# Sections (default: all but scale): http tls acks membership replication
 # antientropy storage watch ops size
 #   http          GET and durable PUT throughput and p50/p99 latency at
 #                 1, 16 and 64 connections (wrk), idle and peak RSS
 #   tls           GET at 16 and durable PUT at 64 connections over HTTPS and
 #                 plain HTTP in turn (two rounds), the node's CPU per request,
 #                 full TLS handshakes per second
+#   acks          durable PUT at 1 and 64 connections with ?w=1, 2 and 3 on a
+#                 local 3-node cluster
 #   membership    time for 5 nodes to agree; kill -9 to "unhealthy" everywhere
 #   replication   lag p50/p99 on 3 nodes; PUT throughput while replicating vs
 #                 standalone; bootstrap time for 100 000 keys
@@ -48,7 +50,7 @@ SECS=${BENCH_SECONDS:-5}
 PEERS=0
 if [ "${1:-}" = --peers ]; then PEERS=1; shift; fi
 SECTIONS=("$@")
-[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(http tls membership replication antientropy storage watch ops size)
+[ ${#SECTIONS[@]} -gt 0 ] || SECTIONS=(http tls acks membership replication antientropy storage watch ops size)
 want() { local s; for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 for tool in curl python3; do command -v "$tool" > /dev/null || { echo "bench.sh needs $tool" >&2; exit 1; }; done
@@ -341,6 +343,38 @@ if want membership; then
   row "kill -9 to unhealthy on all 4 others (failure_timeout 2 s)" "$((t_unh - t_kill)) ms" "failure_timeout + < 1 gossip round"
   for n in m1 m2 m3 m4; do stop "$n"; done
   cmd "$BIN --node-id mN --port P --data-dir D --seed 127.0.0.1:P1 ${FAST[*]}"
+fi
+
+
+# ---------------------------------------------------------------- acks
+if want acks; then
+  echo "== acks: PUT at 1 and 64 connections with w=1, 2, 3 on a 3-node cluster (${SECS}s each)" >&2
+  node k1 "${FAST[@]}"
+  up k1
+  node k2 --seed "127.0.0.1:${PORT[k1]}" "${FAST[@]}"
+  node k3 --seed "127.0.0.1:${PORT[k1]}" "${FAST[@]}"
+  up k2; up k3
+  until members_is k1 3 && members_is k2 3 && members_is k3 3; do sleep 0.05; done
+  for w in 1 2 3; do
+    sed "s|\"/kv/bench/\" .. tid .. \"/\" .. counter|\"/kv/bench/w$w/\" .. tid .. \"/\" .. counter .. \"?w=$w\"|" \
+      "$WORK/put.lua" > "$WORK/put-w$w.lua"
+    grep -q "?w=$w" "$WORK/put-w$w.lua" || { echo "bench: could not make put-w$w.lua" >&2; exit 1; }
+  done
+  for c in 1 64; do
+    for w in 1 2 3; do
+      read -r rps p50 p99 err < <(wrk_run "acks-w$w" "$c" "$WORK/put-w$w.lua" "http://127.0.0.1:${PORT[k1]}")
+      KVS_FIG[ackw${w}c$c]=$rps; KVS_FIG[ackw${w}c${c}p50]=$p50
+      note="p50 $p50 ms, p99 $p99 ms, non-2xx $err"
+      if [ "$w" != 1 ]; then
+        note="$note; $(awk -v a="$rps" -v b="${KVS_FIG[ackw1c$c]}" 'BEGIN {printf "%.2fx", a / b}') of w=1"
+        [ "$c" = 64 ] && note="$note, target >= 0.70x"
+        [ "$c" = 1 ] && note="$note, p50 +$(awk -v a="$p50" -v b="${KVS_FIG[ackw1c${c}p50]}" 'BEGIN {printf "%.2f", a - b}') ms, target <= +1 ms"
+      fi
+      row "PUT w=$w, $c connection(s), 3 nodes" "$rps req/s" "$note"
+    done
+  done
+  stop k1; stop k2; stop k3
+  cmd "3 nodes (fast intervals); wrk -c{1,64} -d${SECS}s put.lua with ?w=1|2|3 against node 1"
 fi
 
 # --------------------------------------------------------- replication

@@ -496,8 +496,11 @@ impl Replicator {
             // rather than several (a little replication lag buys the peers,
             // and the cores they share, a lot of work). Versions that
             // already waited for a sender go at once.
+            // A write waiting for acknowledgements does not wait for
+            // company: its client does.
             let newest = s.items.back().map(|b| b.committed.elapsed());
-            if let Some(age) = newest.filter(|age| *age < PUSH_LINGER) {
+            let linger = self.acks.waiting() == 0;
+            if let Some(age) = newest.filter(|age| linger && *age < PUSH_LINGER) {
                 if s.items.len() < PUSH_MAX_VERSIONS {
                     s =
                         q.cv.wait_timeout(s, PUSH_LINGER - age)
