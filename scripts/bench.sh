@@ -12,7 +12,7 @@
 # antientropy storage watch ops size
 #   http          GET and durable PUT throughput and p50/p99 latency at
 #                 1, 16 and 64 connections (wrk), idle and peak RSS
-#   tls           GET at 16 and durable PUT at 64 connections over HTTPS and
+#   tls           GET at 16 and durable PUT at 1 and 64 connections over HTTPS and
 #                 plain HTTP in turn (two rounds), the node's CPU per request,
 #                 full TLS handshakes per second
 #   acks          durable PUT at 1 and 64 connections with ?w=1, 2 and 3 on a
@@ -296,8 +296,10 @@ if want tls; then
   d=$((SECONDS + 60)); until curl -sf --max-time 1 --cacert "$WORK/tls/ca.pem" "https://127.0.0.1:${PORT[ts]}/health" > /dev/null; do
     [ "$SECONDS" -lt "$d" ] || { echo "node ts did not start" >&2; exit 1; }; sleep 0.05; done
   cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-  for kind in get put; do
-    c=16; script=$WORK/get.lua; [ "$kind" = put ] && { c=64; script=$WORK/put.lua; }
+  for kind in get put1 put; do
+    c=16; script=$WORK/get.lua
+    [ "$kind" = put ] && { c=64; script=$WORK/put.lua; }
+    [ "$kind" = put1 ] && { c=1; script=$WORK/put.lua; }
     for round in 1 2; do
       t0=$(cpu_ticks "${PID[tp]}")
       read -r prps _ pp99 perr < <(wrk_run "tls-plain-$kind$round" "$c" "$script" "http://127.0.0.1:${PORT[tp]}")
@@ -306,7 +308,7 @@ if want tls; then
       read -r srps _ sp99 serr < <(wrk_run "tls-https-$kind$round" "$c" "$script" "https://127.0.0.1:${PORT[ts]}")
       scpu=$(( $(cpu_ticks "${PID[ts]}") - t0 ))
       per_req() { awk -v t="$1" -v r="$2" -v s="$SECS" 'BEGIN {printf "%.1f", t * 10000 / (r * s)}'; }
-      row "$(echo "$kind" | tr a-z A-Z) c=$c HTTPS vs plain, round $round" "$srps vs $prps req/s" \
+      row "$(echo "${kind%1}" | tr a-z A-Z) c=$c HTTPS vs plain, round $round" "$srps vs $prps req/s" \
         "$(awk -v a="$srps" -v b="$prps" 'BEGIN {printf "%.2fx", a / b}'), p99 $sp99 vs $pp99 ms, node CPU $(per_req "$scpu" "$srps") vs $(per_req "$pcpu" "$prps") us/req, non-2xx $serr/$perr, target >= 0.80x"
     done
   done

@@ -144,6 +144,13 @@ step "a certificate that does not name advertise_address is warned about"
 "$KVS_BIN" tls cert elsewhere --dir "$CA" --dns elsewhere.example > /dev/null
 start_node g --tls-cert-file "$CA/elsewhere.pem" --tls-key-file "$CA/elsewhere-key.pem"
 wait_until 10 "the warning" grep -q "does not name 127.0.0.1 (advertise_address)" "${NODE_LOG[g]}"
+step "a peer whose certificate does not name the address dialled is refused"
+start_node h --join-timeout 30 --tls-cert-file "$CA/node-old.pem" --tls-key-file "$CA/node-old-key.pem" \
+  --tls-ca-file "$CA/ca.pem" $(seeds g)
+_h_named() { curl -s --max-time 2 "$(url h /health)" | grep -q 'not valid for name'; }
+wait_until 10 "h's /health names the name mismatch" _h_named
+grep -q "cannot join the cluster: .*not valid for name" "${NODE_LOG[h]}" || fail "the refusal is not in h's log"
+stop_node h
 stop_node g
 
 step "tls_client_auth all: a client without a certificate is refused at the handshake"
