@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Writes that wait for W copies (DESIGN §7): ?w=N|quorum|all and
 # write_acks. A 200 with acks K means K nodes hold the write at that
-# moment; a frozen peer makes it 504 after write_ack_timeout with the
-# write kept; too few healthy members is 503 with nothing written; w above
-# the member count is 400; a waiting write holds no handling thread.
+# moment (a read-only node acknowledges too); a frozen peer makes it 504
+# after write_ack_timeout with the write kept; too few healthy members is
+# 503 with nothing written; w above the member count is 400; a waiting
+# write holds no handling thread.
 source "$(dirname "$0")/lib.sh"
 
 ACK=(--write-ack-timeout 1)
 start_node a "${FAST[@]}" "${ACK[@]}"
 wait_ready a
 start_node b "${FAST[@]}" "${ACK[@]}" $(seeds a)
-start_node c "${FAST[@]}" "${ACK[@]}" $(seeds a)
+# c is read-only: it takes no client writes but applies and acknowledges
+# replicated ones.
+start_node c "${FAST[@]}" "${ACK[@]}" --read-only $(seeds a)
 wait_ready b; wait_ready c
 _three() { [ "$(member_count "$1")" = 3 ]; }
 for n in a b c; do wait_until 10 "$n sees 3 members" _three "$n"; done
@@ -51,7 +54,7 @@ expect_eq "$(status GET "$(url a /kv/acks/x)")" 404 "nothing written by the refu
 out=$(curl -s -X DELETE "$(url b '/kv/acks/2?w=all')")
 [ "$(json_field "$out" acks)" = 3 ] || fail "DELETE w=all: $out"
 expect_eq "$(holders acks/2 '{"w":"2"}')" 0 "nodes still holding the deleted key"
-out=$(curl -s -X POST --data-binary '[{"op":"put","key":"acks/b1","value":1},{"op":"put","key":"acks/b2","value":2}]' "$(url c '/batch?w=2')")
+out=$(curl -s -X POST --data-binary '[{"op":"put","key":"acks/b1","value":1},{"op":"put","key":"acks/b2","value":2}]' "$(url b '/batch?w=2')")
 [ "$(json_field "$out" acks)" -ge 2 ] || fail "batch w=2: $out"
 [ "$(holders acks/b1 1)" -ge 2 ] && [ "$(holders acks/b2 2)" -ge 2 ] || fail "the batch is not on two nodes at its 200"
 out=$(curl -s -X DELETE "$(url a '/kv/acks/?recurse&w=all')")
