@@ -38,6 +38,7 @@ impl Client {
             Command::Backup { file } => self.backup(&file),
             Command::Export { prefix } => self.export(&prefix),
             Command::Import { file } => self.import(file.as_deref()),
+            Command::Txn { file } => self.txn(file.as_deref()),
         }
     }
 
@@ -241,6 +242,27 @@ impl Client {
             });
         }
         Ok(body.ops as u64)
+    }
+
+    /// `kvs txn FILE|-`: the array goes as it is; the node checks it.
+    fn txn(&self, file: Option<&str>) -> Result<(), CliError> {
+        let body = match file {
+            Some(f) => std::fs::read(f).map_err(|e| CliError::Failed(format!("{f}: {e}")))?,
+            None => {
+                let mut b = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut b)
+                    .map_err(|e| CliError::Failed(format!("reading stdin: {e}")))?;
+                b
+            }
+        };
+        let mut path = "/batch".to_string();
+        self.add_w(&mut path);
+        let answer = self.call("POST", &path, Some(&body), &[], Some(CALL_TIMEOUT))?;
+        match answer.status {
+            200 => Ok(output::print(format_args!("{}", answer.text()?))?),
+            _ => Err(answer.refusal("txn")),
+        }
     }
 
     /// Appends `w=...` to a write's path when `--w` was given.

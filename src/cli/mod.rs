@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use crate::output::{note, OutputError};
 
 /// The commands this module runs.
-pub const COMMANDS: [&str; 9] = [
-    "get", "put", "delete", "ls", "watch", "members", "backup", "export", "import",
+pub const COMMANDS: [&str; 10] = [
+    "get", "put", "delete", "ls", "watch", "members", "backup", "export", "import", "txn",
 ];
 
 pub const USAGE: &str = "\
@@ -40,6 +40,9 @@ Client commands (talk to a running node):
                                    {\"key\",\"value\",\"timestamp\",\"uuid\"}
   kvs import [FILE]                write JSON lines from FILE (or stdin)
                                    through POST /batch
+  kvs txn FILE|-                   send a transaction (a JSON array of put,
+                                   delete, check and get ops) as POST /batch,
+                                   print the results; exit 1 if a check fails
 Client options:
   --addr [https://]HOST:PORT
                      the node (default $KVS_ADDR, else 127.0.0.1:8080)
@@ -149,6 +152,9 @@ pub enum Command {
     Import {
         file: Option<String>,
     },
+    Txn {
+        file: Option<String>,
+    },
 }
 
 fn usage(m: String) -> CliError {
@@ -229,7 +235,7 @@ fn options(name: &str, args: &[String]) -> Result<Options, CliError> {
             (name, option),
             (_, "addr" | "token" | "cacert" | "cert" | "key")
                 | ("put", "if-match" | "ttl")
-                | ("put" | "delete" | "import", "w")
+                | ("put" | "delete" | "import" | "txn", "w")
                 | ("watch", "wait")
         )
     };
@@ -355,6 +361,12 @@ fn command(name: &str, o: Options) -> Result<Command, CliError> {
         "import" => {
             arity(0, 1, "[FILE]")?;
             Command::Import {
+                file: next().filter(|f| f != "-"),
+            }
+        }
+        "txn" => {
+            arity(1, 1, "FILE|-")?;
+            Command::Txn {
                 file: next().filter(|f| f != "-"),
             }
         }

@@ -74,6 +74,9 @@ struct Queued {
     /// The key and version, shared by every queue it waits in.
     item: Arc<(String, Version)>,
     committed: Instant,
+    /// The commit it came from: a push takes a commit's versions whole
+    /// when they fit, so that a peer applies a batch in one commit too.
+    group: u64,
 }
 
 impl Queued {
@@ -159,18 +162,32 @@ pub fn overflows(queued: usize, queued_bytes: usize, n: usize, bytes: usize) -> 
 }
 
 /// Takes the next push batch from the front of a queue: at most
-/// `PUSH_MAX_VERSIONS` versions and `PUSH_MAX_BYTES` of data, at least one.
+/// `PUSH_MAX_VERSIONS` versions and `PUSH_MAX_BYTES` of data, at least one,
+/// and whole commits: a commit's versions go in one push unless they alone
+/// are over the limits (then they are split at the limits).
 fn take_batch(items: &mut VecDeque<Queued>, bytes: &mut usize) -> Vec<Queued> {
     let mut out = Vec::new();
     let mut size = 0;
     while let Some(front) = items.front() {
-        let len = front.version().data.len();
-        if !out.is_empty() && (out.len() >= PUSH_MAX_VERSIONS || size + len > PUSH_MAX_BYTES) {
+        let group = front.group;
+        let (n, len) = items
+            .iter()
+            .take_while(|q| q.group == group)
+            .fold((0, 0), |(n, l), q| (n + 1, l + q.version().data.len()));
+        let fits = out.len() + n <= PUSH_MAX_VERSIONS && size + len <= PUSH_MAX_BYTES;
+        if !fits && !out.is_empty() {
             break;
         }
-        size += len;
-        *bytes -= len;
-        out.push(items.pop_front().expect("front exists"));
+        for _ in 0..n {
+            let len = items.front().map_or(0, |q| q.version().data.len());
+            if !out.is_empty() && (out.len() >= PUSH_MAX_VERSIONS || size + len > PUSH_MAX_BYTES) {
+                // A commit larger than one push: split at the limits.
+                return out;
+            }
+            size += len;
+            *bytes -= len;
+            out.push(items.pop_front().expect("front exists"));
+        }
     }
     out
 }
@@ -217,6 +234,8 @@ pub struct Replicator {
     /// Writes waiting for acknowledgements (`?w=`), told of every push
     /// a peer answered.
     pub acks: Arc<Acks>,
+    /// Numbers the commits handed to `enqueue`.
+    groups: std::sync::atomic::AtomicU64,
     this: Weak<Replicator>,
 }
 
@@ -244,6 +263,7 @@ impl Replicator {
             stopper,
             throttle,
             acks: Acks::new(),
+            groups: std::sync::atomic::AtomicU64::new(0),
             this: this.clone(),
         })
     }
@@ -255,6 +275,7 @@ impl Replicator {
             return;
         }
         let now = Instant::now();
+        let group = self.groups.fetch_add(1, Ordering::Relaxed);
         let bytes: usize = versions.iter().map(|(_, v)| v.data.len()).sum();
         let oldest = versions
             .iter()
@@ -296,6 +317,7 @@ impl Replicator {
                         s.items.push_back(Queued {
                             item: item.clone(),
                             committed: now,
+                            group,
                         });
                     }
                     s.bytes += bytes;

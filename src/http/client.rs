@@ -384,7 +384,7 @@ fn may_write(node: &Node, access: &Access, key: String) -> Result<String, ApiErr
 }
 
 /// Whether this node takes client writes now.
-fn writable(node: &Node) -> Result<(), ApiError> {
+pub(super) fn writable(node: &Node) -> Result<(), ApiError> {
     if node.is_stopping() {
         return Err(ApiError::Stopping);
     }
@@ -403,109 +403,11 @@ fn writable(node: &Node) -> Result<(), ApiError> {
 /// Ops in one `POST /batch` at most.
 pub const BATCH_MAX_OPS: usize = 1000;
 
-/// One op of a batch, as the client sends it; `value` is kept as the
-/// exact bytes of the JSON value in the body.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchOp<'a> {
-    op: String,
-    key: String,
-    #[serde(borrow, default)]
-    value: Option<&'a serde_json::value::RawValue>,
-}
-
-/// `POST /batch`: up to `BATCH_MAX_OPS` puts and deletes applied in one
-/// commit on this node (replicated as usual), answered with one
-/// `{"uuid","timestamp"}` per op in order; one bad op is a `400` naming it,
-/// and nothing is applied.
-pub fn batch(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
-    super::allow(rq, "POST", &[Method::Post])?;
-    let access = check_client_auth(node, rq)?;
-    writable(node)?;
-    let url = rq.url().to_string();
-    let body = super::read_body(rq, batch_body_limit(node))?;
-    check_json(&body)?;
-    let ops: Vec<BatchOp<'_>> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "a batch is a JSON array of {{\"op\":\"put\",\"key\",\"value\"}} and \
-             {{\"op\":\"delete\",\"key\"}}: {e}"
-        ))
-    })?;
-    if ops.is_empty() || ops.len() > BATCH_MAX_OPS {
-        return Err(ApiError::BadRequest(format!(
-            "a batch holds 1 to {BATCH_MAX_OPS} ops, not {}",
-            ops.len()
-        )));
-    }
-    let mut writes = Vec::with_capacity(ops.len());
-    for (i, op) in ops.into_iter().enumerate() {
-        let bad = |msg: String| ApiError::BadRequest(format!("op {i} ({:?}): {msg}", op.key));
-        crate::store::check_key(&op.key, false).map_err(bad)?;
-        if !access.may_write(&op.key) {
-            return Err(forbidden(
-                node,
-                format!("op {i} ({:?}): this token may not write it", op.key),
-            ));
-        }
-        let data = match (op.op.as_str(), op.value) {
-            ("put", Some(v)) => {
-                let bytes = v.get().as_bytes();
-                if bytes.len() > node.config.max_value_bytes {
-                    return Err(bad(format!(
-                        "value is larger than the limit of {} bytes",
-                        node.config.max_value_bytes
-                    )));
-                }
-                Some(bytes.to_vec())
-            }
-            ("put", None) => return Err(bad("a put needs a \"value\"".into())),
-            ("delete", None) => None,
-            ("delete", Some(_)) => return Err(bad("a delete takes no \"value\"".into())),
-            (other, _) => return Err(bad(format!("unknown op {other:?}: use put or delete"))),
-        };
-        writes.push((op.key, data));
-    }
-    let wait = ack_wait(node, &Target::parse(&url))?;
-    let keys: Vec<String> = writes.iter().map(|(k, _)| k.clone()).collect();
-    let ticket = wait
-        .filter(|n| *n > 1)
-        .map(|_| node.cluster.replicator.acks.expect(keys.clone()));
-    let stamps = node.writer.batch(writes)?;
-    let answers: Vec<serde_json::Value> = stamps
-        .iter()
-        .map(|s| serde_json::json!({ "uuid": s.uuid.to_string(), "timestamp": s.timestamp }))
-        .collect();
-    let Some(wanted) = wait else {
-        return Ok(Reply::json_value(200, &answers));
-    };
-    let versions = keys
-        .into_iter()
-        .zip(stamps.iter().map(|s| s.uuid))
-        .collect();
-    let outcome = match ticket {
-        Some(t) => wait_for_acks(node, vec![(t, versions)], wanted),
-        None => one_node(),
-    };
-    let mut body = serde_json::json!({ "results": answers, "acks": outcome.acks });
-    let status = if outcome.reached {
-        200
-    } else {
-        body["error"] = format!(
-            "committed on this node, but {} of {wanted} nodes held the batch within write_ack_timeout; it keeps replicating",
-            outcome.acks
-        )
-        .into();
-        body["wanted"] = wanted.into();
-        504
-    };
-    Ok(Reply::json_value(status, &body).with_header("X-Kvs-Acks", outcome.acks.to_string()))
-}
-
 /// The nodes a client write waits for, this one included: `?w=` or
 /// `write_acks`. `None`: the default of one node, with nothing asked.
 /// `400` for a `w` above the member count, `503` (nothing written) when
 /// fewer members are healthy than wanted.
-fn ack_wait(node: &Node, target: &Target<'_>) -> Result<Option<usize>, ApiError> {
+pub(super) fn ack_wait(node: &Node, target: &Target<'_>) -> Result<Option<usize>, ApiError> {
     let wanted = match target.param("w").transpose()? {
         Some(text) => Wanted::parse(&text).map_err(ApiError::BadRequest)?,
         None if node.config.write_acks == Wanted::Nodes(1) => return Ok(None),
@@ -527,7 +429,7 @@ fn ack_wait(node: &Node, target: &Target<'_>) -> Result<Option<usize>, ApiError>
 }
 
 /// The outcome of a write that waits for no other node.
-fn one_node() -> acks::Outcome {
+pub(super) fn one_node() -> acks::Outcome {
     acks::Outcome {
         acks: 1,
         reached: true,
@@ -538,7 +440,7 @@ fn one_node() -> acks::Outcome {
 /// Waits, on the connection's own thread and outside the gate, for the
 /// acknowledgements of committed versions (one ticket per commit); the
 /// outcome counts the nodes that hold all of them.
-fn wait_for_acks(
+pub(super) fn wait_for_acks(
     node: &Node,
     commits: Vec<(acks::Ticket, Vec<(String, crate::store::VersionId)>)>,
     wanted: usize,

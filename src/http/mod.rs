@@ -26,6 +26,7 @@ use crate::cluster::peer::SECRET_HEADER;
 use crate::escape::percent_decode;
 
 pub mod backup;
+pub mod batch;
 pub mod client;
 pub mod error;
 mod gate;
@@ -346,7 +347,7 @@ fn handle(node: &Node, mut rq: Request) {
         "/members/join" => internal::join(node, &mut rq),
         "/members/leave" => internal::leave(node, &mut rq),
         "/metrics" => client::metrics(node, &rq),
-        "/batch" => client::batch(node, &mut rq),
+        "/batch" => batch::batch(node, &mut rq),
         p if p.starts_with("/internal/") => internal::route(node, &mut rq, &target),
         _ => Err(ApiError::NotFound(format!("no such endpoint: {path}"))),
     };

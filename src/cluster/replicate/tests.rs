@@ -88,7 +88,12 @@ fn a_failed_push_is_resent_from_the_time_index() {
 }
 
 fn queued(ts: u64, size: usize) -> Queued {
+    in_group(ts, size, ts)
+}
+
+fn in_group(ts: u64, size: usize, group: u64) -> Queued {
     Queued {
+        group,
         item: Arc::new((
             format!("k{ts}"),
             Version {
@@ -141,4 +146,24 @@ fn batches_respect_limits_but_always_take_one() {
     assert_eq!(take_batch(&mut items, &mut bytes).len(), 1);
     assert_eq!(bytes, 0);
     assert!(take_batch(&mut items, &mut bytes).is_empty());
+}
+
+#[test]
+fn a_commit_goes_in_one_push_when_it_fits() {
+    // 600 versions of one commit, then 600 of another: the second does not
+    // fit beside the first and waits whole for the next push.
+    let mut items: VecDeque<Queued> = (0..1200).map(|i| in_group(i, 10, i / 600)).collect();
+    let mut bytes = 12_000;
+    assert_eq!(take_batch(&mut items, &mut bytes).len(), 600);
+    assert_eq!(take_batch(&mut items, &mut bytes).len(), 600);
+    assert_eq!(bytes, 0);
+    // One commit over the limit alone is split at the limit.
+    let mut items: VecDeque<Queued> = (0..1500).map(|i| in_group(i, 10, 7)).collect();
+    let mut bytes = 15_000;
+    assert_eq!(take_batch(&mut items, &mut bytes).len(), PUSH_MAX_VERSIONS);
+    assert_eq!(take_batch(&mut items, &mut bytes).len(), 500);
+    // Small commits share a push.
+    let mut items: VecDeque<Queued> = (0..30).map(|i| in_group(i, 10, i / 3)).collect();
+    let mut bytes = 300;
+    assert_eq!(take_batch(&mut items, &mut bytes).len(), 30);
 }

@@ -113,6 +113,47 @@ pub struct ConflictFound {
     pub incoming: Version,
 }
 
+/// One op of a transaction (`POST /batch` with checks, reads or
+/// conditions): what it does to `key`, if `condition` holds for the key's
+/// live version before the transaction.
+#[derive(Debug)]
+pub struct TxnOp {
+    pub key: String,
+    pub kind: TxnKind,
+    pub condition: Option<Condition>,
+}
+
+#[derive(Debug)]
+pub enum TxnKind {
+    Put(Vec<u8>),
+    Delete,
+    /// Only the condition.
+    Check,
+    /// Reads the key as it is before the transaction's writes.
+    Get,
+}
+
+/// What a transaction did.
+#[derive(Debug)]
+pub enum TxnAnswer {
+    /// Every condition held: each op's result, in order.
+    Done(Vec<TxnResult>),
+    /// The condition of op `index` failed: the key's live version then
+    /// (None: no live value). Nothing was applied.
+    Failed {
+        index: usize,
+        current: Option<Stamp>,
+    },
+}
+
+#[derive(Debug)]
+pub enum TxnResult {
+    Written(Stamp),
+    Checked,
+    /// The live value before the transaction (None: absent).
+    Read(Option<Version>),
+}
+
 /// One change for the writer.
 pub enum Op {
     /// A client PUT (`data` is Some) or DELETE (None).
@@ -141,6 +182,12 @@ pub enum Op {
     Batch {
         ops: Vec<(String, Option<Vec<u8>>)>,
         reply: SyncSender<Result<Vec<Stamp>>>,
+    },
+    /// A client transaction: every condition checked, reads and writes
+    /// in one transaction; nothing applied if a condition fails.
+    Txn {
+        ops: Vec<TxnOp>,
+        reply: SyncSender<Result<TxnAnswer>>,
     },
     /// Client deletes of several keys (a recursive delete): each key that
     /// holds a live value gets a tombstone, as a client `DELETE` would.
@@ -196,6 +243,13 @@ impl Op {
                 .map(|(_, d)| d.as_ref().map_or(0, Vec::len))
                 .sum(),
             Op::Meta { value, .. } => value.as_ref().map_or(0, Vec::len),
+            Op::Txn { ops, .. } => ops
+                .iter()
+                .map(|o| match &o.kind {
+                    TxnKind::Put(d) => d.len(),
+                    _ => 0,
+                })
+                .sum(),
             Op::Purge { .. }
             | Op::Drop { .. }
             | Op::DeleteMany { .. }
@@ -224,6 +278,9 @@ impl Op {
                 let _ = reply.send(Err(copy()));
             }
             Op::Batch { reply, .. } => {
+                let _ = reply.send(Err(copy()));
+            }
+            Op::Txn { reply, .. } => {
                 let _ = reply.send(Err(copy()));
             }
             // Nobody waits for these.
@@ -296,6 +353,12 @@ impl WriterHandle {
             winner,
             reply: Some(tx),
         })
+    }
+
+    /// Applies a client transaction in one commit (nothing of it if a
+    /// condition fails).
+    pub fn txn(&self, ops: Vec<TxnOp>) -> Result<TxnAnswer> {
+        self.call(|tx| Op::Txn { ops, reply: tx })
     }
 
     /// Applies a client batch in one commit; returns each op's new stamp.
@@ -546,6 +609,9 @@ fn finish(
             }
             (Op::Batch { reply, .. }, Outcome::Batch(stamps)) => {
                 let _ = reply.send(Ok(stamps));
+            }
+            (Op::Txn { reply, .. }, Outcome::Txn(answer)) => {
+                let _ = reply.send(Ok(answer));
             }
             (Op::Purge { reply, .. }, Outcome::Count(n))
             | (Op::Drop { reply, .. }, Outcome::Count(n))

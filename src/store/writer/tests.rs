@@ -508,3 +508,65 @@ fn a_client_reply_dropped_unanswered_answers_writer_stopped() {
     assert!(rx.recv().unwrap());
     assert!(rx.try_recv().is_err());
 }
+
+#[test]
+fn a_transaction_applies_nothing_when_a_check_fails() {
+    use super::{TxnAnswer, TxnKind, TxnOp, TxnResult};
+    use crate::store::condition::Tags;
+    use crate::store::VersionId;
+    let h = Harness::new();
+    let a = h.client("t/a", Some("1"), Condition::default()).unwrap();
+    let at = |id| Condition {
+        if_match: Some(Tags::List(vec![(false, id)])),
+        if_none_match: None,
+    };
+    let absent = Condition {
+        if_match: None,
+        if_none_match: Some(Tags::Any),
+    };
+    let op = |key: &str, kind, condition| TxnOp {
+        key: key.into(),
+        kind,
+        condition,
+    };
+    // A wrong version, then a put: the put is not applied.
+    let answer = h
+        .writer
+        .txn(vec![
+            op("t/b", TxnKind::Put(b"2".to_vec()), None),
+            op("t/a", TxnKind::Check, Some(at(VersionId::new_random()))),
+        ])
+        .unwrap();
+    match answer {
+        TxnAnswer::Failed { index, current } => {
+            assert_eq!(index, 1);
+            assert_eq!(current.map(|s| s.uuid), Some(a.stamp.uuid));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        h.store.get("t/b").unwrap().is_none(),
+        "a failed check applied a put"
+    );
+    // Reads see the state before the writes; conditions hold; all in order.
+    let answer = h
+        .writer
+        .txn(vec![
+            op("t/a", TxnKind::Get, None),
+            op("t/a", TxnKind::Put(b"3".to_vec()), Some(at(a.stamp.uuid))),
+            op("t/b", TxnKind::Check, Some(absent.clone())),
+            op("t/b", TxnKind::Put(b"4".to_vec()), Some(absent)),
+            op("t/none", TxnKind::Get, None),
+        ])
+        .unwrap();
+    let TxnAnswer::Done(results) = answer else {
+        panic!("the checks should hold")
+    };
+    assert!(matches!(&results[0], TxnResult::Read(Some(v)) if v.data == b"1"));
+    assert!(matches!(&results[1], TxnResult::Written(s) if s.timestamp > a.stamp.timestamp));
+    assert!(matches!(results[2], TxnResult::Checked));
+    assert!(matches!(results[3], TxnResult::Written(_)));
+    assert!(matches!(results[4], TxnResult::Read(None)));
+    assert_eq!(h.store.get("t/a").unwrap().unwrap().data, b"3");
+    assert_eq!(h.store.get("t/b").unwrap().unwrap().data, b"4");
+}

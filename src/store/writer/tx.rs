@@ -24,6 +24,7 @@ pub(super) enum Outcome {
     /// delete, expiry, metadata).
     Count(usize),
     Batch(Vec<Stamp>),
+    Txn(super::TxnAnswer),
     /// `Op::Stop` (never applied; the writer ends before it).
     Nothing,
 }
@@ -133,6 +134,7 @@ impl Tx<'_> {
             Op::Remote { versions, .. } => Outcome::Remote(self.remote(versions)?),
             Op::Resolve { key, winner, .. } => Outcome::Changed(self.resolve(key, winner)?),
             Op::Batch { ops, .. } => Outcome::Batch(self.batch(ops)?),
+            Op::Txn { ops, .. } => Outcome::Txn(self.txn(ops)?),
             Op::DeleteMany { keys, .. } => Outcome::Count(self.delete_many(keys)?),
             Op::Repair { key, copy, .. } => Outcome::Changed(self.repair(key, copy)?),
             Op::Meta { name, value, .. } => {
@@ -251,6 +253,46 @@ impl Tx<'_> {
             stamps.push(self.local(key, old, data, None)?);
         }
         Ok(stamps)
+    }
+
+    /// A client transaction: every condition against the state before it,
+    /// then the reads (that state too), then the writes in order. A failed
+    /// condition returns before anything is written.
+    fn txn(&mut self, ops: &[super::TxnOp]) -> Result<super::TxnAnswer> {
+        use super::{TxnAnswer, TxnKind, TxnResult};
+        for (index, op) in ops.iter().enumerate() {
+            if let Some(condition) = &op.condition {
+                let live = self.stamp(&op.key)?.filter(|s| !s.deleted);
+                if !condition.holds(live.as_ref()) {
+                    return Ok(TxnAnswer::Failed {
+                        index,
+                        current: live,
+                    });
+                }
+            }
+        }
+        let now = crate::clock::now_ms();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(match op.kind {
+                TxnKind::Get => TxnResult::Read(
+                    self.store
+                        .get_in(&self.txn, &op.key)?
+                        .filter(|v| !v.stamp.deleted && !v.is_expired(now)),
+                ),
+                _ => TxnResult::Checked,
+            });
+        }
+        for (op, result) in ops.iter().zip(results.iter_mut()) {
+            let data = match &op.kind {
+                TxnKind::Put(d) => Some(d.clone()),
+                TxnKind::Delete => None,
+                TxnKind::Check | TxnKind::Get => continue,
+            };
+            let old = self.stamp(&op.key)?;
+            *result = TxnResult::Written(self.local(&op.key, old, &data, None)?);
+        }
+        Ok(TxnAnswer::Done(results))
     }
 
     /// Tombstones for the keys that hold a live value.
