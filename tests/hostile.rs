@@ -7,12 +7,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{call, read_reply, TestNode};
+use common::{call, read_reply, trickle, Attack, TestNode};
 
 /// A fresh client must be answered within this long while an attack runs:
 /// generous for a loaded 2-core machine running other tests beside this
@@ -72,61 +70,6 @@ fn assert_value(node: &TestNode, key: &str, value: &str) {
     let r = call(&node.addr, "GET", &format!("/kv/{key}"), b"");
     assert_eq!(r.status, 200, "{key} is gone");
     assert_eq!(String::from_utf8_lossy(&r.body), value, "{key} changed");
-}
-
-/// Attack threads that run until stopped.
-struct Attack {
-    stop: Arc<AtomicBool>,
-    /// Attackers that have connected and sent their first bytes.
-    started: Arc<AtomicUsize>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Attack {
-    fn new() -> Attack {
-        Attack {
-            stop: Arc::new(AtomicBool::new(false)),
-            started: Arc::new(AtomicUsize::new(0)),
-            threads: Vec::new(),
-        }
-    }
-
-    /// Runs `f` on a thread until `stop`; `f` gets the stop flag and a
-    /// counter to bump once it has started attacking.
-    fn spawn(&mut self, f: impl FnOnce(&AtomicBool, &AtomicUsize) + Send + 'static) {
-        let (stop, started) = (self.stop.clone(), self.started.clone());
-        self.threads
-            .push(std::thread::spawn(move || f(&stop, &started)));
-    }
-
-    /// Waits until every attacker has started (at most 10 s).
-    fn wait_started(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.started.load(Ordering::Relaxed) < self.threads.len() {
-            assert!(Instant::now() < deadline, "the attack did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Attack {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Sends `bytes` one small piece at a time, with a pause between pieces,
-/// until stopped or the node closes the connection.
-fn trickle(s: &mut TcpStream, bytes: &[u8], pause: Duration, stop: &AtomicBool) {
-    for piece in bytes.chunks(1) {
-        if stop.load(Ordering::Relaxed) || s.write_all(piece).is_err() {
-            return;
-        }
-        std::thread::sleep(pause);
-    }
 }
 
 #[test]

@@ -10,16 +10,15 @@ use std::io::{BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use common::{read_reply_from, Reply, TestNode};
+use common::{read_reply_from, trickle, Attack, Reply, TestNode};
 
 const FRESH_CLIENT_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -139,57 +138,6 @@ impl TlsNode {
 impl Drop for TlsNode {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Attack threads, stopped and joined on drop.
-struct Attack {
-    stop: Arc<AtomicBool>,
-    started: Arc<AtomicUsize>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Attack {
-    fn new() -> Attack {
-        Attack {
-            stop: Arc::new(AtomicBool::new(false)),
-            started: Arc::new(AtomicUsize::new(0)),
-            threads: Vec::new(),
-        }
-    }
-
-    fn spawn(&mut self, f: impl FnOnce(&AtomicBool, &AtomicUsize) + Send + 'static) {
-        let (stop, started) = (self.stop.clone(), self.started.clone());
-        self.threads
-            .push(std::thread::spawn(move || f(&stop, &started)));
-    }
-
-    fn wait_started(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.started.load(Ordering::Relaxed) < self.threads.len() {
-            assert!(Instant::now() < deadline, "the attack did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Attack {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Sends `bytes` one at a time with a pause between, until stopped or the
-/// node closes the connection.
-fn trickle(s: &mut impl Write, bytes: &[u8], pause: Duration, stop: &AtomicBool) {
-    for piece in bytes.chunks(1) {
-        if stop.load(Ordering::Relaxed) || s.write_all(piece).and_then(|()| s.flush()).is_err() {
-            return;
-        }
-        std::thread::sleep(pause);
     }
 }
 

@@ -66,28 +66,24 @@ fn tls_config(inv: &Invocation) -> Result<ureq::tls::TlsConfig, CliError> {
             "https needs the node's CA: give --cacert FILE or $KVS_CACERT ({SYSTEM_CA_BUNDLE} is not there)"
         )),
     })?;
-    let roots: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    if roots.is_empty() {
-        return Err(CliError::Usage(format!("{ca}: no PEM certificate in it")));
-    }
-    let mut config = TlsConfig::builder()
-        .provider(TlsProvider::Rustls)
-        .root_certs(RootCerts::new_with_certs(&roots));
-    if let Some((cert, key)) = &inv.cert {
-        let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&read(cert)?)
+    let certificates = |pem: &[u8], file: &str| -> Result<Vec<Certificate<'static>>, CliError> {
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(pem)
             .filter_map(|item| match item {
                 Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
                 _ => None,
             })
             .collect();
-        if chain.is_empty() {
-            return Err(CliError::Usage(format!("{cert}: no PEM certificate in it")));
+        if certs.is_empty() {
+            return Err(CliError::Usage(format!("{file}: no PEM certificate in it")));
         }
+        Ok(certs)
+    };
+    let roots = certificates(&pem, ca)?;
+    let mut config = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::new_with_certs(&roots));
+    if let Some((cert, key)) = &inv.cert {
+        let chain = certificates(&read(cert)?, cert)?;
         let key = PrivateKey::from_pem(&read(key)?)
             .map_err(|e| CliError::Usage(format!("{key}: no PEM private key: {e}")))?;
         check_pair(&chain, &key, cert)?;

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use tiny_http::{Method, Request};
 
 use super::client::{
-    ack_wait, batch_body_limit, check_json, one_node, wait_for_acks, writable, BATCH_MAX_OPS,
+    ack_wait, acks_reply, batch_body_limit, check_json, one_node, wait_for_acks, writable,
+    BATCH_MAX_OPS,
 };
 use super::{check_client_auth, forbidden, ApiError, Reply, Target};
 use crate::node::Node;
@@ -267,17 +268,10 @@ pub fn batch(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
         }
         None => one_node(),
     };
-    let mut body = serde_json::json!({ "results": answers, "acks": outcome.acks });
-    let status = if outcome.reached {
-        200
-    } else {
-        body["error"] = format!(
-            "committed on this node, but {} of {wanted} nodes held the batch within write_ack_timeout; it keeps replicating",
-            outcome.acks
-        )
-        .into();
-        body["wanted"] = wanted.into();
-        504
-    };
-    Ok(Reply::json_value(status, &body).with_header("X-Kvs-Acks", outcome.acks.to_string()))
+    Ok(acks_reply(
+        serde_json::json!({ "results": answers }),
+        &outcome,
+        wanted,
+        "the batch",
+    ))
 }

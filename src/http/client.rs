@@ -564,19 +564,37 @@ fn delete_recurse(
     } else {
         wait_for_acks(node, commits, wanted)
     };
-    let mut body = serde_json::json!({ "deleted": deleted, "acks": outcome.acks });
+    Ok(acks_reply(
+        serde_json::json!({ "deleted": deleted }),
+        &outcome,
+        wanted,
+        "the tombstones",
+    ))
+}
+
+/// The answer to a batch or a recursive delete that waited: `body` with
+/// `acks`, `200` when `wanted` nodes were reached, else `504` with the
+/// error and `wanted`.
+pub(super) fn acks_reply(
+    mut body: serde_json::Value,
+    outcome: &acks::Outcome,
+    wanted: usize,
+    what: &str,
+) -> Reply {
+    body["acks"] = outcome.acks.into();
     let status = if outcome.reached {
         200
     } else {
         body["error"] = format!(
-            "deleted on this node, but {} of {wanted} nodes held the tombstones within write_ack_timeout; they keep replicating",
+            "committed on this node, but {} of {wanted} nodes held {what} within \
+             write_ack_timeout; it keeps replicating",
             outcome.acks
         )
         .into();
         body["wanted"] = wanted.into();
         504
     };
-    Ok(Reply::json_value(status, &body).with_header("X-Kvs-Acks", outcome.acks.to_string()))
+    Reply::json_value(status, &body).with_header("X-Kvs-Acks", outcome.acks.to_string())
 }
 
 /// Checks everything about a write that can be checked before the writer:

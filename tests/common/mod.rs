@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -174,4 +175,62 @@ pub fn call(addr: &str, method: &str, path: &str, body: &[u8]) -> Reply {
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(body).unwrap();
     read_reply(&mut s).unwrap()
+}
+
+/// Attack threads that run until stopped (joined on drop).
+pub struct Attack {
+    stop: Arc<AtomicBool>,
+    /// Attackers that have connected and sent their first bytes.
+    started: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Attack {
+    pub fn new() -> Attack {
+        Attack {
+            stop: Arc::new(AtomicBool::new(false)),
+            started: Arc::new(AtomicUsize::new(0)),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Runs `f` on a thread until `stop`; `f` gets the stop flag and a
+    /// counter to bump once it has started attacking.
+    pub fn spawn(&mut self, f: impl FnOnce(&AtomicBool, &AtomicUsize) + Send + 'static) {
+        let (stop, started) = (self.stop.clone(), self.started.clone());
+        self.threads
+            .push(std::thread::spawn(move || f(&stop, &started)));
+    }
+
+    /// Waits until every attacker has started (at most 10 s).
+    pub fn wait_started(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.started.load(Ordering::Relaxed) < self.threads.len() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the attack did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Attack {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends `bytes` one at a time with a pause between pieces, until stopped
+/// or the node closes the connection.
+pub fn trickle(s: &mut impl Write, bytes: &[u8], pause: Duration, stop: &AtomicBool) {
+    for piece in bytes.chunks(1) {
+        if stop.load(Ordering::Relaxed) || s.write_all(piece).and_then(|()| s.flush()).is_err() {
+            return;
+        }
+        std::thread::sleep(pause);
+    }
 }
