@@ -211,7 +211,13 @@ pub fn batch(node: &Node, rq: &mut Request) -> Result<Reply, ApiError> {
                 (o.key.clone(), name)
             })
             .collect();
-        match node.writer.txn(ops)? {
+        match node.writer.txn(ops, batch_body_limit(node))? {
+            TxnAnswer::TooMuchRead { limit } => {
+                return Err(ApiError::BadRequest(format!(
+                    "the values this transaction reads come to more than {limit} bytes \
+                     (4 x max_value_bytes); read them in smaller transactions"
+                )))
+            }
             TxnAnswer::Failed { index, current } => {
                 let (key, name) = &keys[index];
                 let now = match &current {

@@ -9,7 +9,7 @@ source "$(dirname "$0")/lib.sh"
 # Only gossip is fast: a regular sync could fetch part of a batch before its
 # push arrives, and the last step looks for exactly that.
 GOSSIP=(--gossip-interval-min 0.2 --gossip-interval-max 0.4)
-start_node a "${GOSSIP[@]}"
+start_node a "${GOSSIP[@]}" --max-value-bytes 1000
 wait_ready a
 start_node b "${GOSSIP[@]}" $(seeds a)
 wait_ready b
@@ -62,6 +62,15 @@ expect_eq "$(grep -o '"value":{"v":2}' <<< "$out" | wc -l)" 2 "both gets see the
 [[ $out == *"\"uuid\":\"$U2\""* ]] || fail "a get without the key's version: $out"
 [[ $out == *'"key":"t/nothing","absent":true'* || $out == *'"absent":true,"key":"t/nothing"'* ]] || fail "a get of a missing key: $out"
 expect_eq "$(get a t/k1)" '{"v":3}' "the put between the gets"
+
+step "the values one transaction reads are bounded (4 x max_value_bytes)"
+big="\"$(head -c 898 /dev/zero | tr '\0' x)\""
+for i in 1 2 3 4 5; do put a "t/big$i" "$big"; done
+gets() { for i in $(seq 1 "$1"); do printf '{"op":"get","key":"t/big%d"},' "$i"; done; }
+expect_eq "$(status POST "$(url a /batch)" --data-binary "[$(gets 4 | sed 's/,$//')]")" 200 "4 gets of 900 bytes"
+out=$(txn "[$(gets 5)"'{"op":"put","key":"t/after-big","value":1}]')
+[[ $out == "400 "* && $out == *"more than 4000 bytes"* ]] || fail "5 gets of 900 bytes: $out"
+expect_eq "$(status GET "$(url a /kv/t/after-big)")" 404 "a write in a refused transaction"
 
 step "two clients racing a check-and-set on one key: exactly one wins each round"
 put a t/counter 0

@@ -144,6 +144,9 @@ pub enum TxnAnswer {
         index: usize,
         current: Option<Stamp>,
     },
+    /// The values its gets read came to more than the read limit; nothing
+    /// was applied.
+    TooMuchRead { limit: usize },
 }
 
 #[derive(Debug)]
@@ -187,6 +190,8 @@ pub enum Op {
     /// in one transaction; nothing applied if a condition fails.
     Txn {
         ops: Vec<TxnOp>,
+        /// Bytes of values its gets may read together.
+        read_limit: usize,
         reply: SyncSender<Result<TxnAnswer>>,
     },
     /// Client deletes of several keys (a recursive delete): each key that
@@ -357,8 +362,12 @@ impl WriterHandle {
 
     /// Applies a client transaction in one commit (nothing of it if a
     /// condition fails).
-    pub fn txn(&self, ops: Vec<TxnOp>) -> Result<TxnAnswer> {
-        self.call(|tx| Op::Txn { ops, reply: tx })
+    pub fn txn(&self, ops: Vec<TxnOp>, read_limit: usize) -> Result<TxnAnswer> {
+        self.call(|tx| Op::Txn {
+            ops,
+            read_limit,
+            reply: tx,
+        })
     }
 
     /// Applies a client batch in one commit; returns each op's new stamp.

@@ -532,10 +532,13 @@ fn a_transaction_applies_nothing_when_a_check_fails() {
     // A wrong version, then a put: the put is not applied.
     let answer = h
         .writer
-        .txn(vec![
-            op("t/b", TxnKind::Put(b"2".to_vec()), None),
-            op("t/a", TxnKind::Check, Some(at(VersionId::new_random()))),
-        ])
+        .txn(
+            vec![
+                op("t/b", TxnKind::Put(b"2".to_vec()), None),
+                op("t/a", TxnKind::Check, Some(at(VersionId::new_random()))),
+            ],
+            1 << 20,
+        )
         .unwrap();
     match answer {
         TxnAnswer::Failed { index, current } => {
@@ -551,13 +554,16 @@ fn a_transaction_applies_nothing_when_a_check_fails() {
     // Reads see the state before the writes; conditions hold; all in order.
     let answer = h
         .writer
-        .txn(vec![
-            op("t/a", TxnKind::Get, None),
-            op("t/a", TxnKind::Put(b"3".to_vec()), Some(at(a.stamp.uuid))),
-            op("t/b", TxnKind::Check, Some(absent.clone())),
-            op("t/b", TxnKind::Put(b"4".to_vec()), Some(absent)),
-            op("t/none", TxnKind::Get, None),
-        ])
+        .txn(
+            vec![
+                op("t/a", TxnKind::Get, None),
+                op("t/a", TxnKind::Put(b"3".to_vec()), Some(at(a.stamp.uuid))),
+                op("t/b", TxnKind::Check, Some(absent.clone())),
+                op("t/b", TxnKind::Put(b"4".to_vec()), Some(absent)),
+                op("t/none", TxnKind::Get, None),
+            ],
+            1 << 20,
+        )
         .unwrap();
     let TxnAnswer::Done(results) = answer else {
         panic!("the checks should hold")
@@ -569,4 +575,21 @@ fn a_transaction_applies_nothing_when_a_check_fails() {
     assert!(matches!(results[4], TxnResult::Read(None)));
     assert_eq!(h.store.get("t/a").unwrap().unwrap().data, b"3");
     assert_eq!(h.store.get("t/b").unwrap().unwrap().data, b"4");
+    // Reads beyond the limit: refused, nothing applied.
+    let answer = h
+        .writer
+        .txn(
+            vec![
+                op("t/c", TxnKind::Put(b"5".to_vec()), None),
+                op("t/a", TxnKind::Get, None),
+                op("t/b", TxnKind::Get, None),
+            ],
+            1,
+        )
+        .unwrap();
+    assert!(
+        matches!(answer, TxnAnswer::TooMuchRead { limit: 1 }),
+        "{answer:?}"
+    );
+    assert!(h.store.get("t/c").unwrap().is_none());
 }

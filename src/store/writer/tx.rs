@@ -134,7 +134,9 @@ impl Tx<'_> {
             Op::Remote { versions, .. } => Outcome::Remote(self.remote(versions)?),
             Op::Resolve { key, winner, .. } => Outcome::Changed(self.resolve(key, winner)?),
             Op::Batch { ops, .. } => Outcome::Batch(self.batch(ops)?),
-            Op::Txn { ops, .. } => Outcome::Txn(self.txn(ops)?),
+            Op::Txn {
+                ops, read_limit, ..
+            } => Outcome::Txn(self.txn(ops, *read_limit)?),
             Op::DeleteMany { keys, .. } => Outcome::Count(self.delete_many(keys)?),
             Op::Repair { key, copy, .. } => Outcome::Changed(self.repair(key, copy)?),
             Op::Meta { name, value, .. } => {
@@ -258,7 +260,7 @@ impl Tx<'_> {
     /// A client transaction: every condition against the state before it,
     /// then the reads (that state too), then the writes in order. A failed
     /// condition returns before anything is written.
-    fn txn(&mut self, ops: &[super::TxnOp]) -> Result<super::TxnAnswer> {
+    fn txn(&mut self, ops: &[super::TxnOp], read_limit: usize) -> Result<super::TxnAnswer> {
         use super::{TxnAnswer, TxnKind, TxnResult};
         for (index, op) in ops.iter().enumerate() {
             if let Some(condition) = &op.condition {
@@ -273,13 +275,20 @@ impl Tx<'_> {
         }
         let now = crate::clock::now_ms();
         let mut results = Vec::with_capacity(ops.len());
+        let mut read = 0usize;
         for op in ops {
             results.push(match op.kind {
-                TxnKind::Get => TxnResult::Read(
-                    self.store
+                TxnKind::Get => {
+                    let v = self
+                        .store
                         .get_in(&self.txn, &op.key)?
-                        .filter(|v| !v.stamp.deleted && !v.is_expired(now)),
-                ),
+                        .filter(|v| !v.stamp.deleted && !v.is_expired(now));
+                    read += v.as_ref().map_or(0, |v| v.data.len());
+                    if read > read_limit {
+                        return Ok(TxnAnswer::TooMuchRead { limit: read_limit });
+                    }
+                    TxnResult::Read(v)
+                }
                 _ => TxnResult::Checked,
             });
         }
