@@ -213,10 +213,21 @@ impl Acks {
                 self.finish(&mut s, ticket.id, Some(armed), true)
             } else {
                 match s.waiters.get_mut(&ticket.id) {
-                    Some(w) => w.armed = Some(armed),
-                    None => return,
+                    Some(w) => {
+                        w.armed = Some(armed);
+                        None
+                    }
+                    // Not registered (cannot happen: the ticket is
+                    // withdrawn only unarmed): answer now rather than never.
+                    None => {
+                        let outcome = Outcome {
+                            acks: armed.full + 1,
+                            reached: false,
+                            waited: Duration::ZERO,
+                        };
+                        Some((armed.reply, outcome))
+                    }
                 }
-                None
             }
         };
         self.ensure_threads();
