@@ -326,3 +326,36 @@ fn tls_clients_that_never_read_their_replies_hold_no_handler() {
     drop(attack);
     node.assert_no_panic();
 }
+
+#[test]
+fn over_tls_unsupported_versions_get_505_and_a_stalled_head_408() {
+    let mut node = TlsNode::start(&["--max-connections", "20", "--header-timeout", "1"]);
+    for _ in 0..25 {
+        let text = tls_raw(&node, b"GET /health HTTP/2.0\r\n\r\n");
+        assert!(text.starts_with("HTTP/1.1 505"), "{text}");
+        assert!(text.contains("{\"error\":"), "{text}");
+    }
+    // A head that stops half-way inside the TLS stream: 408 once the head
+    // timeout passes, then the connection is closed.
+    let started = Instant::now();
+    let text = tls_raw(&node, b"GET /health HTTP/1.1\r\nHost: t");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A handshake that never finishes is closed by the same deadline.
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(&node.node.addr).unwrap();
+    stalled.write_all(b"\x16\x03\x01\x02\x00\x01").unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let closed = matches!(stalled.read(&mut buf), Ok(0) | Err(_));
+    assert!(closed, "a stalled handshake was not closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a stalled handshake stayed open {:?}",
+        started.elapsed()
+    );
+    node.assert_serving();
+    node.assert_no_panic();
+}
