@@ -8,10 +8,8 @@
 use serde::Deserialize;
 use tiny_http::{Method, Request};
 
-use super::client::{
-    ack_wait, acks_reply, batch_body_limit, check_json, one_node, wait_for_acks, writable,
-    BATCH_MAX_OPS,
-};
+use super::acks::{ack_wait, acks_reply, one_node, wait_for_acks};
+use super::client::{batch_body_limit, check_json, writable, BATCH_MAX_OPS};
 use super::{check_client_auth, forbidden, ApiError, Reply, Target};
 use crate::node::Node;
 use crate::store::condition::{Condition, Tags};
@@ -60,7 +58,7 @@ fn absent_condition() -> Condition {
 /// One op checked and turned into what the writer takes.
 fn parse_op(node: &Node, op: WireOp<'_>) -> Result<TxnOp, String> {
     crate::store::check_key(&op.key, false)?;
-    let only = |name: &str, given: bool| -> Result<(), String> {
+    let refuse = |name: &str, given: bool| -> Result<(), String> {
         if given {
             return Err(format!("{name} does not go with op {:?}", op.op));
         }
@@ -75,8 +73,8 @@ fn parse_op(node: &Node, op: WireOp<'_>) -> Result<TxnOp, String> {
     };
     let kind = match op.op.as_str() {
         "put" => {
-            only("uuid", op.uuid.is_some())?;
-            only("absent", op.absent.is_some())?;
+            refuse("uuid", op.uuid.is_some())?;
+            refuse("absent", op.absent.is_some())?;
             let v = op.value.ok_or("a put needs a \"value\"")?;
             let bytes = v.get().as_bytes();
             if bytes.len() > node.config.max_value_bytes {
@@ -88,15 +86,15 @@ fn parse_op(node: &Node, op: WireOp<'_>) -> Result<TxnOp, String> {
             TxnKind::Put(bytes.to_vec())
         }
         "delete" => {
-            only("value", op.value.is_some())?;
-            only("uuid", op.uuid.is_some())?;
-            only("absent", op.absent.is_some())?;
+            refuse("value", op.value.is_some())?;
+            refuse("uuid", op.uuid.is_some())?;
+            refuse("absent", op.absent.is_some())?;
             TxnKind::Delete
         }
         "check" => {
-            only("value", op.value.is_some())?;
-            only("if_match", op.if_match.is_some())?;
-            only("if_absent", op.if_absent.is_some())?;
+            refuse("value", op.value.is_some())?;
+            refuse("if_match", op.if_match.is_some())?;
+            refuse("if_absent", op.if_absent.is_some())?;
             let c = match (&op.uuid, op.absent) {
                 (Some(u), None) => version_condition(u)?,
                 (None, Some(true)) => absent_condition(),
@@ -116,7 +114,7 @@ fn parse_op(node: &Node, op: WireOp<'_>) -> Result<TxnOp, String> {
                 ("if_match", op.if_match.is_some()),
                 ("if_absent", op.if_absent.is_some()),
             ] {
-                only(name, given)?;
+                refuse(name, given)?;
             }
             TxnKind::Get
         }

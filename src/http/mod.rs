@@ -25,6 +25,7 @@ use crate::auth::{constant_time_eq, Access, Failure};
 use crate::cluster::peer::SECRET_HEADER;
 use crate::escape::percent_decode;
 
+mod acks;
 pub mod backup;
 pub mod batch;
 pub mod client;
