@@ -68,13 +68,17 @@ metrics=$(curl -s "${H[@]}" "$(url a /metrics)")
 grep -q '^kvs_auth_failures_total{reason="client_certificate"} [1-9]' <<< "$metrics" || fail "the refusal is not counted"
 grep -q '^kvs_tls_cert_expiry_timestamp_seconds [0-9]' <<< "$metrics" || fail "no certificate expiry in /metrics"
 
-step "the CLI speaks HTTPS with --cacert or \$KVS_CACERT"
+step "the CLI speaks HTTPS with --cacert or \$KVS_CACERT (a backup included)"
 KVS_TOKEN=tok "$KVS_BIN" put cli/x '{"c":1}' --addr "https://127.0.0.1:${NODE_PORT[b]}" --cacert "$CA/ca.pem" > /dev/null \
   || fail "kvs put over https failed"
 got=$(KVS_TOKEN=tok KVS_CACERT=$CA/ca.pem KVS_ADDR=https://127.0.0.1:${NODE_PORT[b]} "$KVS_BIN" get cli/x)
 expect_eq "$got" '{"c":1}' "kvs get over https"
 rc=0; KVS_TOKEN=tok "$KVS_BIN" get cli/x --addr "https://127.0.0.1:${NODE_PORT[b]}" --cacert "$CA/node-key.pem" > /dev/null 2>&1 || rc=$?
 expect_eq "$rc" 2 "a --cacert without a certificate"
+KVS_TOKEN=tok KVS_CACERT=$CA/ca.pem "$KVS_BIN" backup "$WORK/b.mdb" --addr "https://127.0.0.1:${NODE_PORT[b]}" > /dev/null 2>&1 \
+  || fail "kvs backup over https failed"
+"$KVS_BIN" restore "$WORK/b.mdb" "$WORK/restored" > /dev/null || fail "the backup taken over https does not restore"
+"$KVS_BIN" verify "$WORK/restored" > /dev/null || fail "the backup taken over https does not verify"
 
 step "a peer with a certificate from another CA is named in /health"
 OTHER=$WORK/other
