@@ -295,7 +295,14 @@ fn exchange(
     ) {
         Ok(reply) => reply,
         Err(e) => {
-            log::debug!("gossip with {} ({}): {e}", p.id, p.address);
+            let text = e.to_string();
+            if text.contains("certificate") {
+                // A configuration problem, not a passing failure: say
+                // which peer and why, once per gossip round with it.
+                log::warn!("gossip with {} ({}): TLS refused: {text}", p.id, p.address);
+            } else {
+                log::debug!("gossip with {} ({}): {text}", p.id, p.address);
+            }
             if !cluster.has_left() {
                 members.suspect(&p.id);
             }

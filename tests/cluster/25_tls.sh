@@ -165,6 +165,14 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$(url f /health)" ||
 expect_eq "$code" 000 "a client without a certificate"
 stop_node f
 
+step "a member back with a certificate that does not name its address: the others warn, naming it"
+# Open connections keep the certificate they began with; a restart makes
+# every peer connect again.
+cp "$CA/elsewhere.pem" "$CA/node.pem"; cp "$CA/elsewhere-key.pem" "$CA/node-key.pem"
+stop_node a
+start_node a "${FAST[@]}" "${TLS[@]}"
+wait_until 10 "b warns about a's certificate" grep -q "gossip with a (.*): TLS refused: .*not valid for name" "${NODE_LOG[b]}"
+
 stop_node d
 stop_node c; stop_node b; stop_node a
 pass
